@@ -1,0 +1,72 @@
+"""Build a :class:`~ld3_cli.models.base.Denoiser` from the ``model`` config group.
+
+A model config names either ``kind`` (a builder registered here, imported lazily so optional
+dependencies such as diffusers are only needed when used) or ``_target_`` (any importable
+class or function, instantiated by Hydra with the remaining keys; it must return a
+Denoiser).  Builders have the signature ``build(cfg: dict, ctx: BuildContext) -> Denoiser``.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..errors import ConfigError
+
+# kind -> "module:function"
+BUILDERS = {
+    "mnist_gmm": "ld3_cli.models.mnist_gmm:build",
+    "mnist_ddpm": "ld3_cli.models.mnist_ddpm:build",
+    "edm": "ld3_cli.models.edm.loader:build",
+    "diffusers": "ld3_cli.models.diffusers_adapter:build",
+    "flow": "ld3_cli.models.flow:build",
+}
+
+
+@dataclass
+class BuildContext:
+    """What a builder may use besides its config.
+
+    device: where the model should live.  cache_dir: the store root (builders may cache
+    derived data there, e.g. the mixture fit).  dataset: the dataset config (plain dict) for
+    models fitted to data.  allow_download: whether a missing file may be fetched.
+    """
+
+    device: torch.device = torch.device("cpu")
+    cache_dir: Optional[Path] = None
+    dataset: Optional[dict] = None
+    allow_download: bool = False
+
+
+def build_model(cfg: dict, ctx: BuildContext):
+    """Instantiate the model described by ``cfg`` (a plain dict)."""
+    cfg = dict(cfg)
+    if "_target_" in cfg:
+        from hydra.utils import instantiate
+
+        model = instantiate({k: v for k, v in cfg.items() if k not in _META_KEYS})
+    else:
+        kind = cfg.get("kind")
+        if kind not in BUILDERS:
+            raise ConfigError(f"model.kind '{kind}' is unknown; choose one of {sorted(BUILDERS)} "
+                              "or set model._target_=your_pkg.YourDenoiser")
+        mod_name, fn_name = BUILDERS[kind].split(":")
+        model = getattr(importlib.import_module(mod_name), fn_name)(cfg, ctx)
+    from .base import Denoiser
+
+    if not isinstance(model, Denoiser):
+        raise ConfigError(f"model built from {cfg.get('_target_', cfg.get('kind'))} is a {type(model).__name__}, "
+                          "not an ld3_cli.models.Denoiser; subclass Denoiser (see README 'Your own model')")
+    return model.to(ctx.device).eval().requires_grad_(False)
+
+
+# config keys that describe the model for ld3 itself and are never passed to a _target_
+_META_KEYS = {"name", "kind", "url", "file_name", "download", "param", "default_discretization",
+              "teacher_discretization", "notes", "key_fields"}
+
+
+def model_option(cfg: dict, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default)
