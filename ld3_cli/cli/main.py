@@ -1,0 +1,155 @@
+"""``ld3 <stage> [hydra overrides] [flags]``: the command-line dispatcher.
+
+Each stage is its own Hydra application over the one ``configs/`` tree (so every stage has
+overrides, ``--cfg job``, ``--help`` and multirun ``-m``).  This front end only
+
+1. picks the stage (with aliases) and removes the stage word from ``argv``;
+2. turns sugar flags (``--nfe 5``) into overrides (``nfe=5``);
+3. checks the overrides before Hydra starts (unknown groups, options or keys, impossible
+   values for every job of a sweep), printing one clear error and exiting with status 2;
+4. hands over to the stage's ``@hydra.main`` function.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Optional
+
+from ..errors import EXIT_USER_ERROR
+
+# stage -> (config name, one-line description)
+STAGES = {
+    "teacher-sample": ("teacher_sample", "draw training noises and run the many-step teacher"),
+    "train": ("train", "learn the LD3 time discretization for a solver and NFE"),
+    "sample": ("sample", "sample with a learned or baseline schedule into npz shards"),
+    "eval": ("eval", "evaluate schedules (FID / pixel Frechet distance / teacher distances)"),
+    "run": ("run", "teacher-sample, train, sample and eval in order (the embedded default demo)"),
+    "export": ("export", "write a schedule for diffusers, k-diffusion, ComfyUI or as JSON"),
+    "schedules": ("schedules", "print and plot every baseline schedule for this model, solver, NFE"),
+    "fid-ref": ("fid_ref", "compute FID reference statistics from images or a dataset"),
+}
+ALIASES = {"train-discretization": "train", "sample-student": "sample", "evaluate-fid": "eval",
+           "teacher": "teacher-sample", "fid_ref": "fid-ref", "teacher_sample": "teacher-sample"}
+SUGAR = {"--nfe": "nfe", "--solver": "solver", "--model": "model", "--dataset": "dataset", "--schedule": "schedule",
+         "--seed": "seed", "--device": "device", "--cache-dir": "cache_dir", "--order": "solver.order"}
+# Hydra's own flags: name -> takes a value
+HYDRA_FLAGS = {"-m": False, "--multirun": False, "--cfg": True, "-c": True, "--package": True, "-p": True,
+               "--resolve": False, "--info": False, "-i": False, "--help": False, "-h": False, "--hydra-help": False,
+               "--run": False, "-r": False, "--config-path": True, "-cp": True, "--config-name": True, "-cn": True,
+               "--config-dir": True, "-cd": True, "--shell-completion": False, "-sc": True, "--version": False,
+               "--experimental-rerun": True}
+NO_PREFLIGHT = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+
+
+def usage() -> str:
+    from .. import __version__
+
+    lines = [f"ld3 {__version__}: learn the time steps of diffusion-ODE samplers (LD3, Tong et al., ICLR 2025)", "",
+             "usage: ld3 <stage> [overrides key=value ...] [--nfe N --solver S --model M --dataset D] [-m] [--cfg job]",
+             "", "stages:"]
+    for name, (_, desc) in STAGES.items():
+        alias = [a for a, s in ALIASES.items() if s == name and "-" in a and a != name]
+        extra = f"  (alias: {', '.join(alias)})" if alias else ""
+        lines.append(f"  {name:<15} {desc}{extra}")
+    lines += ["", "examples:", "  ld3 run                              the whole pipeline on the embedded default",
+              "  ld3 train solver=unipc nfe=5", "  ld3 eval --nfe 5",
+              "  ld3 train -m solver=dpmpp,unipc,ipndm nfe=4,5,6   (a sweep)",
+              "  ld3 <stage> --help                   the stage's config groups and options", "",
+              "docs: README.md and docs/ in the source tree"]
+    return "\n".join(lines)
+
+
+def fail(msg: str, stage: Optional[str] = None) -> int:
+    prefix = f"ld3 {stage}" if stage else "ld3"
+    print(f"{prefix}: error: {msg}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def resolve_stage(word: str) -> Optional[str]:
+    word = ALIASES.get(word, word)
+    return word if word in STAGES else None
+
+
+def desugar(args: list[str]) -> tuple[list[str], Optional[str]]:
+    """Translate sugar flags; return (hydra argv, error message or None)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, val = a.partition("=")
+        if name in SUGAR:
+            if not eq:
+                if i + 1 >= len(args):
+                    return out, f"{name} needs a value (e.g. {name} 5)"
+                val = args[i + 1]
+                i += 1
+            out.append(f"{SUGAR[name]}={val}")
+        elif a.startswith("-") and not a.lstrip("-")[:1].isdigit():
+            flag = name
+            if flag not in HYDRA_FLAGS:
+                choices = sorted(set(SUGAR) | {f for f in HYDRA_FLAGS if f.startswith("--")})
+                near = difflib.get_close_matches(flag, choices, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                return out, f"unknown option {flag}{hint}; valid options: {', '.join(choices)}"
+            out.append(a)
+            if HYDRA_FLAGS[flag] and not eq and i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 1
+        else:
+            out.append(a)
+        i += 1
+    return out, None
+
+
+def split_overrides(hargs: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra flags (and their values) from overrides."""
+    flags, overrides = [], []
+    i = 0
+    while i < len(hargs):
+        a = hargs[i]
+        name = a.partition("=")[0]
+        if a.startswith("-") and name in HYDRA_FLAGS:
+            flags.append(a)
+            if HYDRA_FLAGS[name] and "=" not in a and i + 1 < len(hargs):
+                flags.append(hargs[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from .. import __version__
+
+        print(f"ld3 {__version__}")
+        return 0
+    stage = resolve_stage(argv[0])
+    if stage is None:
+        valid = sorted(set(STAGES) | {a for a in ALIASES if "-" in a})
+        near = difflib.get_close_matches(argv[0], valid, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        return fail(f"unknown stage '{argv[0]}'{hint}; valid stages: {', '.join(STAGES)} "
+                    "(aliases: train-discretization, sample-student, evaluate-fid)")
+    hargs, err = desugar(argv[1:])
+    if err:
+        return fail(err, stage)
+    flags, overrides = split_overrides(hargs)
+    if not (set(f.partition("=")[0] for f in flags) & NO_PREFLIGHT):
+        from .preflight import check_overrides
+
+        err = check_overrides(STAGES[stage][0], overrides, multirun=bool({"-m", "--multirun"} & set(flags)))
+        if err:
+            return fail(err, stage)
+    from .apps import run_app
+
+    return run_app(stage, STAGES[stage][0], hargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

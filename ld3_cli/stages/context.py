@@ -1,0 +1,115 @@
+"""What every stage gets: the config, the device, the store, the model (built once per process)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..store import Store, to_plain
+from .checks import solver_options, steps_for
+from .keys import model_key
+
+log = logging.getLogger("ld3")
+_MODELS: dict[tuple, Any] = {}  # (model key, device) -> model, reused across the jobs of a multirun
+
+
+def resolve_device(spec: str) -> torch.device:
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec} but CUDA is not available here; use device=cpu or device=auto")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"device={spec} but MPS is not available; use device=cpu or device=auto")
+    return dev
+
+
+def noise_for_seeds(seeds: Iterable[int], shape: tuple, device: torch.device = torch.device("cpu"),
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit Gaussian noise ``[n, *shape]``; row i depends only on seed i (any subset regenerates)."""
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+class StageContext:
+    """Per-job state shared by the stage functions."""
+
+    def __init__(self, cfg: DictConfig, stage: str, overrides: Optional[list[str]] = None):
+        self.cfg = cfg
+        self.stage = stage
+        self.overrides = list(overrides or [])
+        self.device = resolve_device(cfg.device)
+        self.store = Store(Path(str(cfg.cache_dir)))
+        self.model_cfg = to_plain(cfg.model)
+        self.model_key = model_key(cfg.model)
+        self.solver_name = str(cfg.solver.name)
+        self.solver_options = solver_options(cfg.solver)
+        self.nfe = int(cfg.nfe)
+        self.n_steps = steps_for(cfg.solver, self.nfe)
+        self._model = None
+
+    # -- the model ----------------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            key = (self.model_key, str(self.device))
+            if key not in _MODELS:
+                from ..models.registry import BuildContext, build_model
+
+                log.info("loading model %s (%s) on %s", self.model_cfg.get("name"), self.model_key, self.device)
+                bc = BuildContext(device=self.device, cache_dir=self.store.root, dataset=to_plain(self.cfg.dataset),
+                                  allow_download=bool(self.model_cfg.get("download", False)))
+                _MODELS.clear()  # keep one model in memory
+                _MODELS[key] = build_model(self.model_cfg, bc)
+            self._model = _MODELS[key]
+        return self._model
+
+    # -- commands that (re)produce artifacts -----------------------------------------------------
+    def command(self, stage: Optional[str] = None, extra: Optional[list[str]] = None) -> str:
+        """The ``ld3`` command that reproduces this job's artifacts of ``stage``."""
+        words = [f"ld3 {stage or self.stage}"] + [o for o in self.overrides if not o.startswith("hydra.")]
+        words += list(extra or [])
+        return " ".join(words)
+
+    # -- progress -------------------------------------------------------------------------------
+    def progress(self, total: int, desc: str, unit: str = "it", initial: int = 0):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not bool(self.cfg.progress),
+                    dynamic_ncols=True, leave=False)
+
+    def noises(self, seeds: Iterable[int]) -> torch.Tensor:
+        return noise_for_seeds(seeds, tuple(self.model.shape), self.device, self.model.dtype)
+
+
+def hydra_overrides() -> list[str]:
+    """The task overrides of the running Hydra job (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not running under Hydra
+        return []
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    """Global torch settings for a stage: TF32 (logged), CPU threads."""
+    if torch.cuda.is_available():
+        on = bool(cfg.get("tf32", True))
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+        if on:
+            log.info("TF32 matmuls/convolutions are ON (tf32=false to turn off)")
+    threads = os.environ.get("LD3_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

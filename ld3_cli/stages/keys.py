@@ -1,0 +1,73 @@
+"""Which config fields determine each artifact (and so its store key).
+
+* model key  = ``<model.name>-<hash>`` of the model config without ld3's own hints (param,
+  teacher defaults, download/url) and with a weights path replaced by the file's name and size
+  (moving a checkpoint does not invalidate its artifacts; replacing it does).
+* teacher    = model key + teacher solver, NFE, discretization, seeds (start, n).
+* schedule   = teacher key + student solver, NFE, the ``train`` group (minus runtime-only keys).
+* samples    = model key + solver, NFE, the schedule (learned key or baseline sigmas), n, seeds.
+* eval       = samples key + metric settings + reference identity.
+
+Runtime-only settings (batch sizes for inference, devices, progress bars, paths of weights
+for metrics) never enter a key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..store import make_key, to_plain
+
+TEACHER_VERSION = 1
+SCHEDULE_VERSION = 1
+SAMPLES_VERSION = 1
+EVAL_VERSION = 1
+
+MODEL_HINT_KEYS = {"param", "teacher_discretization", "teacher_nfe", "train_batch_size", "train_iters_phase1",
+                   "train_iters_phase2", "download", "url", "notes", "name", "file_name"}
+TRAIN_RUNTIME_KEYS = {"val_batch_size", "lpips_weights"}
+
+
+def _file_identity(path: Any) -> Any:
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        return {"file": p.name, "bytes": p.stat().st_size}
+    if p.is_dir():
+        return {"dir": p.name}
+    return {"missing": p.name}
+
+
+def model_key(model_cfg: Any) -> str:
+    m = to_plain(model_cfg)
+    fields = {k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}
+    for k in ("path", "checkpoint", "weights"):
+        if k in fields and fields[k] is not None:
+            fields[k] = _file_identity(fields[k])
+    name = str(m.get("name") or m.get("_target_", "model")).split(".")[-1]
+    return f"{name}-{make_key(fields)[:8]}"
+
+
+def teacher_fields(cfg, seed_start: int, n: int) -> dict:
+    t = to_plain(cfg.teacher)
+    return {"version": TEACHER_VERSION, "solver": t["solver"], "nfe": int(t["nfe"]),
+            "discretization": t["discretization"], "seed_start": int(seed_start), "n": int(n)}
+
+
+def schedule_fields(cfg, teacher_key: str) -> dict:
+    train = {k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS}
+    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe),
+            "train": train}
+
+
+def samples_fields(cfg, schedule_desc: dict) -> dict:
+    s = cfg.sample
+    return {"version": SAMPLES_VERSION, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe), "schedule": schedule_desc,
+            "n": int(s.n), "seed_offset": int(s.seed_offset), "shard_size": int(s.shard_size)}
+
+
+def eval_fields(samples_key: str, metric_desc: dict) -> dict:
+    return {"version": EVAL_VERSION, "samples": samples_key, "metrics": metric_desc}
+
+
+def reference_identity(path: Any) -> Any:
+    return None if path in (None, "") else _file_identity(path)

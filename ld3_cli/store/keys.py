@@ -1,0 +1,58 @@
+"""Artifact keys: a short hash of exactly the settings that determine an artifact.
+
+``make_key(fields)`` hashes a canonical JSON rendering (sorted keys, floats by ``repr``,
+tuples as lists, OmegaConf containers resolved), so two configs that differ only in
+settings that do not enter ``fields`` share an artifact, and any change to a field gives a
+new key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+KEY_LENGTH = 12
+
+
+def to_plain(obj: Any) -> Any:
+    """Recursively convert OmegaConf containers, tuples, paths and numpy/torch scalars to JSON data."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return obj.tolist()
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    def norm(o):
+        if isinstance(o, float):
+            if math.isnan(o) or math.isinf(o):
+                return repr(o)
+            return float(repr(o)) if o != int(o) else int(o) if abs(o) < 2 ** 53 else o
+        if isinstance(o, dict):
+            return {k: norm(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [norm(v) for v in o]
+        return o
+
+    return json.dumps(norm(to_plain(obj)), sort_keys=True, separators=(",", ":"))
+
+
+def make_key(fields: Any) -> str:
+    """Short hex digest of ``fields`` (any JSON-able structure)."""
+    return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:KEY_LENGTH]

@@ -1,0 +1,111 @@
+"""PNG figures: schedules (log-SNR vs step), training curves, image grids.  Matplotlib (Agg), bytes out."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+
+def _fig_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def lambda_plot_axes(ax, schedules: dict, highlight: str = "ld3") -> None:
+    """Plot log-SNR (-log sigma) against step index for ``{name: sigmas}``."""
+    for name, sig in schedules.items():
+        lam = -np.log(np.asarray(sig, dtype=np.float64))
+        style = dict(lw=2.5, marker="o", zorder=5) if name == highlight else dict(lw=1.2, marker=".", alpha=0.8)
+        ax.plot(np.arange(len(lam)), lam, label=name, **style)
+    ax.set_xlabel("step i")
+    ax.set_ylabel("log-SNR  -log(sigma_i)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def schedule_plot(result, baselines: dict, noise_schedule=None) -> bytes:
+    """(a) log-SNR vs step for the learned (and its evaluation times) and baseline schedules; (b) validation loss."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    sched = {name: v["sigmas"] for name, v in baselines.items() if "sigmas" in v}
+    sched["ld3"] = result.sigmas.tolist()
+    lambda_plot_axes(a, sched)
+    ev = np.asarray(result.sigmas_eval.tolist())
+    if not np.allclose(ev, np.asarray(result.sigmas.tolist())):
+        a.plot(np.arange(len(ev)), -np.log(ev), "x", color="k", label="ld3 eval times", zorder=6)
+        a.legend(fontsize=8)
+    a.set_title(f"{result.solver} NFE {result.nfe}: schedules")
+    its = [r["iteration"] for r in result.history if "val" in r]
+    vals = [r["val"] for r in result.history if "val" in r]
+    if its:
+        b.plot([0] + its, [result.init_val] + vals, label="validation")
+        b.axhline(result.best_val, color="g", ls="--", lw=1, label=f"best {result.best_val:.4g}")
+        for name, v in baselines.items():
+            b.axhline(v["val"], ls=":", lw=1, color="gray")
+            b.annotate(name, (0, v["val"]), fontsize=7, color="gray")
+        b.set_yscale("log")
+    b.set_xlabel("iteration")
+    b.set_ylabel(f"validation loss ({result.loss})")
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    return _fig_bytes(fig)
+
+
+def schedules_plot(schedules: dict, title: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    lambda_plot_axes(ax, schedules)
+    ax.set_title(title)
+    return _fig_bytes(fig)
+
+
+def image_grid(images_uint8: np.ndarray, cols: int | None = None) -> bytes:
+    """PNG of a grid of ``[n, H, W, C]`` uint8 images."""
+    from PIL import Image
+
+    n, h, w, c = images_uint8.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images_uint8[i]
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def metric_vs_nfe_plot(rows: list[dict], metric: str, title: str) -> bytes:
+    """One line per (solver, schedule) of ``metric`` against NFE."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series: dict = {}
+    for r in rows:
+        if r["metric"] == metric:
+            series.setdefault((r["solver"], r["schedule"]), []).append((int(r["nfe"]), float(r["value"])))
+    for (solver, sched), pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if sched == "ld3" else 1.2,
+                label=f"{solver} / {sched}")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return _fig_bytes(fig)
