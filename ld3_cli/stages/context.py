@@ -79,10 +79,9 @@ class StageContext:
 
     # -- progress -------------------------------------------------------------------------------
     def progress(self, total: int, desc: str, unit: str = "it", initial: int = 0):
-        from tqdm.auto import tqdm
+        from ..utils.progress import Progress
 
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not bool(self.cfg.progress),
-                    dynamic_ncols=True, leave=False)
+        return Progress(total, desc, unit, initial, enabled=bool(self.cfg.progress))
 
     def noises(self, seeds: Iterable[int]) -> torch.Tensor:
         return noise_for_seeds(seeds, tuple(self.model.shape), self.device, self.model.dtype)

@@ -83,7 +83,15 @@ def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Opti
     """Atomically write tensors as safetensors (contiguous CPU copies)."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+    seen: set = set()
+    plain = {}
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        if v.data_ptr() in seen:  # safetensors refuses tensors that share memory
+            v = v.clone()
+        seen.add(v.data_ptr())
+        plain[k] = v
+    data = save(plain,
                 metadata={k: str(v) for k, v in (metadata or {}).items()})
     atomic_write_bytes(path, data)
 

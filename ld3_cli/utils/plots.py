@@ -85,6 +85,9 @@ def image_grid(images_uint8: np.ndarray, cols: int | None = None) -> bytes:
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images_uint8[i]
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if h < 64:  # small images (MNIST, CIFAR): enlarge so the grid is readable
+        f = 64 // h
+        img = img.resize((img.width * f, img.height * f), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

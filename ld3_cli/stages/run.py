@@ -1,0 +1,37 @@
+"""``ld3 run``: teacher-sample -> train -> sample -> eval for the current config.
+
+With no arguments this is the embedded-default demo (``make demo``): the MNIST-5k Gaussian
+mixture, UniPC at NFE 5.  Every step reuses the store, so a second run recomputes nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from . import evaluate, teacher_sample, train
+from .context import StageContext
+
+log = logging.getLogger("ld3")
+
+
+def run(ctx: StageContext) -> list[dict]:
+    t0 = time.perf_counter()
+    teacher = teacher_sample.teacher_artifact(ctx)
+    print(f"[1/3] teacher samples: {teacher.path}")
+    sched = train.run(ctx)
+    print(f"[2/3] learned schedule: {sched.path}")
+    print("[3/3] sampling and evaluating", ", ".join(str(s) for s in ctx.cfg.eval.compare))
+    table = evaluate.run(ctx)
+    print()
+    print("artifacts:")
+    print(f"  teacher   {teacher.path}")
+    print(f"  schedule  {sched.path / 'schedule.json'}")
+    if (sched.path / "schedule.png").is_file():
+        print(f"  plot      {sched.path / 'schedule.png'}")
+    from .sample import samples_artifact
+
+    ld3_samples = samples_artifact(ctx, "ld3")
+    print(f"  samples   {ld3_samples.path} (grid.png, teacher_vs_student.png)")
+    print(f"  results   {ctx.store.root / 'results.csv'}")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return table

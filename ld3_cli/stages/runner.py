@@ -1,0 +1,53 @@
+"""Run one stage for one composed config: errors become one line and exit 2, interrupts exit 130."""
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import sys
+
+from ..errors import EXIT_USER_ERROR, Ld3Error
+
+log = logging.getLogger("ld3")
+
+STAGE_MODULES = {
+    "teacher-sample": "teacher_sample",
+    "train": "train",
+    "sample": "sample",
+    "eval": "evaluate",
+    "run": "run",
+    "export": "export",
+    "schedules": "schedules",
+    "fid-ref": "fid_ref",
+}
+EXIT_INTERRUPTED = 130
+
+
+def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by the reliability tests
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_stage(stage: str, cfg):
+    """Entry point of every stage's Hydra app."""
+    from .checks import check_config
+    from .context import StageContext, configure_torch, hydra_overrides
+
+    try:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    except ValueError:  # not the main thread (e.g. inside a test harness)
+        pass
+    try:
+        msg = check_config(cfg)
+        if msg:
+            raise Ld3Error(msg)
+        configure_torch(cfg)
+        module = importlib.import_module(f"ld3_cli.stages.{STAGE_MODULES[stage]}")
+        ctx = StageContext(cfg, stage, hydra_overrides())
+        return module.run(ctx)
+    except Ld3Error as e:
+        print(f"ld3 {stage}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print(f"ld3 {stage}: interrupted; finished work is saved in the store -- rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
