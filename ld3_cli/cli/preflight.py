@@ -49,6 +49,9 @@ def _one_line(msg: str) -> str:
         i = next(i for i, ln in enumerate(lines) if ln.startswith("Available options in"))
         group = lines[i].rstrip(":")
         options = [ln for ln in lines[i + 1:] if " " not in ln]
+        m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
+        if m:
+            return f"unknown {m.group(1)} '{m.group(2)}'; choose one of: {', '.join(options)}"
         return f"{head[0] if head else 'invalid choice'}; {group.lower()}: {', '.join(options)}"
     return " ".join(lines)
 

@@ -139,10 +139,16 @@ class GaussianMixtureDenoiser(Denoiser):
         labels = labels.to(dev)
         z1 = torch.randn(n, self.r, generator=generator, dtype=torch.float64).to(dev, dt)
         z2 = torch.randn(n, self.d, generator=generator, dtype=torch.float64).to(dev, dt)
-        U = self.U[labels]  # [n,d,r]
-        in_sub = torch.einsum("ndr,nr->nd", U, self.lam[labels].clamp_min(0).sqrt() * z1)
-        z2_perp = z2 - torch.einsum("ndr,nr->nd", U, torch.einsum("ndr,nd->nr", U, z2))
-        x0 = self.mu[labels] + in_sub + self.v[labels].sqrt()[:, None] * z2_perp
+        x0 = torch.empty(n, self.d, dtype=dt, device=dev)
+        for k in range(self.K):  # per component: two small matrix products
+            idx = (labels == k).nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            U = self.U[k]
+            zk = z2[idx]
+            in_sub = (self.lam[k].clamp_min(0).sqrt() * z1[idx]) @ U.T
+            perp = zk - (zk @ U) @ U.T
+            x0[idx] = self.mu[k] + in_sub + self.v[k].sqrt() * perp
         return x0.reshape(n, *self.shape), labels
 
     def component_covariance(self, k: int) -> torch.Tensor:

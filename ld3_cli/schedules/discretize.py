@@ -99,6 +99,7 @@ def time_uniform(n_steps, schedule, sigma_min=None, sigma_max=None, **_):
 @register("time_quadratic")
 def time_quadratic(n_steps, schedule, sigma_min=None, sigma_max=None, power: float = 2.0, **_):
     t_hi, t_lo, lo, hi = _native_range(schedule, sigma_min, sigma_max)
+    t_hi, t_lo = max(t_hi, 0.0), max(t_lo, 0.0)  # round-off can leave t(sigma_min) at -1e-16
     u = torch.linspace(t_hi ** (1 / power), t_lo ** (1 / power), n_steps + 1, dtype=torch.float64)
     return _pin_ends(schedule.sigma(u ** power), lo, hi)
 

@@ -1,0 +1,53 @@
+# ld3 -- the two commands that matter: `make demo` and `make test` (each installs first if needed).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.ld3-installed
+EXTRAS ?= dev,diffusers
+
+SOLVERS ?= dpmpp,unipc,ipndm
+NFES    ?= 4,5,6
+MODEL   ?= mnist_gmm
+
+.PHONY: install demo test test-all lint bench sweep clean distclean help \
+        repro-mnist repro-cifar10 repro-ffhq repro-afhqv2 repro-lsun repro-imagenet repro-sd15
+
+help:
+	@echo "make demo    -- the whole LD3 pipeline on the embedded default (MNIST-5k mixture), ~1 min on 2 CPU cores"
+	@echo "make test    -- the test suite (fast tests; make test-all includes the slow ones)"
+	@echo "make install / lint / bench / sweep SOLVERS=... NFES=... / repro-<setup> / clean"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/ld3 run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check ld3_cli tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench.py --json ld3-cache/bench.json
+
+sweep: install
+	$(BIN)/ld3 teacher-sample model=$(MODEL)
+	$(BIN)/ld3 train -m model=$(MODEL) solver=$(SOLVERS) nfe=$(NFES)
+	$(BIN)/ld3 eval -m model=$(MODEL) solver=$(SOLVERS) nfe=$(NFES)
+
+clean:
+	rm -rf ld3-cache outputs multirun .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,286 @@
+"""``diffusers_snippet.py``: runnable code that builds diffusers schedulers on an exported schedule.
+
+Facts about diffusers this relies on (read from its source, 0.42):
+
+* ``EulerDiscreteScheduler.set_timesteps(sigmas=[...])`` uses a custom list as given (cast to
+  float32; nothing is appended -- ``final_sigmas_type`` only applies to its own schedules) and
+  takes ``len(sigmas) - 1`` steps; the timesteps it hands the network come from its
+  ``alphas_cumprod`` by linear interpolation of ``log sigma`` between training steps, which is
+  exactly :class:`~ld3_cli.schedules.noise.VPDiscrete`'s native time.  Its sigma is the EDM
+  sigma ``sqrt((1 - abar) / abar)``.
+* ``EDMEulerScheduler.set_timesteps(sigmas=ramp)`` reads its argument as a ramp in [0, 1]
+  through the Karras formula and appends a terminal value (0 by default); the ramp that
+  reproduces given sigmas is the inverse of that formula (:func:`karras_ramp`).
+* ``FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas=[...])`` takes flow times ``t``,
+  shifts them by ``shift`` (identity for ``shift=1``) and appends 0.
+* ``DPMSolverMultistepScheduler.set_timesteps(timesteps=[...])`` casts to int64 (truncation),
+  reads sigmas at those integer steps and appends the final sigma (``final_sigmas_type``);
+  ``UniPCMultistepScheduler.set_timesteps`` accepts no custom timesteps, and custom sigmas only
+  with ``use_flow_sigmas=True``; ``EDMDPMSolverMultistepScheduler`` accepts neither.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .. import __version__
+from ..schedules.noise import VPDiscrete
+from .record import ExportSchedule, float_list, py_float, wrap
+
+KARRAS_RHO = 7.0
+
+
+# -- facts derived from the schedule ------------------------------------------------------------
+def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
+    def abar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)], dtype=torch.float64)
+
+
+def _short(v: float) -> float:
+    """``v`` to 12 significant digits (removes float noise from betas recovered from alphas_cumprod)."""
+    return float(f"{float(v):.12g}")
+
+
+def vp_beta_config(schedule: VPDiscrete) -> dict:
+    """Keyword arguments of a beta-based diffusers scheduler with this ``alphas_cumprod``.
+
+    Recognises diffusers' ``linear``, ``scaled_linear`` and ``squaredcos_cap_v2`` beta schedules
+    (relative tolerance 1e-8 on the betas); anything else becomes ``trained_betas``.
+    """
+    ac = schedule.alphas_cumprod.to(torch.float64)
+    n = ac.numel()
+    betas = torch.cat([1 - ac[:1], 1 - ac[1:] / ac[:-1]])
+    scale = float(betas.abs().max())
+
+    def close(ref: torch.Tensor) -> bool:
+        return float((betas - ref).abs().max()) <= 1e-8 * scale
+
+    b0, b1 = float(betas[0]), float(betas[-1])
+    if close(torch.linspace(b0, b1, n, dtype=torch.float64)):
+        return {"num_train_timesteps": n, "beta_schedule": "linear", "beta_start": _short(b0), "beta_end": _short(b1)}
+    r0, r1 = math.sqrt(b0), math.sqrt(b1)
+    if close(torch.linspace(r0, r1, n, dtype=torch.float64) ** 2):
+        return {"num_train_timesteps": n, "beta_schedule": "scaled_linear", "beta_start": _short(b0),
+                "beta_end": _short(b1)}
+    if close(_cosine_betas(n)):
+        return {"num_train_timesteps": n, "beta_schedule": "squaredcos_cap_v2"}
+    return {"num_train_timesteps": n, "trained_betas": [float(b) for b in betas]}
+
+
+def karras_ramp(sigmas, sigma_min: float, sigma_max: float, rho: float = KARRAS_RHO) -> list[float]:
+    """The ramp ``r`` with ``(max^(1/rho) + r (min^(1/rho) - max^(1/rho)))^rho = sigma`` for each sigma."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return [(float(s) ** (1 / rho) - hi) / (lo - hi) + 0.0 for s in sigmas]  # + 0.0 turns -0.0 into 0.0
+
+
+def integer_timesteps(es: ExportSchedule) -> Optional[dict]:
+    """What rounding ld3's native times to integer training steps does (DDPM-type models only, else None).
+
+    Returns ``timesteps`` (nearest integers of ``t[0..N-1]``, the points where the network is
+    evaluated), the sigmas there before and after rounding, their relative changes, the largest
+    one and its index, the final sigma of ld3 and of diffusers' ``final_sigmas_type="sigma_min"``
+    (``sigma`` at step 0), and pairs of steps that rounding merges (a multistep solver cannot
+    take a zero-length step).
+    """
+    sched = es.noise_schedule
+    if not isinstance(sched, VPDiscrete):
+        return None
+    t = es.t[:-1]
+    steps = torch.round(t)
+    rounded = sched.sigma(steps)
+    sig = es.sigmas[:-1]
+    rel = (rounded / sig - 1).abs()
+    k = int(torch.argmax(rel))
+    ints = [int(v) for v in steps.tolist()]
+    merged = [(i, i + 1) for i in range(len(ints) - 1) if ints[i] == ints[i + 1]]
+    return {"t": t.tolist(), "timesteps": ints, "sigmas": sig.tolist(), "rounded_sigmas": rounded.tolist(),
+            "rel_change": rel.tolist(), "max_rel_change": float(rel[k]), "argmax": k,
+            "final_sigma": float(es.sigmas[-1]), "diffusers_final_sigma": float(sched.sigma(torch.tensor(0.0))),
+            "merged": merged}
+
+
+# -- the snippet ---------------------------------------------------------------------------------
+def _rounding_note(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
+    if rep is None:
+        return wrap(
+            f"Integer timesteps: not applicable -- this model's time is continuous ({es.kind} noise schedule). "
+            "DPMSolverMultistepScheduler(timesteps=...) takes integer training steps of DDPM-type models; "
+            "UniPCMultistepScheduler takes custom sigmas only with use_flow_sigmas=True (flow models; it then hands "
+            "the network int64 timesteps int(t * num_train_timesteps)); EDMDPMSolverMultistepScheduler takes no "
+            "custom schedule at all.  The Euler schedulers below carry the schedule exactly.")
+    lines = wrap(
+        "Integer timesteps: DPMSolverMultistepScheduler.set_timesteps(timesteps=...) casts them to int64 "
+        "(truncation), so INTEGER_TIMESTEPS holds ld3's native times rounded to the nearest training step; the "
+        "network is then evaluated at these sigmas instead of ld3's:")
+    lines += ["", "     i          t_i   step        sigma_i    sigma(step)  rel. change"]
+    for i, (t, s, st, r, c) in enumerate(zip(rep["t"], rep["timesteps"], rep["sigmas"], rep["rounded_sigmas"],
+                                             rep["rel_change"])):
+        lines.append(f"  {i:4d} {t:12.4f} {s:6d} {st:14.7g} {r:14.7g}  {c:.3e}")
+    lines.append("")
+    text = (f"Largest relative sigma change: {rep['max_rel_change']:.3e} (i = {rep['argmax']}).  Final sigma: ld3 "
+            f"ends at {rep['final_sigma']:.7g}; final_sigmas_type=\"sigma_min\" ends at sigma(step 0) = "
+            f"{rep['diffusers_final_sigma']:.7g}.")
+    if rep["merged"]:
+        pairs = ", ".join(f"{a} and {b}" for a, b in rep["merged"])
+        text += f"  Rounding MERGES steps {pairs}: DPMSolverMultistep cannot run this schedule; use Euler."
+    text += ("  UniPCMultistepScheduler.set_timesteps accepts neither custom timesteps nor (for these models) custom "
+             "sigmas (only with use_flow_sigmas=True): it cannot run this schedule.")
+    return lines + wrap(text)
+
+
+def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
+    gap = es.decoupled_gap()
+    lines = [f'"""diffusers schedulers for {es.model} ({es.model_key}).', ""]
+    lines += wrap(f"Schedule {es.name!r}, made for ld3's {es.solver_label()} at NFE {es.nfe} ({es.steps} steps); "
+                  f"exported by ld3 {__version__}.")
+    lines.append("")
+    lines += wrap(
+        "SIGMAS are EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at sigma_min; for DDPM-type "
+        "models this is diffusers' own sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod).  "
+        "EulerDiscreteScheduler.set_timesteps(sigmas=SIGMAS) uses the list as given (float32, nothing appended): "
+        "ld3's steps, ending at sigma_min.  END_AT_ZERO = True appends 0: one more step and network call, onto the "
+        "denoised image (diffusers' usual ending).")
+    if es.kind == "edm":
+        lines += wrap("EDMEulerScheduler (for EDM models) always appends a terminal sigma (0 here): SIGMAS plus one "
+                      "step to 0, i.e. one network call more than ld3.")
+    if es.kind == "flow":
+        lines += wrap("FlowMatchEulerDiscreteScheduler (for flow models) takes flow times t = sigma / (1 + sigma) "
+                      "(FLOW_T) with shift=1 -- a pipeline's own shift must be set to 1, or it shifts them again -- "
+                      "and appends 0: FLOW_T plus one step to t = 0, one network call more than ld3.")
+    lines += ["", "Not expressible in diffusers:"]
+    if gap > 0:
+        lines += wrap(f"* ld3's decoupled evaluation times SIGMAS_EVAL (up to {gap:.3g} relative from SIGMAS): "
+                      "diffusers evaluates the network on the grid points themselves.", indent="  ", hang="  ")
+    else:
+        lines += wrap("* (no decoupled evaluation times here: SIGMAS_EVAL == SIGMAS, nothing lost there)", indent="  ", hang="  ")
+    lines += wrap(f"* the solver: the schedule was optimised for ld3's {es.solver_short()}; a diffusers scheduler "
+                  "(Euler here, first order) runs on the same times but is not the method that was optimised.",
+                  indent="  ", hang="  ")
+    lines.append("")
+    return lines + _rounding_note(es, rep) + ['"""']
+
+
+def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> str:
+    """The text of ``diffusers_snippet.py`` (imports diffusers; builds schedulers, runs no model)."""
+    rep = integer_timesteps(es)
+    vp = isinstance(es.noise_schedule, VPDiscrete)
+    imports = ["EulerDiscreteScheduler"]
+    if es.kind == "edm":
+        imports.append("EDMEulerScheduler")
+    if es.kind == "flow":
+        imports.append("FlowMatchEulerDiscreteScheduler")
+    if rep is not None and not rep["merged"]:
+        imports.append("DPMSolverMultistepScheduler")
+    lines = _docstring(es, rep)
+    if es.kind == "edm":
+        lines.append("import torch")
+    lines += [f"from diffusers import {', '.join(sorted(imports))}", ""]
+    lines += [
+        "# ld3's grid (EDM sigmas) and where ld3's solver evaluates the network (not expressible in diffusers)",
+        f"SIGMAS = {float_list(es.sigmas.tolist())}",
+        f"SIGMAS_EVAL = {float_list(es.sigmas_eval.tolist())}",
+        f"# the model's native time t at SIGMAS ({es.kind} noise schedule)",
+        f"NATIVE_T = {float_list(es.t.tolist())}",
+        "END_AT_ZERO = False",
+        "",
+    ]
+    if vp:
+        cfg = vp_beta_config(es.noise_schedule)
+        lines += ["# the model's training noise schedule (what maps SIGMAS to the network's timesteps)",
+                  f"BETAS = {_kwargs_literal(cfg)}"]
+        if model_path:
+            lines.append(f"# or: EulerDiscreteScheduler.from_pretrained({str(model_path)!r}, subfolder=\"scheduler\")")
+    else:
+        lines += [f"# this model ({es.kind} noise schedule) has no training betas: EulerDiscreteScheduler carries the",
+                  "# sigmas exactly, but the timesteps it derives from its default alphas_cumprod mean nothing here",
+                  "BETAS = {}"]
+    lines += [
+        "",
+        "",
+        "def euler_scheduler(end_at_zero=END_AT_ZERO):",
+        '    """EulerDiscreteScheduler on SIGMAS (its `sigmas` equal SIGMAS in float32, plus 0 with end_at_zero)."""',
+        "    scheduler = EulerDiscreteScheduler(**BETAS)",
+        "    scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero else []))",
+        "    return scheduler",
+    ]
+    recommended = "euler_scheduler"
+    if es.kind == "edm":
+        lo, hi = es.noise_schedule.sigma_min, es.noise_schedule.sigma_max
+        lines += [
+            "",
+            "",
+            "# EDMEulerScheduler reads `sigmas` as a ramp in [0, 1] through the Karras formula; this ramp",
+            f"# inverts it (rho = {KARRAS_RHO:g}, sigma_min / sigma_max of the scheduler below)",
+            f"EDM_RAMP = {float_list(karras_ramp(es.sigmas.tolist(), lo, hi))}",
+            "",
+            "",
+            "def edm_euler_scheduler():",
+            '    """EDMEulerScheduler whose `sigmas` are SIGMAS (float32) followed by its terminal 0."""',
+            f"    scheduler = EDMEulerScheduler(sigma_min={py_float(lo)}, sigma_max={py_float(hi)}, "
+            f"rho={py_float(KARRAS_RHO)}, final_sigmas_type=\"zero\")",
+            "    scheduler.set_timesteps(num_inference_steps=len(EDM_RAMP), sigmas=torch.tensor(EDM_RAMP, "
+            "dtype=torch.float64))",
+            "    return scheduler",
+        ]
+        recommended = "edm_euler_scheduler"
+    if es.kind == "flow":
+        lines += [
+            "",
+            "",
+            "# flow times t = sigma / (1 + sigma): what flow-matching schedulers call sigmas",
+            f"FLOW_T = {float_list(es.t.tolist())}",
+            "",
+            "",
+            "def flow_match_scheduler():",
+            '    """FlowMatchEulerDiscreteScheduler whose `sigmas` are FLOW_T (float32) followed by its terminal 0."""',
+            "    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)",
+            "    scheduler.set_timesteps(sigmas=FLOW_T)",
+            "    return scheduler",
+        ]
+        recommended = "flow_match_scheduler"
+    if rep is not None and not rep["merged"]:
+        order = int(es.solver_options.get("order", 2)) if es.solver == "dpmpp" else 2
+        lines += [
+            "",
+            "",
+            "# ld3's native times rounded to training steps (see the table above)",
+            f"INTEGER_TIMESTEPS = {rep['timesteps']}",
+            "",
+            "",
+            "def dpm_solver_scheduler():",
+            '    """DPM-Solver++ on INTEGER_TIMESTEPS (approximate: rounded times), ending at sigma(step 0)."""',
+            f"    scheduler = DPMSolverMultistepScheduler(**BETAS, algorithm_type=\"dpmsolver++\", "
+            f"solver_order={min(max(order, 1), 3)}, final_sigmas_type=\"sigma_min\")",
+            "    scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)",
+            "    return scheduler",
+        ]
+    lines += [
+        "",
+        "",
+        f"scheduler = {recommended}()",
+        "# with a pipeline whose __call__ takes `sigmas` (e.g. StableDiffusionPipeline):",
+        "#   pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)",
+        "#   image = pipe(prompt, sigmas=SIGMAS).images[0]",
+        "",
+        'if __name__ == "__main__":',
+        "    print(type(scheduler).__name__)",
+        "    print(\"sigmas   \", [round(float(s), 6) for s in scheduler.sigmas])",
+        "    print(\"timesteps\", [round(float(t), 4) for t in scheduler.timesteps])",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _kwargs_literal(cfg: dict) -> str:
+    parts = []
+    for k, v in cfg.items():
+        if isinstance(v, list):
+            parts.append(f"{k!r}: {float_list(v)}")
+        elif isinstance(v, float):
+            parts.append(f"{k!r}: {py_float(v)}")
+        else:
+            parts.append(f"{k!r}: {v!r}")
+    return "{" + ", ".join(parts) + "}"

@@ -1,0 +1,157 @@
+"""The schedule being exported and the plain-data record every format is written from.
+
+Conventions (those of the whole package):
+
+* ``sigmas[0..N]``: the solver's grid, EDM noise levels (``x = x0 + sigma * n``), strictly
+  decreasing from ``sigma_max`` to ``sigma_min > 0``; ``N`` steps.
+* ``sigmas_eval[0..N]``: where the solver evaluates the network at step ``i`` (LD3's decoupled
+  times; equal to ``sigmas`` for a baseline).  Only ``sigmas_eval[0..N-1]`` are ever used.
+* ``t``: the model's native time (``NoiseSchedule.t``); ``lambda = -log(sigma)`` (log-SNR).
+
+Numbers are written with ``repr(float)`` (shortest text that reads back to the same float64),
+so every text format round-trips bit-exactly; :func:`decimal_text` gives the same without an
+exponent, for parsers that do not read ``1e-05``.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..schedules.noise import NoiseSchedule
+
+RECORD_FORMAT = "ld3-schedule"
+RECORD_VERSION = 1
+
+
+def py_float(v: float) -> str:
+    """Shortest Python/JSON literal of ``v`` that parses back to the same float64."""
+    v = float(v)
+    if not math.isfinite(v):
+        raise ConfigError(f"cannot export the non-finite value {v}; the schedule is corrupt -- retrain it")
+    return repr(v)
+
+
+def decimal_text(v: float) -> str:
+    """Shortest positional (no exponent) decimal of ``v`` that parses back to the same float64."""
+    v = float(v)
+    if not math.isfinite(v):
+        raise ConfigError(f"cannot export the non-finite value {v}; the schedule is corrupt -- retrain it")
+    return np.format_float_positional(v, unique=True, trim="0")
+
+
+def wrap(text: str, width: int = 100, indent: str = "", hang: str = "") -> list[str]:
+    """``text`` as lines of at most ``width`` characters, the first indented by ``indent``, the rest by
+    ``indent + hang`` (for docstrings of written files)."""
+    return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent + hang,
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def float_list(values, fmt=py_float) -> str:
+    """``[a, b, ...]`` with every value formatted by ``fmt``."""
+    return "[" + ", ".join(fmt(v) for v in values) + "]"
+
+
+@dataclass
+class ExportSchedule:
+    """A schedule and its context.
+
+    Attributes:
+        name: ``ld3`` or the baseline's name.
+        sigmas, sigmas_eval: float64 tensors ``[N + 1]`` (see the module docstring).
+        noise_schedule: the model's :class:`NoiseSchedule` (native time, kind).
+        solver, solver_options, nfe: the sampler the schedule is meant for.
+        model, model_key: the model's config name and store key.
+        provenance: where the numbers come from (artifact key / path / command, ...).
+    """
+
+    name: str
+    sigmas: torch.Tensor
+    sigmas_eval: torch.Tensor
+    noise_schedule: NoiseSchedule
+    solver: str
+    solver_options: dict
+    nfe: int
+    model: str
+    model_key: str
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten().cpu()
+        self.sigmas_eval = torch.as_tensor(self.sigmas_eval, dtype=torch.float64).flatten().cpu()
+        s = self.sigmas
+        if s.numel() < 2 or not bool(torch.all(s > 0)) or not bool(torch.all(s[1:] < s[:-1])):
+            raise ConfigError(f"schedule '{self.name}' is not a strictly decreasing list of >= 2 positive sigmas "
+                              f"({s.tolist()}); regenerate it")
+        if self.sigmas_eval.shape != s.shape or not bool(torch.all(self.sigmas_eval > 0)):
+            raise ConfigError(f"schedule '{self.name}': sigmas_eval must be {s.numel()} positive values; regenerate it")
+
+    # -- derived quantities -----------------------------------------------------------------
+    @property
+    def steps(self) -> int:
+        return self.sigmas.numel() - 1
+
+    @property
+    def t(self) -> torch.Tensor:
+        return self.noise_schedule.t(self.sigmas)
+
+    @property
+    def t_eval(self) -> torch.Tensor:
+        return self.noise_schedule.t(self.sigmas_eval)
+
+    @property
+    def lambdas(self) -> torch.Tensor:
+        return -torch.log(self.sigmas)
+
+    @property
+    def lambdas_eval(self) -> torch.Tensor:
+        return -torch.log(self.sigmas_eval)
+
+    @property
+    def kind(self) -> str:
+        """The noise-schedule kind (``edm``, ``vp_discrete``, ``vp_linear``, ``vp_cosine``, ``flow``)."""
+        return self.noise_schedule.kind
+
+    def decoupled_gap(self) -> float:
+        """Largest relative difference ``|sigma_eval_i / sigma_i - 1|`` over the evaluated points ``i < N``."""
+        return float((self.sigmas_eval[:-1] / self.sigmas[:-1] - 1).abs().max())
+
+    def solver_short(self) -> str:
+        """``unipc order 3`` (the solver and its order), for prose."""
+        order = self.solver_options.get("order")
+        return f"{self.solver} order {order}" if order is not None else self.solver
+
+    def solver_label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.solver_options.items()))
+        return f"{self.solver} ({opts})" if opts else self.solver
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready description (what ``schedule.json`` holds)."""
+        return {
+            "format": RECORD_FORMAT,
+            "version": RECORD_VERSION,
+            "schedule": self.name,
+            "sigmas": self.sigmas.tolist(),
+            "sigmas_eval": self.sigmas_eval.tolist(),
+            "t": self.t.tolist(),
+            "t_eval": self.t_eval.tolist(),
+            "lambdas": self.lambdas.tolist(),
+            "lambdas_eval": self.lambdas_eval.tolist(),
+            "steps": self.steps,
+            "nfe": int(self.nfe),
+            "solver": self.solver,
+            "solver_options": dict(self.solver_options),
+            "model": self.model,
+            "model_key": self.model_key,
+            "noise_schedule": self.noise_schedule.to_dict(),
+            "provenance": dict(self.provenance),
+            "conventions": ("sigmas: EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at "
+                            "sigma_min; the solver steps on sigmas and evaluates the network at sigmas_eval[i] "
+                            "for step i < steps (sigmas_eval[steps] is unused); t: the model's native time; "
+                            "lambdas = -log(sigma)"),
+        }

@@ -1,0 +1,149 @@
+"""``ld3 fid-ref``: FID reference statistics (``mu``, ``sigma`` of Inception pool3 features) from images.
+
+``fid_ref.source`` is ``dataset`` (the current dataset config: the MNIST-5k digits for
+``mnist5k``, ``dataset.path`` for ``image_folder``), an image folder (png/jpg, recursive) or an
+``.npz`` of uint8 images ``[N, H, W, C]`` (key ``x``, ``images`` or ``arr_0``).  Features come
+from pytorch-fid's Inception v3 (:class:`~ld3_cli.metrics.InceptionFeatures`; weights
+``eval.inception_weights`` or the torch hub cache -- never downloaded), computed in batches of
+``eval.fid_batch_size``; 1-channel images are repeated to RGB.  The statistics go to
+``fid_ref.out`` (default ``dataset.fid_ref``, else ``<cache>/refs/<name>.npz``) as EDM's npz
+layout (float64 ``mu [2048]``, ``sigma [2048, 2048]``), written atomically; an existing file is
+only replaced with ``fid_ref.overwrite=true``.
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf.errors import MissingMandatoryValue
+
+from ..errors import ConfigError, MissingFileError
+from .context import StageContext
+
+log = logging.getLogger("ld3")
+DATASET = "dataset"
+
+
+def _npz_count(path: Path) -> int:
+    """Number of images in an ``.npz`` (read from the array header, without loading it); 0 if unknown."""
+    from ..metrics.reference import NPZ_IMAGE_KEYS
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            for key in NPZ_IMAGE_KEYS:
+                if f"{key}.npy" in names:
+                    with z.open(f"{key}.npy") as f:
+                        version = np.lib.format.read_magic(f)
+                        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                else np.lib.format.read_array_header_2_0)
+                        shape = read(f)[0]
+                        return int(shape[0]) if shape else 0
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass
+    return 0
+
+
+def _folder_count(path: Path) -> int:
+    from ..metrics.reference import IMAGE_SUFFIXES
+
+    return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def resolve_source(ctx: StageContext) -> tuple[Any, str, str, int]:
+    """``(source for compute_reference_stats, description, default file stem, image count or 0)``."""
+    spec = ctx.cfg.fid_ref.get("source", DATASET)
+    ds = ctx.cfg.dataset
+    if spec in (None, "", DATASET):
+        kind = str(ds.get("kind"))
+        if kind == "mnist5k":
+            from ..data.mnist5k import load_mnist5k_uint8
+
+            images = load_mnist5k_uint8()
+            return images, "the MNIST-5k digits (dataset mnist5k)", str(ds.name), len(images)
+        if kind == "image_folder":
+            try:
+                folder = ds.path
+            except MissingMandatoryValue:
+                raise ConfigError("dataset=image_folder needs the folder: add dataset.path=/your/images "
+                                  "(or give fid_ref.source=/your/images)") from None
+            path = Path(str(folder)).expanduser()
+            if not path.is_dir():
+                raise MissingFileError(f"dataset.path {path} is not a folder; point dataset.path at your image "
+                                       "folder (png/jpg)")
+            return path, f"the images under {path} (dataset {ds.name})", str(ds.name), _folder_count(path)
+        url = ds.get("fid_ref_url")
+        hint = f"download its statistics from {url}, or " if url else ""
+        raise ConfigError(f"dataset {ds.get('name')} (kind {kind}) has no images here to compute statistics from; "
+                          f"{hint}give fid_ref.source=/path/to/images (a folder or an .npz of uint8 images)")
+    path = Path(str(spec)).expanduser()
+    if not path.exists():
+        raise MissingFileError(f"fid_ref.source {path} not found; give an image folder, an .npz of uint8 images "
+                               "[N, H, W, C] (key x), or fid_ref.source=dataset")
+    if path.is_dir():
+        return path, f"the images under {path}", path.name, _folder_count(path)
+    if path.suffix.lower() != ".npz":
+        raise ConfigError(f"fid_ref.source {path} is neither a folder nor an .npz; give an image folder or an .npz "
+                          "of uint8 images [N, H, W, C] (key x)")
+    return path, f"the images in {path}", path.stem, _npz_count(path)
+
+
+def resolve_out(ctx: StageContext, stem: str) -> Path:
+    cfg = ctx.cfg.fid_ref
+    out = cfg.get("out") or ctx.cfg.dataset.get("fid_ref")
+    path = Path(str(out)).expanduser() if out else ctx.store.root / "refs" / f"{stem}.npz"
+    if path.suffix.lower() != ".npz":
+        raise ConfigError(f"fid_ref.out={path} must end in .npz (e.g. fid_ref.out=refs/mydata.npz)")
+    if path.exists() and not bool(cfg.get("overwrite", False)):
+        raise ConfigError(f"{path} already exists; pass fid_ref.overwrite=true to replace it, or write elsewhere "
+                          "with fid_ref.out=/path/to/new.npz")
+    return path
+
+
+def _image_size(spec):
+    if spec is None:
+        return None
+    if isinstance(spec, (int, str)):
+        return int(spec)
+    vals = [int(v) for v in spec]
+    if len(vals) != 2:
+        raise ConfigError(f"fid_ref.image_size must be an int or [H, W], got {list(spec)}")
+    return tuple(vals)
+
+
+def run(ctx: StageContext) -> dict:
+    """Stage entry point: returns ``{"path", "mu", "sigma", "n"}``."""
+    from ..metrics import InceptionFeatures, compute_reference_stats
+
+    cfg = ctx.cfg.fid_ref
+    n = cfg.get("n")
+    n = None if n is None else int(n)
+    if n is not None and n < 1:
+        raise ConfigError(f"fid_ref.n must be >= 1 (or null for all images), got {n}")
+    source, desc, stem, count = resolve_source(ctx)
+    out = resolve_out(ctx, stem)
+    feats = InceptionFeatures(weights_path=ctx.cfg.eval.get("inception_weights"), device=ctx.device,
+                              batch_size=int(ctx.cfg.eval.fid_batch_size))
+    total = n if n is not None else count
+    bar = ctx.progress(total, "FID reference features", "img")
+    seen = [0]
+
+    def features(batch):
+        seen[0] += len(batch)
+        bar.update(len(batch))
+        return feats(batch)
+
+    log.info("computing FID reference statistics of %s on %s", desc, ctx.device)
+    try:
+        mu, sigma = compute_reference_stats(source, features, batch_size=int(ctx.cfg.eval.fid_batch_size),
+                                            image_size=_image_size(cfg.get("image_size")), num_images=n,
+                                            out_path=out)
+    finally:
+        bar.close()
+    print(f"FID reference statistics of {desc}: {seen[0]} images, mu {tuple(mu.shape)}, sigma {tuple(sigma.shape)} "
+          "(pytorch-fid Inception pool3)")
+    print(f"fid-ref: {out}")
+    return {"path": out, "mu": mu, "sigma": sigma, "n": seen[0]}

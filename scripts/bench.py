@@ -1,0 +1,554 @@
+#!/usr/bin/env python
+"""Benchmark ld3's hot paths for one model config on one device; print tables and write JSON.
+
+Sections (each can be skipped):
+
+(a) network   forward and forward+backward throughput (images/s) of the denoiser at the batch
+              sizes ld3 uses: the training batch, the validation set (validated in one batch) and
+              the sampling batch; forward+backward (gradient to the input, the weights are frozen
+              as in LD3) plain and through gradient checkpointing, at the training batch.  Several
+              speed variants (plain, channels_last, bf16 autocast, torch.compile) side by side.
+(b) train     the paper's CIFAR-10 setting in-process: ``--n`` teacher pairs (default 100, split
+              50/50) from a UniPC-3 teacher at ``--teacher-nfe`` (20) on logSNR steps, then
+              :class:`ld3_cli.ld3.trainer.LD3Trainer` with UniPC order 3 at ``--nfe`` (10), loss
+              ``auto`` (LPIPS-VGG when its weights are present, else L2; the table says which).
+              Reports teacher time, trainer set-up (baseline evaluation), training wall time,
+              iterations, time per iteration and peak memory.
+(c) sampling  ``ld3_cli.solvers.solve`` end to end at NFE 5 and 10 (images/s) against the same
+              network calls on the same batch without the solver, giving the fraction of time
+              spent outside the network; also the solver's own arithmetic alone (a trivial
+              denoiser) and, on CUDA, the number of host synchronisations per solve.
+(d) cli       (``--cli``) the embedded default through the command line, each in a fresh temporary
+              store: ``ld3 teacher-sample``, ``ld3 train --nfe 5`` and ``ld3 run``, wall-clock.
+
+Usage::
+
+    python scripts/bench.py                                   # model=edm_cifar10_random, device auto
+    python scripts/bench.py model=mnist_gmm --device cpu --cli --json bench.json
+    python scripts/bench.py --n 4 --batch 2 --iters 2 --sample-batch 4   # a small CPU run
+    python scripts/bench.py model=edm_cifar10_random model.init_kwargs.model_channels=32 ...
+
+``model=NAME`` picks ``configs/model/NAME.yaml``; ``model.KEY=VALUE`` overrides a key of it.
+Timings are wall-clock; on CUDA every measurement is bracketed by ``torch.cuda.synchronize``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ld3_cli.errors import ConfigError, Ld3Error
+from ld3_cli.utils.bench import (Stopwatch, count_host_syncs, format_table, peak_memory, reset_peak_memory,
+                                 synchronize, time_fn)
+
+PAPER = {"n": 100, "nfe": 10, "teacher_nfe": 20, "solver": "unipc", "order": 3, "iters_phase1": 50,
+         "iters_phase2": 125}
+VARIANTS = {
+    "plain": {},
+    "channels_last": {"channels_last": True},
+    "bf16": {"autocast": "bf16"},
+    "channels_last+bf16": {"channels_last": True, "autocast": "bf16"},
+    "compile": {"compile": True},
+    "compile+channels_last": {"compile": True, "channels_last": True},
+    "compile+bf16": {"compile": True, "autocast": "bf16"},
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# arguments
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, str, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="model=NAME picks configs/model/NAME.yaml; model.KEY=VALUE overrides its keys")
+    p.add_argument("overrides", nargs="*", help="model=NAME and model.KEY=VALUE")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
+    p.add_argument("--batch", type=int, default=None,
+                   help="training batch (default: the model config's train_batch_size, else 2)")
+    p.add_argument("--sample-batch", type=int, default=100, help="sampling batch for (a) and (c)")
+    p.add_argument("--net-batches", default=None,
+                   help="comma list of batches for (a) (default: training batch, validation set, sampling batch)")
+    p.add_argument("--n", type=int, default=PAPER["n"], help="teacher pairs, split 50/50 train/validation")
+    p.add_argument("--nfe", type=int, default=PAPER["nfe"], help="student NFE for (b)")
+    p.add_argument("--teacher-nfe", type=int, default=PAPER["teacher_nfe"], help="teacher NFE for (b)")
+    p.add_argument("--teacher-batch", type=int, default=100, help="teacher solve batch")
+    p.add_argument("--iters", type=int, default=None,
+                   help="total training iterations, split 2:5 over phases 1 and 2 (default: the paper's 50 + 125)")
+    p.add_argument("--init", default="auto", help="initial schedule: auto (best of 4 baselines) or a baseline name")
+    p.add_argument("--loss", default="auto", help="auto (LPIPS-VGG for RGB when available, else l2), l2, lpips ...")
+    p.add_argument("--lpips-weights", default=None, help="local vgg16-397923af.pth for the LPIPS loss")
+    p.add_argument("--grad-checkpoint", default="auto", choices=["auto", "true", "false"])
+    p.add_argument("--sampling-nfe", default="5,10", help="comma list of NFE for (c)")
+    p.add_argument("--reps", type=int, default=3, help="least timed repetitions per measurement (best reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="repeat each measurement until this many seconds were timed (best run reported)")
+    p.add_argument("--skip-network", action="store_true")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-sampling", action="store_true")
+    p.add_argument("--cli", action="store_true",
+                   help="also time `ld3 teacher-sample`, `ld3 train --nfe 5` and `ld3 run` on the embedded default "
+                        "(model=mnist_gmm, device=cpu) in fresh temporary stores")
+    p.add_argument("--cli-timeout", type=float, default=1800.0)
+    p.add_argument("--variants", default=None,
+                   help=f"comma list of speed variants for (a), from {sorted(VARIANTS)} "
+                        "(default: plain,channels_last, plus bf16 on CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="(b), (c): channels_last network")
+    p.add_argument("--compile", action="store_true", help="(b), (c): torch.compile the denoiser")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead, max-autotune)")
+    p.add_argument("--autocast", default=None, choices=[None, "bf16", "fp16"],
+                   help="(b), (c): run the network under autocast (off by default)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="turn TF32 matmuls/convolutions off on CUDA (on by default, as in ld3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--cache-dir", default=os.environ.get("LD3_CACHE", "ld3-cache"),
+                   help="store root for models that cache derived data (the mixture fit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    model_name, model_over = "edm_cifar10_random", []
+    for o in args.overrides:
+        if o.startswith("model="):
+            model_name = o.split("=", 1)[1]
+        elif o.startswith("model.") and "=" in o:
+            model_over.append(o[len("model."):])
+        else:
+            p.error(f"unexpected argument '{o}': use model=NAME or model.KEY=VALUE")
+    for name in ("n", "nfe", "teacher_nfe", "teacher_batch", "sample_batch", "reps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.n < 2:
+        p.error("--n must be at least 2 (one training and one validation pair)")
+    return args, model_name, model_over
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected a comma list of whole numbers, got '{text}'") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"expected positive whole numbers, got '{text}'")
+    return vals
+
+
+# ------------------------------------------------------------------------------------------------
+# set-up
+
+def resolve_device(spec: str) -> torch.device:
+    from ld3_cli.stages.context import resolve_device as resolve
+
+    return resolve(spec)
+
+
+def configure(args, device: torch.device) -> dict:
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    info = {"tf32": None}
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.benchmark = True
+        info["tf32"] = bool(args.tf32)
+        info["cudnn_benchmark"] = True
+    return info
+
+
+def model_config(name: str, overrides: list[str]) -> dict:
+    from omegaconf import OmegaConf
+
+    from ld3_cli.cli.apps import config_dir
+
+    path = config_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+        raise ConfigError(f"no model config '{name}' ({path}); choose one of {names}")
+    cfg = OmegaConf.load(path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    cfg.pop("defaults", None)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def build(cfg: dict, device: torch.device, cache_dir: str):
+    from ld3_cli.models.registry import BuildContext, build_model
+
+    return build_model(cfg, BuildContext(device=device, cache_dir=Path(cache_dir), dataset={"name": "mnist5k"},
+                                         allow_download=False))
+
+
+def speed_model(base, opts: dict):
+    from ld3_cli.models.speed import optimize_denoiser
+
+    return optimize_denoiser(base, **opts)
+
+
+def restore_layout(base) -> None:
+    """Undo an in-place channels_last conversion of the shared base model."""
+    base.to(memory_format=torch.contiguous_format)
+
+
+def unit_noise(n: int, shape: tuple, device, dtype, seed: int) -> torch.Tensor:
+    from ld3_cli.stages.context import noise_for_seeds
+
+    return noise_for_seeds(range(seed, seed + n), shape, device, dtype)
+
+
+def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
+    from ld3_cli.schedules import discretize
+    from ld3_cli.solvers import get_solver
+
+    return discretize(kind, get_solver("unipc").steps_for_nfe(nfe), model.schedule)
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) network throughput
+
+def bench_network(base, device, batches: dict, train_batch: int, variants: list[str], tk: dict) -> list:
+    """(a): one row per (variant, batch); ``tk``: :func:`time_fn` options (reps, warmup, min_time)."""
+    shape = tuple(base.shape)
+    dtype = getattr(base, "dtype", torch.float32)
+    cond_for = base.draw_conditions if hasattr(base, "draw_conditions") else (lambda s: None)
+    rows = []
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown variant '{variant}'; choose from {sorted(VARIANTS)}")
+        opts = VARIANTS[variant]
+        if opts.get("autocast") and device.type == "cpu":
+            print(f"note: variant {variant} on CPU: bf16 autocast is usually far slower than float32 on CPUs "
+                  "without native bf16 matmuls", file=sys.stderr)
+        model = speed_model(base, opts)
+        try:
+            for label, b in batches.items():
+                x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+                sig = torch.full((b,), 1.0, device=device, dtype=torch.float32)
+                cond = cond_for(torch.arange(b))
+                cond = cond.to(device) if isinstance(cond, torch.Tensor) else cond
+                row = {"variant": variant, "batch_of": label, "batch": b}
+
+                def fwd():
+                    with torch.no_grad():
+                        model(x, sig, cond)
+
+                with Stopwatch(device) as sw:
+                    fwd()
+                row["first_call_s"] = sw.seconds
+                t = time_fn(fwd, device, **tk)
+                row["forward_s"], row["forward_median_s"] = t.best, t.median
+                row["forward_img_s"] = b / t.best
+                if b == train_batch:
+                    xg = x.clone().requires_grad_(True)
+
+                    def fwd_bwd(ckpt=False):
+                        if ckpt:
+                            out = torch.utils.checkpoint.checkpoint(model, xg, sig, cond, use_reentrant=False)
+                        else:
+                            out = model(xg, sig, cond)
+                        out.float().square().mean().backward()
+                        xg.grad = None
+
+                    reset = reset_peak_memory(device) if device.type == "cuda" else False
+                    t = time_fn(fwd_bwd, device, **tk)
+                    row["fwd_bwd_s"], row["fwd_bwd_median_s"] = t.best, t.median
+                    row["fwd_bwd_img_s"] = b / t.best
+                    if device.type == "cuda":
+                        row["fwd_bwd_peak_mb"] = peak_memory(device, reset)["bytes"] / 2**20
+                    t = time_fn(lambda: fwd_bwd(True), device, **tk)
+                    row["fwd_bwd_ckpt_s"], row["fwd_bwd_ckpt_median_s"] = t.best, t.median
+                    row["fwd_bwd_ckpt_img_s"] = b / t.best
+                rows.append(row)
+                print(f"  (a) {variant:<22} batch {b:>4} ({label}): forward {row['forward_img_s']:.4g} img/s"
+                      + (f", fwd+bwd {row['fwd_bwd_img_s']:.4g} img/s" if "fwd_bwd_img_s" in row else ""),
+                      file=sys.stderr, flush=True)
+        finally:
+            restore_layout(base)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) training
+
+def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
+    from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
+    from ld3_cli.solvers import solve
+
+    shape = tuple(model.shape)
+    dtype = getattr(model, "dtype", torch.float32)
+    res: dict[str, Any] = {"n": args.n, "n_train": args.n - int(round(args.n * 0.5)), "n_val": int(round(args.n * 0.5)),
+                           "solver": "unipc", "order": 3, "nfe": args.nfe, "teacher_nfe": args.teacher_nfe,
+                           "teacher_discretization": cfg.get("teacher_discretization", "logsnr"),
+                           "batch": train_batch, "val_batch": "whole validation set"}
+    noises = unit_noise(args.n, shape, device, dtype, args.seed)
+    cond = model.draw_conditions(torch.arange(args.seed, args.seed + args.n)) if hasattr(model, "draw_conditions") else None
+    cond = cond.to(device) if isinstance(cond, torch.Tensor) else None
+    t_sig = sigmas_for(model, res["teacher_discretization"], args.teacher_nfe)
+    images = []
+    with Stopwatch(device) as sw, torch.no_grad():
+        for i in range(0, args.n, args.teacher_batch):
+            c = cond[i:i + args.teacher_batch] if cond is not None else None
+            out = solve("unipc", model, noises[i:i + args.teacher_batch] * float(t_sig[0]), t_sig, cond=c, order=3)
+            images.append(model.decode(out) if hasattr(model, "decode") else out)
+    images = torch.cat(images)
+    res["teacher_s"] = sw.seconds
+    res["teacher_img_s"] = args.n / sw.seconds
+    if args.iters is None:
+        p1, p2 = PAPER["iters_phase1"], PAPER["iters_phase2"]
+    else:
+        p1 = max(1, int(round(args.iters * PAPER["iters_phase1"] / (PAPER["iters_phase1"] + PAPER["iters_phase2"]))))
+        p2 = max(0, args.iters - p1)
+    ckpt = {"auto": "auto", "true": True, "false": False}[args.grad_checkpoint]
+    opts = TrainOptions(param=str(cfg.get("param", "lambda")), init=args.init, loss=args.loss,
+                        lpips_weights=args.lpips_weights, batch_size=train_batch, iters_phase1=p1, iters_phase2=p2,
+                        grad_checkpoint=ckpt, seed=args.seed)
+    window = reset_peak_memory(device)
+    with Stopwatch(device) as setup:
+        trainer = LD3Trainer(model, "unipc", {"order": 3}, args.nfe, noises, images, cond, opts)
+    with Stopwatch(device) as run:
+        learned = trainer.run()
+    mem = peak_memory(device, window)
+    iters = int(learned.iterations)
+    res.update({
+        "loss": learned.loss, "grad_checkpoint": trainer.grad_checkpoint, "init": learned.init,
+        "iters_budget": [p1, p2], "iterations": iters,
+        "validations": sum(1 for h in learned.history if "val" in h),
+        "setup_s": setup.seconds, "train_s": run.seconds, "wall_s": setup.seconds + run.seconds,
+        "s_per_iter": run.seconds / max(iters, 1),
+        "peak_memory_mb": mem["bytes"] / 2**20, "peak_memory_kind": mem["kind"],
+        "init_val": learned.init_val, "best_val": learned.best_val,
+    })
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) sampling
+
+class _Recorder:
+    """Pass-through denoiser that records the sigma of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.sigmas = inner, []
+
+    def __call__(self, x, sigma, cond=None):
+        self.sigmas.append(sigma)
+        return self.inner(x, sigma, cond)
+
+
+def _trivial(x, sigma, cond=None):
+    """A denoiser that costs one element-wise op: isolates the solver's own arithmetic."""
+    return x * 0.5
+
+
+def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
+    """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
+    from ld3_cli.solvers import solve
+
+    shape = tuple(model.shape)
+    dtype = getattr(model, "dtype", torch.float32)
+    kind = cfg.get("teacher_discretization", "logsnr")
+    noise = unit_noise(batch, shape, device, dtype, seed + 10_000)
+    cond = model.draw_conditions(torch.arange(batch)) if hasattr(model, "draw_conditions") else None
+    cond = cond.to(device) if isinstance(cond, torch.Tensor) else None
+    rows = []
+    for nfe in nfes:
+        sig = sigmas_for(model, kind, nfe)
+        x = noise * float(sig[0])
+        rec = _Recorder(model)
+        with torch.no_grad():
+            solve("unipc", rec, x, sig, cond=cond, order=3, check=False)
+
+        def run_solve(den=model):
+            with torch.no_grad():
+                return solve("unipc", den, x, sig, cond=cond, order=3, check=False)
+
+        def run_net():
+            with torch.no_grad():
+                for s in rec.sigmas:
+                    model(x, s, cond)
+
+        ts = time_fn(run_solve, device, **tk)
+        tn = time_fn(run_net, device, **tk)
+        tm = time_fn(lambda: run_solve(_trivial), device, **tk)
+        t_solve, t_net, t_math = ts.best, tn.best, tm.best
+        row = {"nfe": nfe, "network_calls": len(rec.sigmas), "batch": batch, "solve_s": t_solve,
+               "img_s": batch / t_solve, "network_s": t_net,
+               "outside_network_fraction": (t_solve - t_net) / t_solve,
+               "solver_math_s": t_math, "solver_math_fraction": t_math / t_solve,
+               "solve_median_s": ts.median, "network_median_s": tn.median, "timed_runs": len(ts.times)}
+        if device.type == "cuda":
+            row["host_syncs_per_solve"] = count_host_syncs(run_solve, device)
+            xg = x.clone().requires_grad_(True)
+            sg = sig.clone().to(device).requires_grad_(True)
+
+            def solve_bwd():
+                out = solve("unipc", model, xg, sg, cond=cond, order=3, check=False)
+                out.float().square().mean().backward()
+
+            row["host_syncs_per_solve_fwd_bwd"] = count_host_syncs(solve_bwd, device)
+        if plain is not model and getattr(model, "autocast_dtype", None) is not None:
+            ref = run_solve(plain)
+            out = run_solve(model)
+            ref_img, out_img = plain.decode(ref), plain.decode(out)
+            row["rmse_vs_float32"] = float(((out_img.float() - ref_img.float()) ** 2).mean().sqrt())
+        rows.append(row)
+        print(f"  (c) NFE {nfe}: {row['img_s']:.4g} img/s, outside the network "
+              f"{100 * row['outside_network_fraction']:.1f}%", file=sys.stderr, flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# (d) the command line on the embedded default
+
+def run_cli_cmd(words: list[str], cwd: Path, timeout: float) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LD3_CACHE"}
+    cmd = [sys.executable, "-m", "ld3_cli", *words, "device=cpu", "progress=false"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    secs = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return {"command": "ld3 " + " ".join(words + ["device=cpu", "progress=false"]), "wall_s": secs}
+
+
+def bench_cli(timeout: float) -> dict:
+    res: dict[str, Any] = {"model": "mnist_gmm", "device": "cpu", "cpu_count": os.cpu_count(),
+                           "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="ld3-bench-") as d1:
+        res["teacher_sample"] = run_cli_cmd(["teacher-sample"], Path(d1), timeout)
+        res["train_nfe5"] = run_cli_cmd(["train", "--nfe", "5"], Path(d1), timeout)
+    with tempfile.TemporaryDirectory(prefix="ld3-bench-") as d2:
+        res["run"] = run_cli_cmd(["run"], Path(d2), timeout)
+    res["targets"] = {"train_nfe5_s": 60.0, "run_s": 180.0}
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def print_report(res: dict) -> None:
+    m = res["meta"]
+    tf32 = "n/a (CPU)" if m["tf32"] is None else ("on (default on Ampere+; --no-tf32 to turn off)" if m["tf32"]
+                                                  else "off")
+    print(f"\nld3 bench  {m['date']}  model={m['model']} ({m['params'] / 1e6:.2f}M parameters, "
+          f"{m['buffers'] / 1e6:.2f}M buffer values, state shape {m['shape']})")
+    print(f"device: {m['device']} ({m['device_name']}), torch {m['torch']}, TF32: {tf32}")
+    print(f"speed options for (b)/(c): {m['speed']}")
+    print("note: wall-clock timings on a machine that may be shared; expect noise of tens of percent\n")
+    if res.get("network"):
+        print(format_table(res["network"], [("variant", "variant"), ("batch_of", "batch of"), ("batch", "B"),
+                                            ("first_call_s", "1st call s"), ("forward_img_s", "fwd img/s"),
+                                            ("fwd_bwd_img_s", "fwd+bwd img/s"),
+                                            ("fwd_bwd_ckpt_img_s", "fwd+bwd ckpt img/s"),
+                                            ("fwd_bwd_peak_mb", "fwd+bwd peak MB")],
+                           "(a) network throughput"))
+        print()
+    t = res.get("train")
+    if t:
+        rows = [{"k": k, "v": t.get(k)} for k in ("n", "n_train", "n_val", "nfe", "teacher_nfe", "batch", "val_batch",
+                                                  "loss", "grad_checkpoint", "init", "teacher_s", "setup_s", "train_s",
+                                                  "wall_s", "iterations", "validations", "s_per_iter",
+                                                  "peak_memory_mb", "peak_memory_kind")]
+        print(format_table(rows, [("k", "quantity"), ("v", "value")],
+                           "(b) ld3 training (UniPC-3, in-process; setup = trainer construction incl. baselines)"))
+        print()
+    if res.get("sampling"):
+        print(format_table(res["sampling"], [("nfe", "NFE"), ("batch", "B"), ("solve_s", "solve s"),
+                                             ("img_s", "img/s"), ("network_s", "net-only s"),
+                                             ("outside_network_fraction", "outside net"),
+                                             ("solver_math_fraction", "solver math"),
+                                             ("host_syncs_per_solve", "syncs/solve"),
+                                             ("host_syncs_per_solve_fwd_bwd", "syncs fwd+bwd"),
+                                             ("rmse_vs_float32", "RMSE vs fp32")],
+                           "(c) sampling with UniPC-3 (outside net = 1 - net-only/solve)"))
+        print()
+    c = res.get("cli")
+    if c:
+        rows = [{"what": c[k]["command"], "s": c[k]["wall_s"], "target": tgt}
+                for k, tgt in (("teacher_sample", None), ("train_nfe5", 60.0), ("run", 180.0))]
+        print(format_table(rows, [("what", "command (fresh store, CPU)"), ("s", "wall s"), ("target", "target s")],
+                           f"(d) embedded default through the CLI ({c['cpu_count']} cores)"))
+        print()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, model_name, model_over = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        env = configure(args, device)
+        cfg = model_config(model_name, model_over)
+        base = build(cfg, device, args.cache_dir)
+        train_batch = int(args.batch or cfg.get("train_batch_size", 2))
+        n_val = int(round(args.n * 0.5))
+        tk = {"reps": args.reps, "warmup": args.warmup, "min_time": args.min_time}
+        speed = {"channels_last": args.channels_last, "compile": args.compile, "autocast": args.autocast,
+                 "compile_mode": args.compile_mode}
+        res: dict[str, Any] = {"meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": model_name, "model_overrides": model_over, "device": str(device),
+            "device_name": describe_device(device), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in base.parameters()),
+            "buffers": sum(b.numel() for b in base.buffers()), "shape": list(base.shape), **env,
+            "speed": speed, "argv": sys.argv[1:] if argv is None else list(argv),
+            "timing": tk,
+            "note": "wall-clock seconds, best of the timed runs (medians in *_median_s); CUDA timings bracketed "
+                    "by torch.cuda.synchronize; shared machines are noisy"}}
+        if not args.skip_network:
+            if args.net_batches:
+                batches = {f"B={b}": b for b in int_list(args.net_batches)}
+            else:
+                batches = {}
+                for label, b in (("train", train_batch), ("validation", n_val), ("sampling", args.sample_batch)):
+                    if b not in batches.values():
+                        batches[label] = b
+            variants = (args.variants.split(",") if args.variants else
+                        ["plain", "channels_last"] + (["bf16"] if device.type == "cuda" else []))
+            res["network"] = bench_network(base, device, batches, train_batch, [v.strip() for v in variants], tk)
+        model = speed_model(base, speed)
+        if not args.skip_train:
+            print("  (b) training ...", file=sys.stderr, flush=True)
+            res["train"] = bench_train(model, cfg, device, args, train_batch)
+        if not args.skip_sampling:
+            res["sampling"] = bench_sampling(model, base, cfg, device, int_list(args.sampling_nfe), args.sample_batch,
+                                             tk, args.seed)
+        if args.cli:
+            print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
+            res["cli"] = bench_cli(args.cli_timeout)
+        synchronize(device)
+    except Ld3Error as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    print_report(res)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
+        os.replace(tmp, out)
+        print(f"results: {out}")
+    return 0
+
+
+def _json_default(v: Any):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    return str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The ld3 dispatcher: stages, help, sugar flags, errors with exit 2, multirun, idempotence."""
+import json
+
+import pytest
+
+from ld3_cli.cli.main import STAGES, main
+
+
+def test_top_level_help_lists_every_stage(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"  {stage}" in out
+    assert "train-discretization" in out and "evaluate-fid" in out and "sample-student" in out
+
+
+@pytest.mark.parametrize("stage", list(STAGES) + ["train-discretization", "sample-student", "evaluate-fid"])
+def test_every_stage_has_hydra_help(stage, capsys):
+    assert main([stage, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"ld3 {STAGES.get(stage, (None,))[0] and stage}" in out or "ld3 " in out
+    assert "solver: " in out and "model: " in out  # the config groups are listed
+
+
+def test_unknown_stage_is_exit_2_with_choices(capsys):
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'trian'" in err and "did you mean 'train'" in err and "teacher-sample" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["solver=rk45"], "unknown solver 'rk45'; choose one of: deis, dpmpp, euler, heun, ipndm, unipc"),
+    (["model=nope"], "mnist_gmm"),
+    (["nfe=0"], "nfe must be at least 1"),
+    (["solver=heun", "nfe=4"], "Heun needs an odd NFE"),
+    (["solver=dpmpp", "solver.order=3", "nfe=2"], "needs at least 3 steps"),
+    (["train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["foo=1"], "unknown config key 'foo'"),
+    (["schedule=fancy"], "schedule 'fancy' is unknown"),
+    (["--bogus"], "unknown option --bogus"),
+    (["nfe=4,5"], "needs multirun: add -m"),
+])
+def test_bad_overrides_are_one_line_exit_2(args, needle, capsys, tmp_path):
+    assert main(["train", *args, f"cache_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert err.startswith("ld3 train: error:") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir()), "nothing may be written for a refused command"
+
+
+def test_impossible_job_in_a_sweep_is_refused_before_any_job_runs(capsys, tmp_path):
+    assert main(["train", "-m", "solver=euler,heun", "nfe=4,5", f"cache_dir={tmp_path}"]) == 2
+    assert "Heun needs an odd NFE" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_sugar_flags_equal_overrides(capsys):
+    assert main(["train", "--nfe", "7", "--solver", "dpmpp", "--cfg", "job"]) == 0
+    a = capsys.readouterr().out
+    assert main(["train", "nfe=7", "solver=dpmpp", "--cfg", "job"]) == 0
+    b = capsys.readouterr().out
+    assert a == b and "nfe: 7" in a and "name: dpmpp" in a
+
+
+def test_missing_input_names_the_producing_command(ld3, capsys):
+    assert ld3("train", "nfe=4") == 2
+    err = capsys.readouterr().err
+    assert "ld3 teacher-sample" in err
+
+
+def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
+    assert ld3("teacher-sample") == 0
+    assert ld3("train", "-m", "solver=euler,dpmpp", "nfe=4,5") == 0
+    schedules = [p for p in cache.glob("mnist_gmm-*/schedules/*") if (p / "manifest.json").is_file()]
+    assert len(schedules) == 4
+    solvers_nfes = {(json.loads((p / "schedule.json").read_text())["solver"],
+                     json.loads((p / "schedule.json").read_text())["nfe"]) for p in schedules}
+    assert solvers_nfes == {("euler", 4), ("euler", 5), ("dpmpp", 4), ("dpmpp", 5)}
+    stamps = {p: (p / "manifest.json").stat().st_mtime_ns for p in schedules}
+    capsys.readouterr()
+    assert ld3("train", "solver=euler", "nfe=4") == 0  # a second identical run recomputes nothing
+    assert "already trained" in capsys.readouterr().out
+    assert stamps == {p: (p / "manifest.json").stat().st_mtime_ns for p in schedules}
+    assert ld3("eval", "--nfe", "4", "--solver", "euler") == 0
+    out = capsys.readouterr().out
+    assert "ld3 | 4" in out and "logsnr | 4" in out
+    assert (cache / "results.csv").is_file() and (cache / "results.md").is_file()
