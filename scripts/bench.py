@@ -49,7 +49,7 @@ import torch
 
 from ld3_cli.errors import ConfigError, Ld3Error
 from ld3_cli.utils.bench import (Stopwatch, count_host_syncs, format_table, peak_memory, reset_peak_memory,
-                                 synchronize, time_fn)
+                                 synchronize, system_load, time_fn)
 
 PAPER = {"n": 100, "nfe": 10, "teacher_nfe": 20, "solver": "unipc", "order": 3, "iters_phase1": 50,
          "iters_phase2": 125}
@@ -204,6 +204,14 @@ def unit_noise(n: int, shape: tuple, device, dtype, seed: int) -> torch.Tensor:
     return noise_for_seeds(range(seed, seed + n), shape, device, dtype)
 
 
+def conditions(model, n: int, seed: int, device):
+    """Per-sample conditions for seeds ``seed .. seed + n - 1`` (None for unconditional models)."""
+    if not hasattr(model, "draw_conditions"):
+        return None
+    cond = model.draw_conditions(torch.arange(seed, seed + n))
+    return cond.to(device) if isinstance(cond, torch.Tensor) else cond
+
+
 def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
     from ld3_cli.schedules import discretize
     from ld3_cli.solvers import get_solver
@@ -214,11 +222,49 @@ def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # (a) network throughput
 
+def _forward(model, x, sig, cond) -> None:
+    with torch.no_grad():
+        model(x, sig, cond)
+
+
+def _forward_backward(model, x, sig, cond, checkpoint: bool = False) -> None:
+    """One forward and backward to the input ``x`` (the weights are frozen, as in LD3 training)."""
+    xg = x.detach().requires_grad_(True)
+    if checkpoint:
+        out = torch.utils.checkpoint.checkpoint(model, xg, sig, cond, use_reentrant=False)
+    else:
+        out = model(xg, sig, cond)
+    out.float().square().mean().backward()
+
+
+def network_row(model, device, x, sig, cond, with_backward: bool, tk: dict) -> dict:
+    """Throughput of one model at one batch: forward, and forward+backward (plain and checkpointed)."""
+    b = x.shape[0]
+    row: dict[str, Any] = {"batch": b}
+    with Stopwatch(device) as sw:
+        _forward(model, x, sig, cond)
+    row["first_call_s"] = sw.seconds
+    t = time_fn(lambda: _forward(model, x, sig, cond), device, **tk)
+    row.update(forward_s=t.best, forward_median_s=t.median, forward_img_s=b / t.best)
+    if with_backward:
+        window = reset_peak_memory(device) if device.type == "cuda" else False
+        t = time_fn(lambda: _forward_backward(model, x, sig, cond), device, **tk)
+        row.update(fwd_bwd_s=t.best, fwd_bwd_median_s=t.median, fwd_bwd_img_s=b / t.best)
+        if device.type == "cuda":
+            row["fwd_bwd_peak_mb"] = peak_memory(device, window)["bytes"] / 2**20
+        t = time_fn(lambda: _forward_backward(model, x, sig, cond, checkpoint=True), device, **tk)
+        row.update(fwd_bwd_ckpt_s=t.best, fwd_bwd_ckpt_median_s=t.median, fwd_bwd_ckpt_img_s=b / t.best)
+    return row
+
+
 def bench_network(base, device, batches: dict, train_batch: int, variants: list[str], tk: dict) -> list:
-    """(a): one row per (variant, batch); ``tk``: :func:`time_fn` options (reps, warmup, min_time)."""
+    """(a): one row per (variant, batch); ``tk``: :func:`time_fn` options (reps, warmup, min_time).
+
+    Inputs: unit noise at ``sigma = 1`` (the cost does not depend on the values).  Forward+backward
+    is measured at the training batch only (the only batch LD3 back-propagates through).
+    """
     shape = tuple(base.shape)
     dtype = getattr(base, "dtype", torch.float32)
-    cond_for = base.draw_conditions if hasattr(base, "draw_conditions") else (lambda s: None)
     rows = []
     for variant in variants:
         if variant not in VARIANTS:
@@ -232,40 +278,9 @@ def bench_network(base, device, batches: dict, train_batch: int, variants: list[
             for label, b in batches.items():
                 x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
                 sig = torch.full((b,), 1.0, device=device, dtype=torch.float32)
-                cond = cond_for(torch.arange(b))
-                cond = cond.to(device) if isinstance(cond, torch.Tensor) else cond
-                row = {"variant": variant, "batch_of": label, "batch": b}
-
-                def fwd():
-                    with torch.no_grad():
-                        model(x, sig, cond)
-
-                with Stopwatch(device) as sw:
-                    fwd()
-                row["first_call_s"] = sw.seconds
-                t = time_fn(fwd, device, **tk)
-                row["forward_s"], row["forward_median_s"] = t.best, t.median
-                row["forward_img_s"] = b / t.best
-                if b == train_batch:
-                    xg = x.clone().requires_grad_(True)
-
-                    def fwd_bwd(ckpt=False):
-                        if ckpt:
-                            out = torch.utils.checkpoint.checkpoint(model, xg, sig, cond, use_reentrant=False)
-                        else:
-                            out = model(xg, sig, cond)
-                        out.float().square().mean().backward()
-                        xg.grad = None
-
-                    reset = reset_peak_memory(device) if device.type == "cuda" else False
-                    t = time_fn(fwd_bwd, device, **tk)
-                    row["fwd_bwd_s"], row["fwd_bwd_median_s"] = t.best, t.median
-                    row["fwd_bwd_img_s"] = b / t.best
-                    if device.type == "cuda":
-                        row["fwd_bwd_peak_mb"] = peak_memory(device, reset)["bytes"] / 2**20
-                    t = time_fn(lambda: fwd_bwd(True), device, **tk)
-                    row["fwd_bwd_ckpt_s"], row["fwd_bwd_ckpt_median_s"] = t.best, t.median
-                    row["fwd_bwd_ckpt_img_s"] = b / t.best
+                cond = conditions(base, b, 0, device)
+                row = {"variant": variant, "batch_of": label,
+                       **network_row(model, device, x, sig, cond, b == train_batch, tk)}
                 rows.append(row)
                 print(f"  (a) {variant:<22} batch {b:>4} ({label}): forward {row['forward_img_s']:.4g} img/s"
                       + (f", fwd+bwd {row['fwd_bwd_img_s']:.4g} img/s" if "fwd_bwd_img_s" in row else ""),
@@ -278,6 +293,25 @@ def bench_network(base, device, batches: dict, train_batch: int, variants: list[
 # ------------------------------------------------------------------------------------------------
 # (b) training
 
+def _instrument(obj, device, names) -> dict:
+    """Shadow ``obj``'s methods ``names`` with device-synchronised timers; returns the running totals (s)."""
+    spent = {n: 0.0 for n in names}
+    for name in names:
+        method = getattr(obj, name)
+
+        def timed(*a, _m=method, _n=name, **k):
+            synchronize(device)
+            t0 = time.perf_counter()
+            try:
+                return _m(*a, **k)
+            finally:
+                synchronize(device)
+                spent[_n] += time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+    return spent
+
+
 def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
     from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
     from ld3_cli.solvers import solve
@@ -289,8 +323,7 @@ def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
                            "teacher_discretization": cfg.get("teacher_discretization", "logsnr"),
                            "batch": train_batch, "val_batch": "whole validation set"}
     noises = unit_noise(args.n, shape, device, dtype, args.seed)
-    cond = model.draw_conditions(torch.arange(args.seed, args.seed + args.n)) if hasattr(model, "draw_conditions") else None
-    cond = cond.to(device) if isinstance(cond, torch.Tensor) else None
+    cond = conditions(model, args.n, args.seed, device)
     t_sig = sigmas_for(model, res["teacher_discretization"], args.teacher_nfe)
     images = []
     with Stopwatch(device) as sw, torch.no_grad():
@@ -313,6 +346,7 @@ def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
     window = reset_peak_memory(device)
     with Stopwatch(device) as setup:
         trainer = LD3Trainer(model, "unipc", {"order": 3}, args.nfe, noises, images, cond, opts)
+    spent = _instrument(trainer, device, ("_step", "_validate"))
     with Stopwatch(device) as run:
         learned = trainer.run()
     mem = peak_memory(device, window)
@@ -323,6 +357,8 @@ def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
         "validations": sum(1 for h in learned.history if "val" in h),
         "setup_s": setup.seconds, "train_s": run.seconds, "wall_s": setup.seconds + run.seconds,
         "s_per_iter": run.seconds / max(iters, 1),
+        "step_s": spent["_step"], "validation_s": spent["_validate"],
+        "validation_fraction": spent["_validate"] / max(run.seconds, 1e-12),
         "peak_memory_mb": mem["bytes"] / 2**20, "peak_memory_kind": mem["kind"],
         "init_val": learned.init_val, "best_val": learned.best_val,
     })
@@ -348,57 +384,59 @@ def _trivial(x, sigma, cond=None):
     return x * 0.5
 
 
-def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
-    """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
+def _solve(den, x, sig, cond, grad: bool = False):
     from ld3_cli.solvers import solve
 
+    with torch.set_grad_enabled(grad):
+        return solve("unipc", den, x, sig, cond=cond, order=3, check=False)
+
+
+def _network_only(model, x, sigmas: list, cond) -> None:
+    with torch.no_grad():
+        for s in sigmas:
+            model(x, s, cond)
+
+
+def _solve_backward(model, x, sig, cond) -> None:
+    """A training-like solve: gradients to the input state and to the grid."""
+    xg = x.detach().requires_grad_(True)
+    sg = sig.detach().clone().requires_grad_(True)
+    _solve(model, xg, sg, cond, grad=True).float().square().mean().backward()
+
+
+def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
+    """(c) for one grid: solve vs the same network calls alone vs the solver's arithmetic alone."""
+    rec = _Recorder(model)
+    _solve(rec, x, sig, cond)
+    ts = time_fn(lambda: _solve(model, x, sig, cond), device, **tk)
+    tn = time_fn(lambda: _network_only(model, x, rec.sigmas, cond), device, **tk)
+    tm = time_fn(lambda: _solve(_trivial, x, sig, cond), device, **tk)
+    b = x.shape[0]
+    row = {"network_calls": len(rec.sigmas), "batch": b, "solve_s": ts.best, "img_s": b / ts.best, "network_s": tn.best,
+           "outside_network_fraction": (ts.best - tn.best) / ts.best,
+           "solver_math_s": tm.best, "solver_math_fraction": tm.best / ts.best,
+           "solve_median_s": ts.median, "network_median_s": tn.median, "timed_runs": len(ts.times)}
+    if device.type == "cuda":
+        row["host_syncs_per_solve"] = count_host_syncs(lambda: _solve(model, x, sig, cond), device)
+        row["host_syncs_per_solve_fwd_bwd"] = count_host_syncs(lambda: _solve_backward(model, x, sig, cond), device)
+    if plain is not model and getattr(model, "autocast_dtype", None) is not None:
+        ref = plain.decode(_solve(plain, x, sig, cond)).float()
+        out = plain.decode(_solve(model, x, sig, cond)).float()
+        row["rmse_vs_float32"] = float(((out - ref) ** 2).mean().sqrt())
+    return row
+
+
+def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
+    """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
     shape = tuple(model.shape)
     dtype = getattr(model, "dtype", torch.float32)
     kind = cfg.get("teacher_discretization", "logsnr")
     noise = unit_noise(batch, shape, device, dtype, seed + 10_000)
-    cond = model.draw_conditions(torch.arange(batch)) if hasattr(model, "draw_conditions") else None
-    cond = cond.to(device) if isinstance(cond, torch.Tensor) else None
+    cond = conditions(model, batch, seed + 10_000, device)
     rows = []
     for nfe in nfes:
-        sig = sigmas_for(model, kind, nfe)
-        x = noise * float(sig[0])
-        rec = _Recorder(model)
-        with torch.no_grad():
-            solve("unipc", rec, x, sig, cond=cond, order=3, check=False)
-
-        def run_solve(den=model):
-            with torch.no_grad():
-                return solve("unipc", den, x, sig, cond=cond, order=3, check=False)
-
-        def run_net():
-            with torch.no_grad():
-                for s in rec.sigmas:
-                    model(x, s, cond)
-
-        ts = time_fn(run_solve, device, **tk)
-        tn = time_fn(run_net, device, **tk)
-        tm = time_fn(lambda: run_solve(_trivial), device, **tk)
-        t_solve, t_net, t_math = ts.best, tn.best, tm.best
-        row = {"nfe": nfe, "network_calls": len(rec.sigmas), "batch": batch, "solve_s": t_solve,
-               "img_s": batch / t_solve, "network_s": t_net,
-               "outside_network_fraction": (t_solve - t_net) / t_solve,
-               "solver_math_s": t_math, "solver_math_fraction": t_math / t_solve,
-               "solve_median_s": ts.median, "network_median_s": tn.median, "timed_runs": len(ts.times)}
-        if device.type == "cuda":
-            row["host_syncs_per_solve"] = count_host_syncs(run_solve, device)
-            xg = x.clone().requires_grad_(True)
-            sg = sig.clone().to(device).requires_grad_(True)
-
-            def solve_bwd():
-                out = solve("unipc", model, xg, sg, cond=cond, order=3, check=False)
-                out.float().square().mean().backward()
-
-            row["host_syncs_per_solve_fwd_bwd"] = count_host_syncs(solve_bwd, device)
-        if plain is not model and getattr(model, "autocast_dtype", None) is not None:
-            ref = run_solve(plain)
-            out = run_solve(model)
-            ref_img, out_img = plain.decode(ref), plain.decode(out)
-            row["rmse_vs_float32"] = float(((out_img.float() - ref_img.float()) ** 2).mean().sqrt())
+        sig = sigmas_for(model, kind, nfe).to(device)
+        row = {"nfe": nfe, **sampling_row(model, plain, device, noise * float(sig[0]), sig, cond, tk)}
         rows.append(row)
         print(f"  (c) NFE {nfe}: {row['img_s']:.4g} img/s, outside the network "
               f"{100 * row['outside_network_fraction']:.1f}%", file=sys.stderr, flush=True)
@@ -437,7 +475,8 @@ def bench_cli(timeout: float) -> dict:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
 def print_report(res: dict) -> None:
@@ -448,7 +487,12 @@ def print_report(res: dict) -> None:
           f"{m['buffers'] / 1e6:.2f}M buffer values, state shape {m['shape']})")
     print(f"device: {m['device']} ({m['device_name']}), torch {m['torch']}, TF32: {tf32}")
     print(f"speed options for (b)/(c): {m['speed']}")
-    print("note: wall-clock timings on a machine that may be shared; expect noise of tens of percent\n")
+    ls, le = m["load_start"], m.get("load_end", {})
+    print(f"machine load (1-min load average / CPU pressure avg10): start {ls['loadavg_1m']} / "
+          f"{ls['cpu_pressure_avg10']}, end {le.get('loadavg_1m')} / {le.get('cpu_pressure_avg10')} "
+          f"on {ls['cpu_count']} cores")
+    print("note: wall-clock timings; on a shared machine (load above the core count) they can be several times "
+          "slower than on an idle one\n")
     if res.get("network"):
         print(format_table(res["network"], [("variant", "variant"), ("batch_of", "batch of"), ("batch", "B"),
                                             ("first_call_s", "1st call s"), ("forward_img_s", "fwd img/s"),
@@ -462,6 +506,7 @@ def print_report(res: dict) -> None:
         rows = [{"k": k, "v": t.get(k)} for k in ("n", "n_train", "n_val", "nfe", "teacher_nfe", "batch", "val_batch",
                                                   "loss", "grad_checkpoint", "init", "teacher_s", "setup_s", "train_s",
                                                   "wall_s", "iterations", "validations", "s_per_iter",
+                                                  "step_s", "validation_s", "validation_fraction",
                                                   "peak_memory_mb", "peak_memory_kind")]
         print(format_table(rows, [("k", "quantity"), ("v", "value")],
                            "(b) ld3 training (UniPC-3, in-process; setup = trainer construction incl. baselines)"))
@@ -505,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "params": sum(p.numel() for p in base.parameters()),
             "buffers": sum(b.numel() for b in base.buffers()), "shape": list(base.shape), **env,
             "speed": speed, "argv": sys.argv[1:] if argv is None else list(argv),
-            "timing": tk,
+            "timing": tk, "load_start": system_load(),
             "note": "wall-clock seconds, best of the timed runs (medians in *_median_s); CUDA timings bracketed "
                     "by torch.cuda.synchronize; shared machines are noisy"}}
         if not args.skip_network:
@@ -530,6 +575,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
             res["cli"] = bench_cli(args.cli_timeout)
         synchronize(device)
+        res["meta"]["load_end"] = system_load()
     except Ld3Error as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

@@ -155,7 +155,8 @@ def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
         lines += wrap(f"* ld3's decoupled evaluation times SIGMAS_EVAL (up to {gap:.3g} relative from SIGMAS): "
                       "diffusers evaluates the network on the grid points themselves.", indent="  ", hang="  ")
     else:
-        lines += wrap("* (no decoupled evaluation times here: SIGMAS_EVAL == SIGMAS, nothing lost there)", indent="  ", hang="  ")
+        lines += wrap("* (no decoupled evaluation times here: SIGMAS_EVAL == SIGMAS, nothing lost there)",
+                      indent="  ", hang="  ")
     lines += wrap(f"* the solver: the schedule was optimised for ld3's {es.solver_short()}; a diffusers scheduler "
                   "(Euler here, first order) runs on the same times but is not the method that was optimised.",
                   indent="  ", hang="  ")

@@ -192,6 +192,8 @@ class LD3Trainer:
         self.param = ScheduleParameterization(self.schedule, init_sigmas, o.param, o.win_rate)
         self.param.to(dev)
         self.gen = torch.Generator().manual_seed(int(o.seed))
+        self.perm: Optional[torch.Tensor] = None  # the current epoch's order and position in it
+        self.batch_pos = 0
         self.phase = 1
         self.iteration = 0
         self.phase_iter = 0
@@ -336,24 +338,24 @@ class LD3Trainer:
                     continue
                 self.phase = 3
                 break
-            perm = torch.randperm(self.n_train, generator=self.gen)
-            for b in range(0, self.n_train - bs + 1 if self.n_train >= bs else 1, bs):
-                idx = perm[b:b + bs].to(self.device)
-                rec = self._step(idx)
-                self.iteration += 1
-                self.phase_iter += 1
-                rec.update(iteration=self.iteration, phase=self.phase,
-                           lr=self.opt_logits.lr, seconds=time.perf_counter() - start)
-                if self.iteration % max(1, self.opt.val_every) == 0:
-                    rec.update(self._validate())
-                self.history.append(rec)
-                self.elapsed = time.perf_counter() - start
-                if self.progress is not None:
-                    self.progress(rec)
-                if "val" in rec and checkpoint is not None:
-                    checkpoint(self)
-                if self._phase_done():
-                    break
+            if self.perm is None or self.batch_pos + bs > self.n_train:  # a new epoch (drop the ragged tail)
+                self.perm = torch.randperm(self.n_train, generator=self.gen)
+                self.batch_pos = 0
+            idx = self.perm[self.batch_pos:self.batch_pos + bs].to(self.device)
+            self.batch_pos += bs
+            rec = self._step(idx)
+            self.iteration += 1
+            self.phase_iter += 1
+            rec.update(iteration=self.iteration, phase=self.phase, lr=self.opt_logits.lr,
+                       seconds=time.perf_counter() - start)
+            if self.iteration % max(1, self.opt.val_every) == 0:
+                rec.update(self._validate())
+            self.history.append(rec)
+            self.elapsed = time.perf_counter() - start
+            if self.progress is not None:
+                self.progress(rec)
+            if "val" in rec and checkpoint is not None:
+                checkpoint(self)
         self.stopped = self.stopped or "budget"
         self._load_param_state(self.best_state)
         sig, sig_eval = self.param.values(self.best_phase == 2)
@@ -380,6 +382,8 @@ class LD3Trainer:
         t = {"logits": self.param.logits.detach(), "offsets": self.param.offsets.detach(), "eps": self.eps,
              "best_logits": self.best_state["logits"], "best_offsets": self.best_state["offsets"],
              "gen_state": self.gen.get_state()}
+        if self.perm is not None:
+            t["perm"] = self.perm
         for k, v in self.opt_logits.state().items():
             t[f"rms.{k}"] = v.detach()
         return t
@@ -387,6 +391,7 @@ class LD3Trainer:
     def state_info(self) -> dict:
         """... and plain data (saved as JSON)."""
         return {"phase": self.phase, "iteration": self.iteration, "phase_iter": self.phase_iter, "bad": self.bad,
+                "batch_pos": self.batch_pos,
                 "best_val": self.best_val, "best_phase": self.best_phase, "elapsed": self.elapsed,
                 "lr_logits": self.opt_logits.lr, "lr_offsets": self.opt_offsets.lr, "history": self.history,
                 "init": self.init_name, "init_val": self.init_val}
@@ -398,6 +403,8 @@ class LD3Trainer:
         self.eps = tensors["eps"].to(dev, self.dtype)
         self.best_state = {"logits": tensors["best_logits"].to(dev), "offsets": tensors["best_offsets"].to(dev)}
         self.gen.set_state(tensors["gen_state"])
+        self.perm = tensors["perm"].long() if "perm" in tensors else None
+        self.batch_pos = int(info.get("batch_pos", 0))
         self.phase, self.iteration, self.phase_iter = info["phase"], info["iteration"], info["phase_iter"]
         self.bad, self.best_val, self.best_phase = info["bad"], info["best_val"], info["best_phase"]
         self.elapsed, self.history = info.get("elapsed", 0.0), list(info.get("history", []))

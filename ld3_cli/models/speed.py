@@ -63,7 +63,8 @@ class SpeedWrapper(Denoiser):
         super().__init__()
         for attr in ("schedule", "shape"):
             if not hasattr(inner, attr):
-                raise ConfigError(f"SpeedWrapper needs a Denoiser with a '{attr}' attribute; got {type(inner).__name__}")
+                raise ConfigError(f"SpeedWrapper needs a Denoiser with a '{attr}' attribute; "
+                                  f"got {type(inner).__name__}")
         self.inner = inner
         self.schedule = inner.schedule
         self.shape = tuple(inner.shape)

@@ -15,7 +15,8 @@ from .checks import solver_options, steps_for
 from .keys import model_key
 
 log = logging.getLogger("ld3")
-_MODELS: dict[tuple, Any] = {}  # (model key, device) -> model, reused across the jobs of a multirun
+_MODELS: dict[tuple, Any] = {}
+STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage  # (model key, device) -> model, reused across the jobs of a multirun
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -73,8 +74,14 @@ class StageContext:
     # -- commands that (re)produce artifacts -----------------------------------------------------
     def command(self, stage: Optional[str] = None, extra: Optional[list[str]] = None) -> str:
         """The ``ld3`` command that reproduces this job's artifacts of ``stage``."""
-        words = [f"ld3 {stage or self.stage}"] + [o for o in self.overrides if not o.startswith("hydra.")]
-        words += list(extra or [])
+        stage = stage or self.stage
+        own = stage.replace("-", "_")
+
+        def keep(o: str) -> bool:  # drop Hydra's settings and the options of other stages
+            top = o.lstrip("+~").split("=")[0].split(".")[0]
+            return top != "hydra" and (top not in STAGE_SECTIONS or top == own)
+
+        words = [f"ld3 {stage}"] + [o for o in self.overrides if keep(o)] + list(extra or [])
         return " ".join(words)
 
     # -- progress -------------------------------------------------------------------------------

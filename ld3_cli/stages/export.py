@@ -25,15 +25,6 @@ from .sample import baseline_options, schedule_for
 log = logging.getLogger("ld3")
 
 
-def drop_stage_overrides(ctx: StageContext, key: str) -> str:
-    """Remove this stage's own ``<key>.*`` overrides from ``ctx.overrides`` (so the commands suggested for
-    other stages, e.g. ``ld3 train ...``, stay valid there) and return this stage's full command."""
-    own = ctx.command()
-    ctx.overrides = [o for o in ctx.overrides if not o.lstrip("+~").startswith(f"{key}.")
-                     and not o.lstrip("+~").startswith(f"{key}=")]
-    return own
-
-
 def _solver_tag(ctx: StageContext) -> str:
     order = ctx.solver_options.get("order")
     return f"{ctx.solver_name}{order}" if order is not None else ctx.solver_name
@@ -73,7 +64,7 @@ def run(ctx: StageContext) -> dict:
     """Stage entry point: returns ``{"out": dir, "files": [paths], "schedule": ExportSchedule}``."""
     cfg = ctx.cfg.get("export", {}) or {}
     formats = parse_formats(cfg.get("format", "all"))  # bad formats fail before any work
-    command = drop_stage_overrides(ctx, "export")
+    command = ctx.command()
     name = str(ctx.cfg.schedule)
     es = export_schedule(ctx, name, command)
     out = cfg.get("out")

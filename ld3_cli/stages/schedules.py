@@ -122,11 +122,8 @@ def default_out(ctx: StageContext) -> Path:
 
 def run(ctx: StageContext) -> dict:
     """Stage entry point: returns ``{"schedules": {name: (sigmas, sigmas_eval)}, "skipped": {...}, "plot": path}``."""
-    from .export import drop_stage_overrides
-
     cfg = ctx.cfg.get("schedules", {}) or {}
     names, explicit = requested(cfg.get("include", "all"))
-    drop_stage_overrides(ctx, "schedules")
     out = cfg.get("out")
     png = Path(str(out)).expanduser() if out else default_out(ctx)
     if png.suffix.lower() != ".png":

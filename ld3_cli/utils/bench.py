@@ -8,6 +8,7 @@ Linux allows it; otherwise the lifetime peak ``ru_maxrss``, and :func:`peak_memo
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import warnings
@@ -163,6 +164,27 @@ def count_host_syncs(fn: Callable[[], Any], device: torch.device | str) -> Optio
 
 
 # ------------------------------------------------------------------------------------------------
+# how busy the machine is (timings on a shared machine are only as good as this)
+
+
+def system_load() -> dict:
+    """``{"loadavg_1m", "cpu_count", "cpu_pressure_avg10"}``: the 1-minute load average and, where Linux
+    reports pressure stall information, the share of the last 10 s in which runnable tasks waited for a CPU."""
+    out: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    try:
+        out["loadavg_1m"] = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        out["loadavg_1m"] = None
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]  # "some avg10=.. avg60=.. ..."
+        fields = dict(kv.split("=") for kv in first.split()[1:])
+        out["cpu_pressure_avg10"] = float(fields["avg10"]) / 100.0
+    except (OSError, IndexError, KeyError, ValueError):
+        out["cpu_pressure_avg10"] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # output
 
 
@@ -190,4 +212,4 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], title
 
 
 __all__ = ["Timing", "Stopwatch", "time_fn", "synchronize", "reset_peak_memory", "peak_memory",
-           "count_host_syncs", "format_table", "fmt"]
+           "count_host_syncs", "system_load", "format_table", "fmt"]

@@ -1,15 +1,35 @@
 """Shared fixtures: stage contexts composed from the real config tree, one tiny learned-schedule store.
 
-The store is made once per test session in-process (teacher-sample + train on the embedded
-mixture model with tiny budgets, ~8 s) and only read afterwards.  Tests that write put their
+The store is made once per test session in-process (teacher-sample + train on a rank-16
+mixture model with tiny budgets, a few seconds) and only read afterwards.  Tests that write put their
 outputs under their own ``tmp_path`` (``export.out``, ``schedules.out``, ``fid_ref.out``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 from stages_export_helpers import make_ctx
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two OpenMP threads made the mixture fit's
+    784x784 eigh ~80x slower (35 s instead of 0.4 s); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +38,9 @@ def learned_store(tmp_path_factory):
     from ld3_cli.stages import teacher_sample, train
 
     store = tmp_path_factory.mktemp("ld3store")
-    teacher_sample.run(make_ctx("teacher-sample", store))
-    art = train.run(make_ctx("train", store))
+    with one_thread():  # session fixtures are set up before the module-scoped one_torch_thread
+        teacher_sample.run(make_ctx("teacher-sample", store))
+        art = train.run(make_ctx("train", store))
     return store, art
 
 

@@ -1,9 +1,9 @@
 """Helpers shared by the stage tests of export / schedules / fid-ref (imported by name: no package)."""
 from __future__ import annotations
 
-# small budgets (see /tmp/stage_api.md): the learned schedule exists after ~8 s
-TINY = ["teacher.n=8", "teacher.nfe=20", "train.iters_phase1=3", "train.iters_phase2=3", "progress=false",
-        "device=cpu"]
+# small budgets: a rank-16 mixture (fast fit), 8 teacher samples, 3 + 3 training iterations
+TINY = ["model.rank=16", "teacher.n=8", "teacher.nfe=20", "train.iters_phase1=3", "train.iters_phase2=3",
+        "progress=false", "device=cpu"]
 
 
 def compose(config_name: str, overrides: list[str]):

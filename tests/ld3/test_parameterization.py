@@ -1,0 +1,90 @@
+"""LD3's schedule parameterization, soft teacher forcing geometry and the optimisers."""
+import math
+
+import pytest
+import torch
+
+from ld3_cli.ld3.optim import SGD, RMSpropMomentum
+from ld3_cli.ld3.parameterization import ScheduleParameterization
+from ld3_cli.ld3.soft_teacher import accept_moves, default_radius, project_to_ball
+from ld3_cli.schedules import EDM, VPDiscrete, VPLinear, discretize
+
+
+@pytest.mark.parametrize("sched", [EDM(), VPLinear(), VPDiscrete.linear(1000)], ids=lambda s: s.kind)
+@pytest.mark.parametrize("space", ["lambda", "time"])
+@pytest.mark.parametrize("kind", ["logsnr", "edm", "time_uniform", "time_quadratic"])
+def test_initialisation_reproduces_the_baseline_exactly(sched, space, kind):
+    base = discretize(kind, 6, sched)
+    p = ScheduleParameterization(sched, base, space)
+    sig, ev = p()
+    assert torch.allclose(sig, base, rtol=1e-10, atol=0)
+    assert torch.equal(sig, ev)  # zero offsets: evaluation times equal the steps
+
+
+@pytest.mark.parametrize("space", ["lambda", "time"])
+def test_any_logits_give_a_monotone_grid_with_fixed_endpoints(space):
+    sched = VPLinear()
+    p = ScheduleParameterization(sched, discretize("logsnr", 7, sched), space)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        with torch.no_grad():
+            p.logits.copy_(3 * torch.randn(7, generator=g, dtype=torch.float64))
+        sig, _ = p(decoupled=False)
+        assert bool(torch.all(sig[1:] < sig[:-1]))
+        assert float(sig[0]) == sched.sigma_max and float(sig[-1]) == sched.sigma_min
+
+
+def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap():
+    sched = EDM()
+    p = ScheduleParameterization(sched, discretize("edm", 5, sched), "lambda", win_rate=0.5)
+    with torch.no_grad():
+        p.offsets.copy_(torch.tensor([9.0, 9.0, -9.0, 0.01, 9.0, 9.0], dtype=torch.float64))
+    sig, ev = p()
+    lam, lam_ev = -torch.log(sig), -torch.log(ev)
+    gap = float((lam[1:] - lam[:-1]).min())
+    shift = lam_ev - lam
+    assert float(shift[0]) == 0 and float(shift[-1]) == 0  # endpoints fixed
+    assert shift[1:4].tolist() == pytest.approx([0.5 * gap, -0.5 * gap, 0.01], rel=1e-9)
+
+
+def test_gradients_reach_logits_and_offsets():
+    sched = EDM()
+    p = ScheduleParameterization(sched, discretize("logsnr", 4, sched))
+    sig, ev = p()
+    (sig.sum() + (ev * torch.arange(5.0, dtype=torch.float64)).sum()).backward()
+    assert p.logits.grad is not None and float(p.logits.grad.abs().sum()) > 0
+    assert p.offsets.grad is not None and float(p.offsets.grad[1:-1].abs().sum()) > 0
+
+
+def test_ball_projection_and_acceptance():
+    center = torch.zeros(4, 3, 2)
+    cand = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.01, 1, 5, 0.2]).view(4, 1, 1)
+    out = project_to_ball(cand, center, radius=0.5)
+    norms = out.flatten(1).norm(dim=1)
+    assert bool(torch.all(norms <= 0.5 + 1e-6))
+    inside = cand.flatten(1).norm(dim=1) <= 0.5
+    assert torch.equal(out[inside], cand[inside])  # points inside the ball do not move
+    # outside points go to the closest point of the sphere: same direction
+    cos = torch.nn.functional.cosine_similarity(out.flatten(1), cand.flatten(1))
+    assert torch.allclose(cos, torch.ones(4), atol=1e-6)
+    cur = torch.zeros(3, 2)
+    upd, mask = accept_moves(cur, torch.ones(3, 2), torch.tensor([1.0, 3.0, 2.0]), torch.tensor([2.0, 2.0, 2.0]))
+    assert mask.tolist() == [True, False, False] and upd[:, 0].tolist() == [1.0, 0.0, 0.0]
+    assert default_radius(0.001, 3 * 32 * 32, 10) == pytest.approx(0.03072)
+
+
+def test_optimisers_follow_torch_update_rules():
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(5, generator=g, dtype=torch.float64) for _ in range(6)]
+    for ours_cls, theirs in ((lambda p: RMSpropMomentum(p, lr=5e-3, momentum=0.9),
+                              lambda p: torch.optim.RMSprop([p], lr=5e-3, momentum=0.9)),
+                             (lambda p: SGD(p, lr=0.1), lambda p: torch.optim.SGD([p], lr=0.1))):
+        a = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+        oa, ob = ours_cls(a), theirs(b)
+        for gr in grads:
+            a.grad, b.grad = gr.clone(), gr.clone()
+            oa.step()
+            ob.step()
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert math.isfinite(float(a.sum()))

@@ -1,0 +1,128 @@
+"""The LD3 trainer on the embedded mixture: improvement, guarantees, resume, ablations, errors."""
+import json
+
+import pytest
+import torch
+
+from ld3_cli.errors import ConfigError, NumericalError
+from ld3_cli.ld3 import learn_schedule
+from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
+from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
+from ld3_cli.schedules import discretize
+from ld3_cli.solvers import solve
+from ld3_cli.stages.context import noise_for_seeds
+
+FAST = dict(batch_size=10, iters_phase1=15, iters_phase2=15)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model = GaussianMixtureDenoiser(load_or_fit(128, tmp_path_factory.mktemp("fit"))).requires_grad_(False)
+
+    def teacher(eps):
+        with torch.no_grad():
+            return solve("unipc", model, eps * 80, discretize("logsnr", 60, model.schedule), order=3)
+
+    train = noise_for_seeds(range(40), (1, 28, 28))
+    held = noise_for_seeds(range(10_000, 10_040), (1, 28, 28))
+    return model, train, teacher(train), held, teacher(held)
+
+
+def heldout_rmse(model, solver, opts, held, y, sig, ev=None):
+    with torch.no_grad():
+        out = solve(solver, model, held * 80, sig, ev, **opts)
+    return float(((out - y) ** 2).mean().sqrt())
+
+
+@pytest.mark.parametrize("solver,opts,nfe", [("euler", {}, 4), ("unipc", {"order": 3}, 5), ("dpmpp", {"order": 2}, 5)])
+def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, opts, nfe):
+    model, x, y, held, y_held = setup
+    res = learn_schedule(model, solver, nfe, x, y, solver_options=opts, **FAST)
+    ours = heldout_rmse(model, solver, opts, held, y_held, res.sigmas, res.sigmas_eval)
+    base = {k: heldout_rmse(model, solver, opts, held, y_held, discretize(k, nfe, model.schedule))
+            for k in ("time_uniform", "time_quadratic", "logsnr", "edm")}
+    assert ours < 0.9 * min(base.values()), (ours, base)
+    assert res.best_val <= res.init_val  # never worse than its initialisation on validation
+    assert res.baselines[res.init]["train"] == min(v["train"] for v in res.baselines.values())
+
+
+def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup):
+    model, x, y, _, _ = setup
+    opts = TrainOptions(**FAST, seed=3)
+    full = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts).run()
+    first = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts)
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def checkpoint(tr):
+        if tr.iteration == 11:  # interrupt mid phase 1... (state is saved at a validation)
+            saved["t"] = {k: v.clone() for k, v in tr.state_tensors().items()}
+            saved["i"] = json.loads(json.dumps(tr.state_info()))
+            raise Stop
+
+    with pytest.raises(Stop):
+        first.run(checkpoint=checkpoint)
+    resumed = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts)
+    resumed.load_state(saved["t"], saved["i"])
+    res = resumed.run()
+    assert torch.equal(res.sigmas, full.sigmas) and torch.equal(res.sigmas_eval, full.sigmas_eval)
+    assert res.best_val == full.best_val and res.iterations == full.iterations
+
+
+def test_same_seed_same_schedule(setup):
+    model, x, y, _, _ = setup
+    a = learn_schedule(model, "euler", 4, x, y, seed=7, **FAST)
+    b = learn_schedule(model, "euler", 4, x, y, seed=7, **FAST)
+    assert torch.equal(a.sigmas, b.sigmas) and torch.equal(a.sigmas_eval, b.sigmas_eval)
+
+
+def test_ablations(setup):
+    model, x, y, _, _ = setup
+    hard = LD3Trainer(model, "euler", {}, 4, x, y, None, TrainOptions(**FAST, r=0))
+    hard.run()
+    assert torch.equal(hard.eps, hard.eps_orig)  # r = 0: the noises never move
+    assert all(rec["accepted"] == 0 for rec in hard.history)
+    soft = LD3Trainer(model, "euler", {}, 4, x, y, None, TrainOptions(**FAST))
+    soft.run()
+    moved = (soft.eps - soft.eps_orig).flatten(1).norm(dim=1)
+    assert float(moved.max()) > 0 and bool(torch.all(moved <= soft.radius * (1 + 1e-5)))
+    no_phase2 = learn_schedule(model, "euler", 4, x, y, decoupled=False, **FAST)
+    assert torch.equal(no_phase2.sigmas, no_phase2.sigmas_eval)
+    in_time = learn_schedule(model, "euler", 4, x, y, param="time", **FAST)
+    assert in_time.param == "time" and bool(torch.all(in_time.sigmas[1:] < in_time.sigmas[:-1]))
+    assert in_time.best_val <= in_time.init_val
+
+
+def test_numerical_fault_stops_with_a_clear_error(setup):
+    model, x, y, _, _ = setup
+
+    class Poisoned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.schedule, self.shape, self.calls = model, model.schedule, model.shape, 0
+
+        def forward(self, x_, sigma, cond=None):
+            self.calls += 1
+            out = self.inner(x_, sigma, cond)
+            return out * float("nan") if self.calls > 200 else out
+
+        def decode(self, x_):
+            return x_
+
+    tr = LD3Trainer(Poisoned(), "euler", {}, 4, x, y, None, TrainOptions(**FAST))
+    with pytest.raises(NumericalError, match="best schedule so far"):
+        tr.run()
+    sig, _ = tr.best_values()
+    assert bool(torch.isfinite(sig).all()) and bool(torch.all(sig[1:] < sig[:-1]))
+
+
+def test_option_errors(setup):
+    model, x, y, _, _ = setup
+    with pytest.raises(ConfigError, match="unknown train option"):
+        learn_schedule(model, "euler", 4, x, y, learning_rate=1)
+    with pytest.raises(ConfigError, match="at least one training and one validation"):
+        learn_schedule(model, "euler", 4, x[:1], y[:1])
+    with pytest.raises(ConfigError, match="odd NFE"):
+        learn_schedule(model, "heun", 4, x, y)

@@ -1,0 +1,68 @@
+"""ld3_cli.utils.bench: repetition rules, peak memory, host-sync counting off CUDA, table layout."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ld3_cli.utils.bench import (Stopwatch, Timing, count_host_syncs, fmt, format_table, peak_memory,
+                                 reset_peak_memory, system_load, time_fn)
+
+
+def test_time_fn_counts_warmup_and_reps():
+    calls = []
+    t = time_fn(lambda: calls.append(1), "cpu", reps=4, warmup=2)
+    assert len(calls) == 6 and len(t.times) == 4 and t.warmup == 2
+    assert t.best <= t.median <= max(t.times) and all(x >= 0 for x in t.times)
+
+
+def test_time_fn_repeats_until_min_time():
+    t = time_fn(lambda: time.sleep(0.01), "cpu", reps=1, warmup=0, min_time=0.05)
+    assert sum(t.times) >= 0.05 and len(t.times) >= 5
+    assert min(t.times) >= 0.01  # each run at least the sleep
+    capped = time_fn(lambda: None, "cpu", reps=1, warmup=0, min_time=10.0, max_reps=7)
+    assert len(capped.times) == 7
+
+
+def test_timing_statistics():
+    t = Timing(times=[3.0, 1.0, 2.0, 10.0])
+    assert (t.best, t.median, t.mean) == (1.0, 2.5, 4.0)
+    assert t.as_dict()["best"] == 1.0
+
+
+def test_stopwatch_measures_a_sleep():
+    with Stopwatch("cpu") as sw:
+        time.sleep(0.02)
+    assert 0.02 <= sw.seconds < 1.0
+
+
+def test_peak_memory_sees_a_large_allocation():
+    window = reset_peak_memory("cpu")
+    before = peak_memory("cpu", window)["bytes"]
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    after = peak_memory("cpu", window)
+    del x
+    assert after["bytes"] > 0 and "cpu peak RSS" in after["kind"]
+    if window:  # VmHWM window: the 64 MiB must show up
+        assert after["bytes"] - before >= 60 * 2**20
+
+
+def test_host_syncs_not_counted_off_cuda():
+    assert count_host_syncs(lambda: torch.ones(3).sum().item(), "cpu") is None
+
+
+def test_system_load_fields():
+    s = system_load()
+    assert s["cpu_count"] >= 1
+    assert s["loadavg_1m"] is None or s["loadavg_1m"] >= 0
+    assert s["cpu_pressure_avg10"] is None or 0 <= s["cpu_pressure_avg10"] <= 1
+
+
+def test_format_table_aligns_columns():
+    rows = [{"a": 1, "b": 0.123456}, {"a": 12345, "b": None}, {"a": True}]
+    text = format_table(rows, [("a", "A"), ("b", "bee")], "T")
+    lines = text.splitlines()
+    assert lines[0] == "T" and lines[1].split() == ["A", "bee"]
+    assert lines[3].split() == ["1", "0.1235"] and lines[4].split() == ["12345", "-"] and lines[5].split() == ["yes", "-"]
+    assert lines[2] == "-----  ------"  # column widths = widest cell or header
+    assert fmt(2.0e-7) == "2e-07" and fmt("x") == "x"
