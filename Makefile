@@ -51,3 +51,26 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Paper reproduction (docs/reproduction.md): files are checked first -- a missing one stops the target at once
+# with the list of files and where they go.  REPRO_ARGS="--nfe 4,6 -- sample.n=10000" narrows a run.
+repro-mnist: install
+	$(BIN)/python scripts/repro.py mnist $(REPRO_ARGS)
+
+repro-cifar10: install
+	$(BIN)/python scripts/repro.py cifar10 $(REPRO_ARGS)
+
+repro-ffhq: install
+	$(BIN)/python scripts/repro.py ffhq $(REPRO_ARGS)
+
+repro-afhqv2: install
+	$(BIN)/python scripts/repro.py afhqv2 $(REPRO_ARGS)
+
+repro-lsun: install
+	$(BIN)/python scripts/repro.py lsun $(REPRO_ARGS)
+
+repro-imagenet: install
+	$(BIN)/python scripts/repro.py imagenet $(REPRO_ARGS)
+
+repro-sd15: install
+	$(BIN)/python scripts/repro.py sd15 $(REPRO_ARGS)

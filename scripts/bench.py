@@ -100,6 +100,8 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
                    help="also time `ld3 teacher-sample`, `ld3 train --nfe 5` and `ld3 run` on the embedded default "
                         "(model=mnist_gmm, device=cpu) in fresh temporary stores")
     p.add_argument("--cli-timeout", type=float, default=1800.0)
+    p.add_argument("--cli-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the (d) commands, e.g. LD3_THREADS=1 or OMP_WAIT_POLICY=PASSIVE (repeatable)")
     p.add_argument("--variants", default=None,
                    help=f"comma list of speed variants for (a), from {sorted(VARIANTS)} "
                         "(default: plain,channels_last, plus bf16 on CUDA)")
@@ -130,6 +132,16 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
     if args.n < 2:
         p.error("--n must be at least 2 (one training and one validation pair)")
     return args, model_name, model_over
+
+
+def cli_env(items: list[str]) -> dict:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--cli-env expects KEY=VALUE, got '{item}'")
+        env[key] = value
+    return env
 
 
 def int_list(text: str) -> list[int]:
@@ -446,8 +458,9 @@ def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int,
 # ------------------------------------------------------------------------------------------------
 # (d) the command line on the embedded default
 
-def run_cli_cmd(words: list[str], cwd: Path, timeout: float) -> dict:
+def run_cli_cmd(words: list[str], cwd: Path, timeout: float, extra_env: Optional[dict] = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LD3_CACHE"}
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "ld3_cli", *words, "device=cpu", "progress=false"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -457,14 +470,16 @@ def run_cli_cmd(words: list[str], cwd: Path, timeout: float) -> dict:
     return {"command": "ld3 " + " ".join(words + ["device=cpu", "progress=false"]), "wall_s": secs}
 
 
-def bench_cli(timeout: float) -> dict:
+def bench_cli(timeout: float, extra_env: Optional[dict] = None) -> dict:
+    """(d): wall-clock of the embedded default's commands, each store fresh (``ld3 train`` reads the teacher
+    pairs ``ld3 teacher-sample`` wrote in the same store; ``ld3 run`` does everything in its own)."""
     res: dict[str, Any] = {"model": "mnist_gmm", "device": "cpu", "cpu_count": os.cpu_count(),
-                           "threads": torch.get_num_threads()}
+                           "env": dict(extra_env or {})}
     with tempfile.TemporaryDirectory(prefix="ld3-bench-") as d1:
-        res["teacher_sample"] = run_cli_cmd(["teacher-sample"], Path(d1), timeout)
-        res["train_nfe5"] = run_cli_cmd(["train", "--nfe", "5"], Path(d1), timeout)
+        res["teacher_sample"] = run_cli_cmd(["teacher-sample"], Path(d1), timeout, extra_env)
+        res["train_nfe5"] = run_cli_cmd(["train", "--nfe", "5"], Path(d1), timeout, extra_env)
     with tempfile.TemporaryDirectory(prefix="ld3-bench-") as d2:
-        res["run"] = run_cli_cmd(["run"], Path(d2), timeout)
+        res["run"] = run_cli_cmd(["run"], Path(d2), timeout, extra_env)
     res["targets"] = {"train_nfe5_s": 60.0, "run_s": 180.0}
     return res
 
@@ -526,7 +541,8 @@ def print_report(res: dict) -> None:
         rows = [{"what": c[k]["command"], "s": c[k]["wall_s"], "target": tgt}
                 for k, tgt in (("teacher_sample", None), ("train_nfe5", 60.0), ("run", 180.0))]
         print(format_table(rows, [("what", "command (fresh store, CPU)"), ("s", "wall s"), ("target", "target s")],
-                           f"(d) embedded default through the CLI ({c['cpu_count']} cores)"))
+                           f"(d) embedded default through the CLI ({c['cpu_count']} cores, "
+                           f"extra environment {c['env'] or 'none'})"))
         print()
 
 
@@ -573,7 +589,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                              tk, args.seed)
         if args.cli:
             print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
-            res["cli"] = bench_cli(args.cli_timeout)
+            res["cli"] = bench_cli(args.cli_timeout, cli_env(args.cli_env))
         synchronize(device)
         res["meta"]["load_end"] = system_load()
     except Ld3Error as e:

@@ -47,7 +47,7 @@ def build_model(cfg: dict, ctx: BuildContext):
     if "_target_" in cfg:
         from hydra.utils import instantiate
 
-        model = instantiate({k: v for k, v in cfg.items() if k not in _META_KEYS})
+        model = instantiate({k: v for k, v in cfg.items() if k not in MODEL_HINT_KEYS})
     else:
         kind = cfg.get("kind")
         if kind not in BUILDERS:
@@ -63,9 +63,11 @@ def build_model(cfg: dict, ctx: BuildContext):
     return model.to(ctx.device).eval().requires_grad_(False)
 
 
-# config keys that describe the model for ld3 itself and are never passed to a _target_
-_META_KEYS = {"name", "kind", "url", "file_name", "download", "param", "default_discretization",
-              "teacher_discretization", "notes", "key_fields"}
+# Keys of a model config that tell ld3 how to treat the model (defaults for other groups, where the
+# weights come from); they are never passed to a ``_target_`` and never enter the model's store key.
+MODEL_HINT_KEYS = {"name", "kind", "url", "file_name", "download", "param", "teacher_discretization",
+                   "teacher_nfe", "train_batch_size", "train_iters_phase1", "train_iters_phase2", "ays_family",
+                   "notes"}
 
 
 def model_option(cfg: dict, key: str, default: Any = None) -> Any:

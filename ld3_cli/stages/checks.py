@@ -58,6 +58,8 @@ def _check(cfg) -> None:
         raise ConfigError(f"schedule '{cfg.schedule}' is unknown; use ld3 or one of {kinds}")
     if t.discretization not in kinds:
         raise ConfigError(f"teacher.discretization '{t.discretization}' is unknown; choose one of {kinds}")
+    if str(cfg.eval.metrics) not in ("auto", "fid", "fd_pixels"):
+        raise ConfigError(f"eval.metrics must be auto, fid or fd_pixels; got '{cfg.eval.metrics}'")
     for name in cfg.eval.compare:
         if name != "ld3" and name not in kinds:
             raise ConfigError(f"eval.compare has unknown schedule '{name}'; use ld3 or one of {kinds}")

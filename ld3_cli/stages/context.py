@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -29,6 +32,21 @@ def resolve_device(spec: str) -> torch.device:
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ConfigError(f"device={spec} but MPS is not available; use device=cpu or device=auto")
     return dev
+
+
+# What reading a damaged or wrong-format weights file raises below a model builder's own checks.
+UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
+
+
+def unreadable_checkpoint(model_cfg: dict, e: Exception) -> ConfigError:
+    """A one-line user error for a weights file the model's loader could not parse."""
+    path = next((model_cfg[k] for k in ("path", "checkpoint", "weights") if model_cfg.get(k)), None)
+    what = f"the weights file {path}" if path else "its weights file"
+    want = f" ({model_cfg['file_name']} from {model_cfg['url']})" if model_cfg.get("file_name") and model_cfg.get(
+        "url") else ""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return ConfigError(f"cannot load model {model_cfg.get('name', '')}: {what} is damaged or not a checkpoint of this "
+                       f"model kind ({type(e).__name__}: {first}); point model.path at the right file{want}")
 
 
 def noise_for_seeds(seeds: Iterable[int], shape: tuple, device: torch.device = torch.device("cpu"),
@@ -67,7 +85,18 @@ class StageContext:
                 bc = BuildContext(device=self.device, cache_dir=self.store.root, dataset=to_plain(self.cfg.dataset),
                                   allow_download=bool(self.model_cfg.get("download", False)))
                 _MODELS.clear()  # keep one model in memory
-                _MODELS[key] = build_model(self.model_cfg, bc)
+                from hydra.errors import InstantiationException
+
+                try:
+                    _MODELS[key] = build_model(self.model_cfg, bc)
+                except UNREADABLE_FILE_ERRORS as e:
+                    raise unreadable_checkpoint(self.model_cfg, e) from None
+                except InstantiationException as e:  # model._target_: no such class, or wrong arguments
+                    why = re.sub(r",? *set env var HYDRA_FULL_ERROR=1 to see chained exception\.?", "",
+                                 " ".join(str(e).split()))[:300]
+                    raise ConfigError(f"cannot build model._target_={self.model_cfg.get('_target_')} ({why}); set "
+                                      "model._target_ to an importable ld3_cli.models.Denoiser subclass and pass "
+                                      "only its constructor's arguments (+model.<name>=...)") from None
             self._model = _MODELS[key]
         return self._model
 

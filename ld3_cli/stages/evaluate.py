@@ -72,7 +72,8 @@ def _cached_stats(ctx: StageContext, fields: dict, compute) -> tuple[np.ndarray,
                 store.write(ctx.model_key, "refs", fields,
                             tensors={"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, info={"n": n},
                             command=ctx.command("eval"))
-    t = store.open(ctx.model_key, "refs", key).tensors({"mu": (None,), "sigma": (None, None)})
+    t = store.open(ctx.model_key, "refs", key, producer=ctx.command("eval")).tensors({"mu": (None,),
+                                                                                     "sigma": (None, None)})
     return t["mu"].numpy(), t["sigma"].numpy()
 
 
@@ -99,6 +100,11 @@ def exact_stats(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
 def dataset_stats(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
     ds = ctx.cfg.dataset
     if ds.kind != "mnist5k":
+        return None
+    from ..data.mnist5k import SHAPE
+
+    if tuple(ctx.model.image_shape) != SHAPE:
+        log.info("fd_data skipped: the model's images %s are not MNIST's %s", tuple(ctx.model.image_shape), SHAPE)
         return None
     fields = {"kind": "dataset_pixels", "dataset": "mnist5k"}
 
@@ -134,8 +140,9 @@ def teacher_distances(ctx: StageContext, sig, ev) -> tuple[dict, str]:
     return res, held.key
 
 
-def fid_value(ctx: StageContext, samples: Artifact) -> dict:
-    from ..metrics import InceptionFeatures, StatsAccumulator, frechet_distance, load_reference_stats
+def fid_reference(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset's FID reference statistics ``dataset.fid_ref``, validated (present, 2048-d, finite)."""
+    from ..metrics import FEATURE_DIM, load_reference_stats
 
     ref_path = ctx.cfg.dataset.get("fid_ref")
     if not ref_path or not Path(str(ref_path)).is_file():
@@ -143,9 +150,24 @@ def fid_value(ctx: StageContext, samples: Artifact) -> dict:
         raise MissingArtifactError(f"FID reference statistics not found at {ref_path}; "
                                    + (f"download {url} there" if url else "make them with `ld3 fid-ref ...`")
                                    + " (or set dataset.fid_ref=/path/to/stats.npz)")
+    return load_reference_stats(str(ref_path), dims=FEATURE_DIM)
+
+
+def check_inputs(ctx: StageContext) -> None:
+    """Validate what the metrics read (metric choice, FID reference and weights) before anything is sampled."""
+    if metric_kind(ctx) == "fid":
+        from ..metrics.inception import resolve_inception_weights
+
+        fid_reference(ctx)
+        resolve_inception_weights(ctx.cfg.eval.inception_weights)
+
+
+def fid_value(ctx: StageContext, samples: Artifact) -> dict:
+    from ..metrics import InceptionFeatures, StatsAccumulator, frechet_distance
+
+    mu_r, sig_r = fid_reference(ctx)
     feats = InceptionFeatures(weights_path=ctx.cfg.eval.inception_weights, device=ctx.device,
                               batch_size=int(ctx.cfg.eval.fid_batch_size))
-    mu_r, sig_r = load_reference_stats(str(ref_path), dims=feats.dims)
     acc = StatsAccumulator(device=ctx.device)
     n = int(samples.manifest["info"]["n"])
     bar = ctx.progress(n, "FID features", "img")
@@ -183,7 +205,7 @@ def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
     key = make_key(fields)
     store = ctx.store
     if store.exists(ctx.model_key, KIND, key):
-        art = store.open(ctx.model_key, KIND, key)
+        art = store.open(ctx.model_key, KIND, key, producer=ctx.command("eval"))
         return art.json("metrics.json"), art
     sig, ev, _ = schedule_for(ctx, name)
     metrics, _ = teacher_distances(ctx, sig, ev)
@@ -241,6 +263,7 @@ def append_results(ctx: StageContext, rows: list[dict]) -> Path:
 
 def run(ctx: StageContext) -> list[dict]:
     """Stage entry point: evaluate every schedule in ``eval.compare`` for this solver and NFE."""
+    check_inputs(ctx)
     names = list(ctx.cfg.eval.compare)
     table, csv_rows = [], []
     date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

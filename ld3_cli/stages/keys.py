@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..models.registry import MODEL_HINT_KEYS
 from ..store import make_key, to_plain
 
 TEACHER_VERSION = 1
@@ -23,8 +24,6 @@ SCHEDULE_VERSION = 1
 SAMPLES_VERSION = 1
 EVAL_VERSION = 1
 
-MODEL_HINT_KEYS = {"param", "teacher_discretization", "teacher_nfe", "train_batch_size", "train_iters_phase1",
-                   "train_iters_phase2", "download", "url", "notes", "name", "file_name"}
 TRAIN_RUNTIME_KEYS = {"val_batch_size", "lpips_weights"}
 
 

@@ -16,6 +16,7 @@ log = logging.getLogger("ld3")
 
 def run(ctx: StageContext) -> list[dict]:
     t0 = time.perf_counter()
+    evaluate.check_inputs(ctx)  # a bad FID reference is reported before hours of teacher sampling and training
     teacher = teacher_sample.teacher_artifact(ctx)
     print(f"[1/3] teacher samples: {teacher.path}")
     sched = train.run(ctx)

@@ -1,6 +1,13 @@
-"""Run one stage for one composed config: errors become one line and exit 2, interrupts exit 130."""
+"""Run one stage for one composed config: errors become one line and exit 2, interrupts exit 130.
+
+User errors (:class:`~ld3_cli.errors.Ld3Error`) and a full disk (``ENOSPC`` / ``EDQUOT``: the
+store's atomic writes keep every finished file, so rerunning resumes) print one line on stderr
+and exit with status 2; Ctrl-C and SIGTERM exit with status 130.  Anything else is a bug and keeps
+its traceback.
+"""
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import signal
@@ -21,6 +28,12 @@ STAGE_MODULES = {
     "fid-ref": "fid_ref",
 }
 EXIT_INTERRUPTED = 130
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def one_line(msg) -> str:
+    """The message with its whitespace (newlines included) collapsed: the CLI prints errors as one line."""
+    return " ".join(str(msg).split())
 
 
 def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by the reliability tests
@@ -45,7 +58,14 @@ def run_stage(stage: str, cfg):
         ctx = StageContext(cfg, stage, hydra_overrides())
         return module.run(ctx)
     except Ld3Error as e:
-        print(f"ld3 {stage}: error: {e}", file=sys.stderr)
+        print(f"ld3 {stage}: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        print(f"ld3 {stage}: error: no space left on the device{where}; finished work is kept in the store -- free "
+              "some space and rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(f"ld3 {stage}: interrupted; finished work is saved in the store -- rerun the same command to resume",

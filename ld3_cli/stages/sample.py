@@ -81,7 +81,7 @@ def _cached_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor:
                 sig = discretize(name, ctx.n_steps, ctx.model.schedule, **opts, **extra)
                 store.write(ctx.model_key, "baselines", fields, tensors={"sigmas": sig},
                             info={"seconds": time.perf_counter() - t0}, command=ctx.command("sample", [f"schedule={name}"]))
-    art = store.open(ctx.model_key, "baselines", key)
+    art = store.open(ctx.model_key, "baselines", key, producer=ctx.command("sample", [f"schedule={name}"]))
     return art.tensors({"sigmas": (ctx.n_steps + 1,)})["sigmas"].to(torch.float64)
 
 
@@ -126,14 +126,14 @@ def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     key, fields, sig, ev = samples_key(ctx, name)
     store = ctx.store
     rank, world = dist_info()
-    if store.exists(ctx.model_key, KIND, key):
-        return store.open(ctx.model_key, KIND, key)
-    dist = _init_dist(ctx)
     cmd = ctx.command("sample", [f"schedule={name}"] if f"schedule={name}" not in ctx.overrides else [])
+    if store.exists(ctx.model_key, KIND, key):
+        return store.open(ctx.model_key, KIND, key, producer=cmd)
+    dist = _init_dist(ctx)
     if dist is None:
         with store.lock(ctx.model_key, KIND, key):
             if store.exists(ctx.model_key, KIND, key):
-                return store.open(ctx.model_key, KIND, key)
+                return store.open(ctx.model_key, KIND, key, producer=cmd)
             _write_shards(ctx, key, sig, ev, name, range(_n_shards(ctx)))
             return _publish(ctx, key, fields, name, cmd)
     _write_shards(ctx, key, sig, ev, name, rank_shards(_n_shards(ctx), rank, world))
@@ -141,7 +141,7 @@ def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     if rank == 0:
         _publish(ctx, key, fields, name, cmd)
     dist.barrier()
-    return store.open(ctx.model_key, KIND, key)
+    return store.open(ctx.model_key, KIND, key, producer=cmd)
 
 
 def _n_shards(ctx: StageContext) -> int:
@@ -206,7 +206,8 @@ def _publish(ctx: StageContext, key: str, fields: dict, name: str, command: str)
         files.update(_grids(ctx, part, name))
     for fname, data in files.items():
         atomic_write_bytes(part / fname, data)
-    info = {"n": int(ctx.cfg.sample.n), "shards": n_shards, "schedule": name}
+    hwc = list(ctx.model.image_shape[1:]) + [ctx.model.image_shape[0]]
+    info = {"n": int(ctx.cfg.sample.n), "shards": n_shards, "schedule": name, "image_shape": hwc}
     art = ctx.store.write(ctx.model_key, KIND, fields, info=info, command=command, from_dir=part)
     log.info("samples (%d) written to %s", int(ctx.cfg.sample.n), art.path)
     return art
@@ -215,7 +216,8 @@ def _publish(ctx: StageContext, key: str, fields: dict, name: str, command: str)
 def _grids(ctx: StageContext, part, name: str) -> dict:
     from ..utils.plots import image_grid
 
-    first = np.load(part / "shard_00000.npz")["images"][:64]
+    with np.load(part / "shard_00000.npz", allow_pickle=False) as z:
+        first = z["images"][:64]
     out = {"grid.png": image_grid(first)}
     k = min(8, len(first))
     try:
@@ -234,23 +236,41 @@ def _grids(ctx: StageContext, part, name: str) -> dict:
 
 # -- reading -----------------------------------------------------------------------------------
 def iter_images(art: Artifact, batch: int = 1000) -> Iterator[np.ndarray]:
-    """uint8 ``[b, H, W, C]`` batches over all shards in seed order; checks the exact count."""
-    n = int(art.manifest["info"]["n"])
-    seen = 0
-    for k in range(int(art.manifest["info"]["shards"])):
+    """uint8 ``[b, H, W, C]`` batches over all shards in seed order.
+
+    Every shard is checked before use: it must hold exactly its seeds' images (count and seeds from
+    the artifact's config), as uint8 ``[k, H, W, C]`` of the one image shape (``info.image_shape``
+    when recorded); anything else is a :class:`CorruptArtifactError` naming the rebuild command.
+    """
+    info, cfg = art.manifest["info"], art.config
+    n, size, off = int(info["n"]), int(cfg.get("shard_size", info["n"])), int(cfg.get("seed_offset", 0))
+    rebuild = f"delete {art.path} and rerun `{art.rebuild}`"
+    n_shards = (n + size - 1) // size
+    if int(info["shards"]) != n_shards:
+        raise CorruptArtifactError(f"{art.path}: its manifest lists {info['shards']} shards, {n} images in shards of "
+                                   f"{size} need {n_shards}; {rebuild}")
+    hwc = tuple(info["image_shape"]) if info.get("image_shape") else None
+    for k in range(n_shards):
         p = art.path / f"shard_{k:05d}.npz"
         try:
-            with np.load(p) as z:
-                imgs = z["images"]
+            with np.load(p, allow_pickle=False) as z:
+                imgs, seeds = z["images"], z["seeds"]
         except Exception as e:  # noqa: BLE001 - zip / format errors of a damaged shard
-            raise CorruptArtifactError(f"unreadable shard {p} ({e}); delete {art.path} and rerun "
-                                       f"`{art.manifest.get('command', 'ld3 sample')}`") from None
+            raise CorruptArtifactError(f"unreadable shard {p} ({type(e).__name__}: {e}); {rebuild}") from None
+        want = np.arange(off + k * size, off + min((k + 1) * size, n))
+        hwc = hwc or tuple(imgs.shape[1:])
+        if (imgs.dtype != np.uint8 or imgs.ndim != 4 or tuple(imgs.shape[1:]) != hwc or len(imgs) != len(want)
+                or not np.array_equal(seeds, want)):
+            raise CorruptArtifactError(f"shard {p} holds {imgs.dtype} images {list(imgs.shape)} (seeds "
+                                       f"{_span(seeds)}), expected uint8 [{len(want)}, {', '.join(map(str, hwc))}] for "
+                                       f"seeds {_span(want)}; {rebuild}")
         for i in range(0, len(imgs), batch):
             yield imgs[i:i + batch]
-        seen += len(imgs)
-    if seen != n:
-        raise CorruptArtifactError(f"{art.path} holds {seen} images, its manifest says {n}; delete it and rerun "
-                                   f"`{art.manifest.get('command', 'ld3 sample')}`")
+
+
+def _span(seeds) -> str:
+    seeds = np.asarray(seeds).reshape(-1)
+    return f"{seeds[0]}..{seeds[-1]}" if seeds.size else "none"
 
 
 def run(ctx: StageContext) -> Artifact:

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import MissingArtifactError
+from ..errors import MissingArtifactError, NumericalError
 from ..schedules import discretize
 from ..solvers import solve
 from ..store import Artifact, load_tensors, make_key, save_tensors
@@ -61,9 +61,10 @@ def teacher_artifact(ctx: StageContext, seed_start: Optional[int] = None, n: Opt
     if not produce:
         raise MissingArtifactError(f"no teacher samples for this model/teacher config ({ctx.model_key}/{KIND}/{key}); "
                                    f"produce them with `{ctx.command('teacher-sample')}`")
+    _ = ctx.model  # a model that cannot be loaded fails here, before anything is written
     with store.lock(ctx.model_key, KIND, key):
         if store.exists(ctx.model_key, KIND, key):
-            return store.open(ctx.model_key, KIND, key)
+            return store.open(ctx.model_key, KIND, key, producer=ctx.command("teacher-sample"))
         return _produce(ctx, fields, key, seed_start, n)
 
 
@@ -88,6 +89,10 @@ def _produce(ctx: StageContext, fields: dict, key: str, seed_start: int, n: int)
                 cond = cond.to(ctx.device)
             out = run_teacher(ctx, noises, cond)
             images = model.decode(out)
+            if not (bool(torch.isfinite(out).all()) and bool(torch.isfinite(images).all())):
+                raise NumericalError(f"the teacher produced NaN/Inf for seeds {seeds[0]}..{seeds[-1]} "
+                                     f"({t.solver.name}, NFE {t.nfe}); check the model's outputs, or change "
+                                     "teacher.solver / teacher.nfe / teacher.discretization")
             batch = {"noises": noises, "outputs": out, "images": images}
             if isinstance(cond, torch.Tensor):
                 batch["cond"] = cond

@@ -1,9 +1,11 @@
 """``ld3 train`` (alias ``train-discretization``): learn the LD3 schedule for the current solver and NFE.
 
 Reads the teacher pairs from the store (``ld3 teacher-sample`` makes them), trains with
-:class:`~ld3_cli.ld3.trainer.LD3Trainer`, saving its state to ``<key>.partial/`` after every
-validation (at most every few seconds) and on Ctrl-C / SIGTERM, so rerunning the same command
-resumes.  The artifact holds
+:class:`~ld3_cli.ld3.trainer.LD3Trainer`, saving its state to ``<key>.partial/state.safetensors``
+(at most every few seconds, and on Ctrl-C / SIGTERM / any failure), so rerunning the same command
+resumes exactly where it stopped, mid-epoch included.  Only states taken between iterations are
+saved (an interrupt mid-iteration saves the state before that iteration), and the tensors and the
+plain data (JSON in the file's metadata) are one file, replaced atomically.  The artifact holds
 
     tensors.safetensors  sigmas, sigmas_eval, t, t_eval (native time), lambdas, lambdas_eval
     schedule.json        the same as lists + NFE, solver, options, parameterization, loss
@@ -17,12 +19,13 @@ import json
 import logging
 import shutil
 import time
+from typing import Optional
 
 import torch
 
 from ..errors import MissingArtifactError, NumericalError
 from ..ld3.trainer import LD3Trainer, LearnedSchedule, TrainOptions
-from ..store import Artifact, atomic_write_text, load_tensors, make_key, save_tensors, to_plain
+from ..store import Artifact, atomic_write_text, load_tensors, make_key, read_metadata, save_tensors, to_plain
 from .context import StageContext
 from .keys import schedule_fields
 from .teacher_sample import teacher_artifact
@@ -30,6 +33,8 @@ from .teacher_sample import teacher_artifact
 log = logging.getLogger("ld3")
 KIND = "schedules"
 SAVE_EVERY_S = 5.0
+STATE_FILE = "state.safetensors"
+STATE_META = "ld3_train_state"
 
 
 def schedule_key(ctx: StageContext) -> tuple[str, dict]:
@@ -54,12 +59,13 @@ def learned_schedule(ctx: StageContext) -> Artifact:
 
 def load_schedule(art: Artifact, schedule) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas, sigmas_eval) of a learned-schedule artifact, validated against the model's range."""
-    from ..schedules.discretize import check_sigmas
     from ..errors import CorruptArtifactError
+    from ..schedules.discretize import check_sigmas
+    from ..solvers import get_solver
 
-    t = art.tensors({"sigmas": (None,), "sigmas_eval": (None,)})
-    n = t["sigmas"].numel() - 1
-    rebuild = f"; delete {art.path} and rerun `{art.manifest.get('command', 'ld3 train')}`"
+    n = get_solver(str(art.config["solver"]["name"])).steps_for_nfe(int(art.config["nfe"]))
+    t = art.tensors({"sigmas": (n + 1,), "sigmas_eval": (n + 1,)})
+    rebuild = f"; delete {art.path} and rerun `{art.rebuild}`"
     try:
         sig = check_sigmas(t["sigmas"], n, "learned schedule")
     except Exception as e:  # noqa: BLE001 - any validation failure means a corrupt entry
@@ -86,45 +92,82 @@ def run(ctx: StageContext) -> Artifact:
     key = make_key(fields)
     store = ctx.store
     if store.exists(ctx.model_key, KIND, key):
-        art = store.open(ctx.model_key, KIND, key)
+        art = store.open(ctx.model_key, KIND, key, producer=ctx.command("train"))
         print(f"learned schedule (already trained): {art.path}")
         return art
+    _ = ctx.model  # a model that cannot be loaded fails here, before anything is written
     with store.lock(ctx.model_key, KIND, key):
         if store.exists(ctx.model_key, KIND, key):
-            return store.open(ctx.model_key, KIND, key)
+            return store.open(ctx.model_key, KIND, key, producer=ctx.command("train"))
         art = _train(ctx, teacher, fields, key)
     _print_result(art)
     return art
 
 
+class TrainState:
+    """The trainer's resumable state in ``<part>/state.safetensors``.
+
+    ``capture`` (the trainer's checkpoint callback, called between iterations) keeps a copy of
+    the state and writes it after the first iteration and then whenever ``every_s`` seconds have
+    passed since the last write; ``write``
+    writes the last captured copy (used on interrupts and failures, when the live state may be
+    half-way through an iteration).  Tensors and plain data share one file, so they always match.
+    """
+
+    def __init__(self, part, every_s: Optional[float] = None):
+        self.part, self.every_s = part, float(SAVE_EVERY_S if every_s is None else every_s)
+        self.snapshot = None
+        self.last_write = float("-inf")
+
+    @property
+    def path(self):
+        return self.part / STATE_FILE
+
+    def capture(self, trainer: LD3Trainer) -> None:
+        tensors = {k: v.detach().clone() for k, v in trainer.state_tensors().items()}
+        info = dict(trainer.state_info())
+        info["history"] = list(info.get("history", []))
+        self.snapshot = (tensors, info)
+        if time.monotonic() - self.last_write >= self.every_s:
+            self.write()
+
+    def write(self) -> None:
+        if self.snapshot is None:
+            return
+        tensors, info = self.snapshot
+        self.part.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.path, tensors, metadata={STATE_META: json.dumps(to_plain(info))})
+        self.last_write = time.monotonic()
+
+    def restore(self, trainer: LD3Trainer) -> bool:
+        """Load a saved state into ``trainer``; False (and a warning) when there is none or it is unusable."""
+        if not self.path.is_file():
+            return False
+        try:
+            info = json.loads(read_metadata(self.path)[STATE_META])
+            trainer.load_state(load_tensors(self.path), info)
+        except Exception as e:  # noqa: BLE001 - a damaged state restarts training cleanly
+            log.warning("ignoring unreadable training state %s (%s); starting over", self.path, e)
+            return False
+        return True
+
+
 def _train(ctx: StageContext, teacher: Artifact, fields: dict, key: str) -> Artifact:
     model = ctx.model
     shape = tuple(model.shape)
-    tt = teacher.tensors({"noises": (None, *shape), "images": (None, None, None, None)})
+    n = int(teacher.config["n"])
+    tt = teacher.tensors({"noises": (n, *shape), "images": (n, None, None, None)})
     opts = train_options(ctx)
     trainer = LD3Trainer(model, ctx.solver_name, ctx.solver_options, ctx.nfe, tt["noises"], tt["images"],
                          tt.get("cond"), opts)
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
-    if (part / "state.safetensors").is_file() and (part / "state.json").is_file():
-        try:
-            trainer.load_state(load_tensors(part / "state.safetensors"), json.loads((part / "state.json").read_text()))
-            log.info("resuming training at iteration %d (phase %d) from %s", trainer.iteration, trainer.phase, part)
-        except Exception as e:  # noqa: BLE001 - a damaged state restarts training cleanly
-            log.warning("ignoring unreadable training state in %s (%s); starting over", part, e)
+    state = TrainState(part)
+    if state.restore(trainer):
+        log.info("resuming training at iteration %d (phase %d) from %s", trainer.iteration, trainer.phase, part)
     log.info("training LD3: solver=%s order=%s NFE=%d (%d steps), init=%s, loss=%s, r=%.4g, %d train / %d val, "
              "batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe, trainer.n_steps,
              trainer.init_name, trainer.loss_name, trainer.radius, trainer.n_train, trainer.eps_val.shape[0],
              opts.batch_size, "on" if trainer.grad_checkpoint else "off")
-
-    last = [time.monotonic()]
-
-    def save_state(tr: LD3Trainer, force: bool = False):
-        if not force and time.monotonic() - last[0] < SAVE_EVERY_S:
-            return
-        part.mkdir(parents=True, exist_ok=True)
-        save_tensors(part / "state.safetensors", tr.state_tensors())
-        atomic_write_text(part / "state.json", json.dumps(to_plain(tr.state_info())))
-        last[0] = time.monotonic()
 
     total = opts.iters_phase1 + (opts.iters_phase2 if opts.decoupled else 0)
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
@@ -136,7 +179,8 @@ def _train(ctx: StageContext, teacher: Artifact, fields: dict, key: str) -> Arti
 
     trainer.progress = on_iter
     try:
-        result = trainer.run(checkpoint=save_state)
+        result = trainer.run(checkpoint=state.capture)
+        art = _publish(ctx, trainer, result, fields, teacher)
     except NumericalError as e:
         bar.close()
         path = part / "best_schedule.json"
@@ -146,11 +190,13 @@ def _train(ctx: StageContext, teacher: Artifact, fields: dict, key: str) -> Arti
                                             "best_val": trainer.best_val, "iteration": trainer.iteration}, indent=2))
         raise NumericalError(f"{e}; the best schedule so far (validation {trainer.best_val:.5g}) is kept in {path}") from None
     except BaseException:
-        save_state(trainer, force=True)
+        try:
+            state.write()  # the last state between iterations (the live one may be mid-iteration)
+        except OSError as e:  # e.g. the disk is full: the state saved before stays as it is
+            log.warning("could not save the training state (%s); the one saved before is kept", e)
         raise
     finally:
         bar.close()
-    art = _publish(ctx, trainer, result, fields, teacher)
     shutil.rmtree(part, ignore_errors=True)
     return art
 

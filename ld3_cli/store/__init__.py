@@ -1,7 +1,7 @@
 """The on-disk artifact store (see :mod:`ld3_cli.store.artifact` for layout and guarantees)."""
 from .artifact import (Artifact, Store, atomic_write_bytes, atomic_write_text, current_command, load_tensors,
-                       save_tensors)
+                       read_metadata, save_tensors)
 from .keys import canonical_json, make_key, to_plain
 
-__all__ = ["Artifact", "Store", "atomic_write_bytes", "atomic_write_text", "load_tensors", "save_tensors",
-           "canonical_json", "make_key", "to_plain", "current_command"]
+__all__ = ["Artifact", "Store", "atomic_write_bytes", "atomic_write_text", "load_tensors", "read_metadata",
+           "save_tensors", "canonical_json", "make_key", "to_plain", "current_command"]

@@ -69,9 +69,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # e.g. ENOSPC from write()
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -101,7 +103,8 @@ def load_tensors(path: Path, expected: Optional[Mapping[str, tuple]] = None, reb
     from safetensors.torch import load_file
 
     path = Path(path)
-    hint = f"; delete it and rerun `{rebuild}`" if rebuild else "; delete it and rerun the stage that made it"
+    # the whole directory goes: a finished artifact whose manifest is intact would otherwise be reused
+    hint = f"; delete {path.parent} and rerun `{rebuild or 'the stage that made it'}`"
     try:
         tensors = load_file(str(path))
     except FileNotFoundError:
@@ -119,12 +122,31 @@ def load_tensors(path: Path, expected: Optional[Mapping[str, tuple]] = None, reb
     return tensors
 
 
-class Artifact:
-    """A finished store entry: its directory and validated manifest."""
+def read_metadata(path: Path) -> dict:
+    """The string metadata of a safetensors file (read from its header only)."""
+    from safetensors import safe_open
 
-    def __init__(self, path: Path, manifest: dict):
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise CorruptArtifactError(f"missing tensor file {path}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types for damaged headers
+        raise CorruptArtifactError(f"unreadable tensor file {path} ({type(e).__name__}: {e})") from None
+
+
+class Artifact:
+    """A finished store entry: its directory and validated manifest.
+
+    ``rebuild``: the command that rebuilds it, named in every error about its files -- the reader's
+    own producing command when it gave one (it targets the store as it is now, wherever it was
+    copied), else the command recorded in the manifest.
+    """
+
+    def __init__(self, path: Path, manifest: dict, producer: str = ""):
         self.path = Path(path)
         self.manifest = manifest
+        self.rebuild = producer or manifest.get("command") or "the stage that made it"
 
     @property
     def key(self) -> str:
@@ -135,7 +157,7 @@ class Artifact:
         return self.manifest["config"]
 
     def tensors(self, expected: Optional[Mapping[str, tuple]] = None) -> dict:
-        return load_tensors(self.path / TENSORS, expected, self.manifest.get("command", ""))
+        return load_tensors(self.path / TENSORS, expected, self.rebuild)
 
     def json(self, name: str) -> Any:
         p = self.path / name
@@ -143,7 +165,7 @@ class Artifact:
             return json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CorruptArtifactError(f"unreadable {p} ({e}); delete {self.path} and rerun "
-                                       f"`{self.manifest.get('command', 'the producing stage')}`") from None
+                                       f"`{self.rebuild}`") from None
 
     def __repr__(self) -> str:
         return f"Artifact({self.path})"
@@ -180,12 +202,12 @@ class Store:
         except (OSError, ValueError) as e:
             raise CorruptArtifactError(f"invalid manifest {mpath} ({e}); delete {path} and rerun "
                                        f"`{producer or 'the stage that made it'}`") from None
-        rebuild = manifest.get("command") or producer or "the stage that made it"
+        rebuild = producer or manifest.get("command") or "the stage that made it"
         actual = make_key(manifest["config"])
         if manifest["key"] != key or actual != key:
             raise CorruptArtifactError(f"manifest {mpath} does not match its key (directory {key}, recorded "
                                        f"{manifest['key']}, config hashes to {actual}); delete {path} and rerun `{rebuild}`")
-        return Artifact(path, manifest)
+        return Artifact(path, manifest, producer)
 
     def list(self, model_key: str, kind: str) -> list[Path]:
         d = self.root / model_key / kind
@@ -217,16 +239,19 @@ class Store:
 
         ``config``: exactly the determining fields (its hash is the key).  ``files``: extra
         files by name.  ``from_dir``: a directory whose files (e.g. shards) become part of the
-        artifact (it is moved, not copied).  ``info``: non-determining facts (timings, metrics).
+        artifact (it is moved, not copied; if publishing fails it is moved back, so the work in
+        it is never lost).  ``info``: non-determining facts (timings, metrics).
         """
         config = to_plain(dict(config))
         key = make_key(config)
         final = self.path(model_key, kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+        moved = False
         try:
             if from_dir is not None:
                 shutil.move(str(from_dir), str(tmp))
+                moved = True
             else:
                 tmp.mkdir()
             if tensors:
@@ -256,7 +281,15 @@ class Store:
                 else:
                     raise
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if moved and tmp.is_dir() and not Path(from_dir).exists():
+                ours = [MANIFEST, *(files or {})] + ([TENSORS] if tensors else [])
+                for name in ours:  # give back exactly what the caller handed over
+                    with contextlib.suppress(FileNotFoundError):
+                        (tmp / name).unlink()
+                with contextlib.suppress(OSError):
+                    os.rename(tmp, from_dir)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         return self.open(model_key, kind, key)
 

@@ -8,24 +8,8 @@ from pytorch_fid import inception as pfid_inception
 from ld3_cli.errors import ConfigError, MissingFileError, UnsafeCheckpointError
 from ld3_cli.metrics import FID_WEIGHTS_URL, InceptionFeatures, inception_weights_available
 from ld3_cli.metrics import inception as inception_module
-from ld3_cli.metrics.inception import FID_WEIGHTS_FILENAME, fid_inception_architecture
-
-
-def _random_fid_state_dict(seed=0):
-    """Random weights in the real file's layout, scaled so activations stay O(1) through the net."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, t in fid_inception_architecture().state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = t.clone()
-        elif t.ndim == 4:  # conv
-            fan_in = t[0].numel()
-            state[key] = torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5
-        elif key.endswith(("running_var", "bn.weight")):
-            state[key] = 0.5 + torch.rand(t.shape, generator=g)
-        else:  # bn bias / running_mean / fc
-            state[key] = 0.1 * torch.randn(t.shape, generator=g)
-    return state
+from ld3_cli.metrics.inception import FID_WEIGHTS_FILENAME
+from ld3_test_helpers import random_fid_state_dict as _random_fid_state_dict
 
 
 @pytest.fixture(scope="module")

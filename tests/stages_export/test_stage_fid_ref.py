@@ -18,24 +18,8 @@ from stages_export_helpers import make_ctx
 from ld3_cli.errors import ConfigError
 from ld3_cli.metrics import InceptionFeatures, compute_reference_stats, load_reference_stats
 from ld3_cli.metrics import inception as inception_module
-from ld3_cli.metrics.inception import fid_inception_architecture
 from ld3_cli.stages import fid_ref as fid_ref_stage
-
-
-def _random_fid_state_dict(seed=0):
-    """Random weights with the file's keys and shapes, scaled so activations stay O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, t in fid_inception_architecture().state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = t.clone()
-        elif t.ndim == 4:
-            state[key] = torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5
-        elif key.endswith(("running_var", "bn.weight")):
-            state[key] = 0.5 + torch.rand(t.shape, generator=g)
-        else:
-            state[key] = 0.1 * torch.randn(t.shape, generator=g)
-    return state
+from ld3_test_helpers import random_fid_state_dict as _random_fid_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,174 @@
+"""Corrupted store entries are detected by the stage that reads them, never used.
+
+Each case damages one artifact of a finished pipeline store and runs the CLI stage that reads it
+(train reads the teacher, sample the learned schedule, eval the sample shards).  The command must
+exit 2 with one ``ld3 <stage>: error:`` line that names the damaged path and the ``ld3`` command
+that rebuilds it, and must not produce anything from the damaged input.  Following the printed
+fix (delete the directory, run the command) repairs the store.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import artifacts, leftovers, one_error_line, only_artifact, run_cli
+
+from ld3_cli.cli.main import main
+from ld3_cli.store import load_tensors, save_tensors
+
+
+# -- ways to damage an artifact ----------------------------------------------------------------------
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def bad_json(art):
+    (art / "manifest.json").write_text('{"key": "abc", "config": {')
+
+
+def change_config(art, field, value):
+    m = json.loads((art / "manifest.json").read_text())
+    m["config"][field] = value  # valid JSON, but the config no longer hashes to the directory's key
+    (art / "manifest.json").write_text(json.dumps(m))
+
+
+def replace_tensor(art, name, fn):
+    t = load_tensors(art / "tensors.safetensors")
+    t[name] = fn(t[name])
+    save_tensors(art / "tensors.safetensors", t)
+
+
+def rewrite_shard(art, k, images=None, seeds=None):
+    p = art / f"shard_{k:05d}.npz"
+    with np.load(p) as z:
+        imgs, sds = z["images"], z["seeds"]
+    buf = io.BytesIO()
+    np.savez(buf, images=imgs if images is None else images(imgs), seeds=sds if seeds is None else seeds(sds))
+    p.write_bytes(buf.getvalue())
+
+
+def rebuild_command(line: str, stage: str) -> list[str]:
+    """The ``ld3 <stage> ...`` command quoted in an error line, as argv for ``main``."""
+    cmds = [c for c in re.findall(r"`([^`]*)`", line) if c.startswith(f"ld3 {stage}")]
+    assert cmds, f"no `ld3 {stage} ...` command in: {line}"
+    return shlex.split(cmds[0])[1:]
+
+
+def check_refused(capsys, stage, damaged, rebuild_stage, cache, kind_not_made, needle=""):
+    err = capsys.readouterr().err
+    line = one_error_line(err, stage)
+    assert str(damaged) in line, line
+    assert f"`ld3 {rebuild_stage}" in line, line
+    assert needle in line, line
+    assert artifacts(cache, kind_not_made) == [], "nothing may be made from a damaged input"
+    assert not list(cache.glob(f"*/{kind_not_made}/*.partial"))
+    return line
+
+
+# -- train reading a damaged teacher ----------------------------------------------------------------------
+TEACHER_DAMAGE = {
+    "truncated_tensors": (lambda a: truncate(a / "tensors.safetensors"), "unreadable tensor file"),
+    "invalid_manifest_json": (bad_json, "invalid manifest"),
+    "manifest_key_mismatch": (lambda a: change_config(a, "n", 9), "does not match its key"),
+    "noise_of_wrong_shape": (lambda a: replace_tensor(a, "noises", lambda x: x[..., :27].contiguous()),
+                             "has shape [8, 1, 28, 27], expected [8, 1, 28, 28]"),
+    "images_missing_a_row": (lambda a: replace_tensor(a, "images", lambda x: x[:7].clone()),
+                             "has shape [7, 1, 28, 28], expected [8, None, None, None]"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TEACHER_DAMAGE))
+def test_train_refuses_a_damaged_teacher(damage, store_copy, capsys):
+    cache = store_copy("teacher-sample")
+    teacher = only_artifact(cache, "teacher")
+    fn, needle = TEACHER_DAMAGE[damage]
+    fn(teacher)
+    capsys.readouterr()
+    assert run_cli("train", cache=cache) == 2
+    check_refused(capsys, "train", teacher, "teacher-sample", cache, "schedules", needle)
+
+
+# -- sample reading a damaged learned schedule ---------------------------------------------------------------
+def _sigmas(fn):
+    return lambda a: replace_tensor(a, "sigmas", fn)
+
+
+SCHEDULE_DAMAGE = {
+    "truncated_tensors": (lambda a: truncate(a / "tensors.safetensors"), "unreadable tensor file"),
+    "invalid_manifest_json": (bad_json, "invalid manifest"),
+    "manifest_key_mismatch": (lambda a: change_config(a, "nfe", 6), "does not match its key"),
+    "wrong_number_of_steps": (_sigmas(lambda s: s[:-1].clone()), "has shape [5], expected [6]"),
+    "not_strictly_decreasing": (_sigmas(lambda s: s[[0, 2, 1, 3, 4, 5]].clone()), "must be strictly decreasing"),
+    "above_sigma_max": (_sigmas(lambda s: torch.cat([s[:1] * 2, s[1:]])), "leaves the model's range"),
+    "below_sigma_min": (_sigmas(lambda s: torch.cat([s[:-1], s[-1:] / 4])), "leaves the model's range"),
+    "nan_sigma": (_sigmas(lambda s: s.index_fill(0, torch.tensor([2]), float("nan"))), "holds NaN/Inf"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SCHEDULE_DAMAGE))
+def test_sample_refuses_a_damaged_learned_schedule(damage, store_copy, capsys):
+    cache = store_copy("train")
+    sched = only_artifact(cache, "schedules")
+    fn, needle = SCHEDULE_DAMAGE[damage]
+    fn(sched)
+    capsys.readouterr()
+    assert run_cli("sample", cache=cache) == 2
+    check_refused(capsys, "sample", sched, "train", cache, "samples", needle)
+
+
+# -- eval reading damaged sample shards -----------------------------------------------------------------------
+SAMPLES_DAMAGE = {
+    "truncated_shard": (lambda a: truncate(a / "shard_00001.npz"), "unreadable shard"),
+    "missing_shard": (lambda a: (a / "shard_00002.npz").unlink(), "unreadable shard"),
+    "shards_swapped": (lambda a: [(a / "shard_00000.npz").rename(a / "x"), (a / "shard_00001.npz").rename(
+        a / "shard_00000.npz"), (a / "x").rename(a / "shard_00001.npz")], "expected uint8 [4, 28, 28, 1] for seeds"),
+    "shard_images_of_wrong_size": (lambda a: rewrite_shard(a, 1, images=lambda x: x[:, :, :27].copy()),
+                                   "holds uint8 images [4, 28, 27, 1]"),
+    "shard_missing_an_image": (lambda a: rewrite_shard(a, 2, images=lambda x: x[:3], seeds=lambda s: s[:3]),
+                               "holds uint8 images [3, 28, 28, 1]"),
+    "invalid_manifest_json": (bad_json, "invalid manifest"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SAMPLES_DAMAGE))
+def test_eval_refuses_damaged_samples(damage, store_copy, capsys):
+    cache = store_copy("sample")
+    samples = only_artifact(cache, "samples")
+    fn, needle = SAMPLES_DAMAGE[damage]
+    fn(samples)
+    capsys.readouterr()
+    assert run_cli("eval", "eval.compare=[ld3]", cache=cache) == 2
+    check_refused(capsys, "eval", samples, "sample", cache, "eval", needle)
+    assert not (cache / "results.csv").exists()
+
+
+# -- the printed fix works ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage,upto,kind,rebuild_stage,damage", [
+    ("train", "teacher-sample", "teacher", "teacher-sample", lambda a: truncate(a / "tensors.safetensors")),
+    ("sample", "train", "schedules", "train", bad_json),
+    ("eval", "sample", "samples", "sample", lambda a: truncate(a / "shard_00000.npz")),
+])
+def test_following_the_printed_fix_repairs_the_store(stage, upto, kind, rebuild_stage, damage, store_copy, capsys):
+    cache = store_copy(upto)
+    art = only_artifact(cache, kind)
+    good = {p.name: p.read_bytes() for p in art.iterdir() if p.suffix in (".safetensors", ".json")}
+    damage(art)
+    capsys.readouterr()
+    assert run_cli(stage, cache=cache) == 2
+    line = one_error_line(capsys.readouterr().err, stage)
+    assert f"delete {art} and rerun" in line, line
+    shutil.rmtree(art)
+    assert main(rebuild_command(line, rebuild_stage)) == 0
+    rebuilt = only_artifact(cache, kind)
+    assert rebuilt == art  # the same key: the rebuild command reproduces exactly the damaged artifact
+    if "tensors.safetensors" in good:
+        assert (rebuilt / "tensors.safetensors").read_bytes() == good["tensors.safetensors"]
+    assert run_cli(stage, cache=cache) == 0
+    assert leftovers(cache) == []
