@@ -569,6 +569,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             "timing": tk, "load_start": system_load(),
             "note": "wall-clock seconds, best of the timed runs (medians in *_median_s); CUDA timings bracketed "
                     "by torch.cuda.synchronize; shared machines are noisy"}}
+        if device.type == "cpu" and res["meta"]["params"] > 10_000_000 and not args.skip_train and args.n >= 50:
+            print(f"note: the paper's setting (--n {args.n}, {args.iters or 'all'} iterations) with a "
+                  f"{res['meta']['params'] / 1e6:.0f}M-parameter network takes hours on a CPU; shrink it with e.g. "
+                  "--n 4 --batch 2 --iters 2 --sample-batch 4 --teacher-batch 4", file=sys.stderr, flush=True)
         if not args.skip_network:
             if args.net_batches:
                 batches = {f"B={b}": b for b in int_list(args.net_batches)}

@@ -74,7 +74,8 @@ GLOSSARY = {
     "model.max_sequence_length": "Longest T5 prompt, in tokens.",
     "model.init_kwargs.*": "Network constructor argument (as in EDM's training script for this architecture).",
     "model.network.*": "Argument of the network (model.network._target_ builds it).",
-    "model.scheduler.*": "Noise-schedule setting (a diffusers scheduler-config key; overrides the directory's scheduler/).",
+    "model.scheduler.*": "Noise-schedule setting (a diffusers scheduler-config key; overrides the directory's "
+                         "scheduler/).",
     "solver.lower_order_final": "Lower the order of the final steps: auto (when steps < 10), true or false.",
     "solver.corrector": "Use the UniC corrector (no extra NFE).",
     "train.param": "Space of the learned grid: lambda (log-SNR) or time (native t); the model's hint, else lambda.",
@@ -245,7 +246,8 @@ def _cell(text: str) -> str:
 def _table(entries: list[Entry], prefix: str = "") -> list[str]:
     rows = ["| key | default | description |", "|---|---|---|"]
     for e in entries:
-        value = "(section)" if e.value is None and any(x.key.startswith(e.key + ".") for x in entries) else _fmt(e.value)
+        parent = e.value is None and any(x.key.startswith(e.key + ".") for x in entries)
+        value = "(section)" if parent else _fmt(e.value)
         rows.append(f"| `{prefix}{e.key}` | {value} | {_cell(e.doc)} |")
     return rows
 
@@ -295,7 +297,8 @@ def render(config_dir: Path = CONFIGS) -> str:
         cf = read_config(p)
         own = [e for e in cf.entries if e.key != "stage"]
         stage = next((e.value for e in cf.entries if e.key == "stage"), name)
-        lines += [f"### `ld3 {stage}` (`{name}.yaml`)", "", _cell(cf.header.split(": ", 1)[-1]) if cf.header else "", ""]
+        about = _cell(cf.header.split(": ", 1)[-1]) if cf.header else ""
+        lines += [f"### `ld3 {stage}` (`{name}.yaml`)", "", about, ""]
         if own:
             lines += _table(own) + [""]
 

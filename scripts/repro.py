@@ -162,8 +162,8 @@ def needed_files(overrides: list[str], ref_hint: Optional[str] = None) -> tuple[
     prompts = model.get("prompts_file")
     if prompts and not model.get("prompts") and not Path(prompts).expanduser().is_file():
         missing.append(Needed("prompts (MS-COCO 2014 val captions)", str(prompts),
-                              f"{model.get('prompts_url')} (annotations/captions_val2014.json inside; LD3_DATA=<folder> "
-                              "moves it)"))
+                              f"{model.get('prompts_url')} (annotations/captions_val2014.json inside; "
+                              "LD3_DATA=<folder> moves it)"))
     rgb_fid = dataset.get("kind") != "mnist5k" and str(cfg.eval.metrics) in ("auto", "fid")
     if rgb_fid:
         ref = dataset.get("fid_ref")
@@ -187,7 +187,8 @@ def needed_files(overrides: list[str], ref_hint: Optional[str] = None) -> tuple[
 
 
 # -- commands -------------------------------------------------------------------------------------
-def commands(setup: Setup, run: Run, nfes: tuple, solvers: tuple, extra: list[str], cache: Optional[str]) -> list[list[str]]:
+def commands(setup: Setup, run: Run, nfes: tuple, solvers: tuple, extra: list[str],
+             cache: Optional[str]) -> list[list[str]]:
     """The ``ld3`` argument lists of one run, in order."""
     common = list(run.overrides) + ([f"cache_dir={cache}"] if cache else []) + list(extra)
     nfe_sweep = "nfe=" + ",".join(str(n) for n in nfes)
@@ -280,7 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"repro-{setup.name} ({run.label}): note: {n}")
     if missing:
         print(f"repro-{setup.name}: {len(missing)} file(s) missing -- nothing was run:", file=sys.stderr)
-        for label, need in missing:
+        for _label, need in missing:
             print(need.line(), file=sys.stderr)
         print(f"Put them there (or point the overrides at them), then rerun `make repro-{setup.name}`.",
               file=sys.stderr)

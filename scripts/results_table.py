@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "ld3_cli" / "data" / "published_fid.csv"
 SOLVER_ORDER = ("dpmpp", "unipc", "ipndm", "deis", "euler", "heun")
 HIGHER_IS_BETTER = {"psnr"}
+TEACHER_METRICS = {"rmse", "psnr", "lpips"}
 # published method name -> our solver name
 METHOD_SOLVER = {"dpmpp3m": "dpmpp", "unipc3m": "unipc", "ipndm3m": "ipndm", "dpmpp": "dpmpp", "unipc": "unipc",
                  "ipndm": "ipndm"}
@@ -111,7 +112,7 @@ def table(values: dict, metric: str, published: Optional[dict] = None, nfes: Opt
     published = published or {}
     cells = {(s, k, n): v for (s, k, n, m), v in values.items() if m == metric and (not solvers or s in solvers)}
     ld3_rows: dict = {}
-    for (s, k, n), v in cells.items():
+    for (_s, k, n), v in cells.items():
         if k == "ld3":
             ld3_rows.setdefault(n, []).append(v)
     if published and ld3_rows:
@@ -182,7 +183,10 @@ def report(cache: Path, model: Optional[str] = None, dataset: Optional[str] = No
     out = [f"### {title or model}", ""]
     for metric in metrics:
         use_pub = pub if (pub and metric == "fid") else None
-        note = f"`{metric}`" + (f", n = {n_by_metric.get(metric)}" if n_by_metric.get(metric) else "")
+        if metric in TEACHER_METRICS:
+            note = f"`{metric}` to the teacher on held-out noises"
+        else:
+            note = f"`{metric}`" + (f", n = {n_by_metric.get(metric)} samples" if n_by_metric.get(metric) else "")
         if use_pub:
             note += "; cells: measured / published (LD3 paper)"
         out += [f"{note}; lower is better" if metric not in HIGHER_IS_BETTER else f"{note}; higher is better", "",

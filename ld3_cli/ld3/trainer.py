@@ -55,7 +55,8 @@ class TrainOptions:
     val_batch_size: int = 0          # 0 = the whole validation set in one batch
     lr: float = 5e-3
     momentum: float = 0.9
-    lr_offsets: float = 0.1          # divided by NFE, as in the paper's code
+    offsets_optimizer: str = "rmsprop"  # rmsprop (ld3's default) or sgd (the paper's code)
+    lr_offsets: float = 0.005        # sgd: divided by NFE, as in the paper's code (use 0.1 there)
     lr_decay: float = 0.8
     min_lr: float = 5e-5
     patience: int = 5
@@ -211,7 +212,12 @@ class LD3Trainer:
     def _make_optimizers(self):
         o = self.opt
         self.opt_logits = RMSpropMomentum(self.param.logits, lr=o.lr, momentum=o.momentum)
-        self.opt_offsets = SGD(self.param.offsets, lr=o.lr_offsets / self.nfe)
+        if o.offsets_optimizer == "sgd":
+            self.opt_offsets = SGD(self.param.offsets, lr=o.lr_offsets / self.nfe)
+        elif o.offsets_optimizer == "rmsprop":
+            self.opt_offsets = RMSpropMomentum(self.param.offsets, lr=o.lr_offsets, momentum=o.momentum)
+        else:
+            raise ConfigError(f"train.offsets_optimizer must be rmsprop or sgd, got '{o.offsets_optimizer}'")
 
     def _param_state(self) -> dict:
         return {"logits": self.param.logits.detach().clone(), "offsets": self.param.offsets.detach().clone()}
@@ -384,8 +390,9 @@ class LD3Trainer:
              "gen_state": self.gen.get_state()}
         if self.perm is not None:
             t["perm"] = self.perm
-        for k, v in self.opt_logits.state().items():
-            t[f"rms.{k}"] = v.detach()
+        for name, optim in (("rms", self.opt_logits), ("off", self.opt_offsets)):
+            for k, v in optim.state().items():
+                t[f"{name}.{k}"] = v.detach()
         return t
 
     def state_info(self) -> dict:
@@ -411,6 +418,9 @@ class LD3Trainer:
         self._make_optimizers()
         self.opt_logits.lr, self.opt_offsets.lr = info["lr_logits"], info["lr_offsets"]
         self.opt_logits.load({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("rms.")})
+        off = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("off.")}
+        if off:
+            self.opt_offsets.load(off)
 
 
 def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, targets: torch.Tensor,

@@ -63,6 +63,8 @@ def _pixel_stats(images_uint8_batches) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _cached_stats(ctx: StageContext, fields: dict, compute) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel statistics (``mu [d]``, ``sigma [d, d]``, d = the model's pixels) from the store, computed once."""
+    d = math.prod(ctx.model.image_shape)
     key = make_key(fields)
     store = ctx.store
     if not store.exists(ctx.model_key, "refs", key):
@@ -72,8 +74,7 @@ def _cached_stats(ctx: StageContext, fields: dict, compute) -> tuple[np.ndarray,
                 store.write(ctx.model_key, "refs", fields,
                             tensors={"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, info={"n": n},
                             command=ctx.command("eval"))
-    t = store.open(ctx.model_key, "refs", key, producer=ctx.command("eval")).tensors({"mu": (None,),
-                                                                                     "sigma": (None, None)})
+    t = store.open(ctx.model_key, "refs", key, producer=ctx.command("eval")).tensors({"mu": (d,), "sigma": (d, d)})
     return t["mu"].numpy(), t["sigma"].numpy()
 
 

@@ -56,19 +56,22 @@ def teacher_artifact(ctx: StageContext, seed_start: Optional[int] = None, n: Opt
     fields = teacher_fields(ctx.cfg, seed_start, n)
     key = make_key(fields)
     store = ctx.store
+    # `ld3 teacher-sample` makes the training pairs; other seeds (eval's held-out pairs) are made by the stage itself
+    training = (seed_start, n) == (int(ctx.cfg.seed), int(ctx.cfg.teacher.n))
+    producer = ctx.command("teacher-sample") if training else ctx.command()
     if store.exists(ctx.model_key, KIND, key):
-        return store.open(ctx.model_key, KIND, key, producer=ctx.command("teacher-sample"))
+        return store.open(ctx.model_key, KIND, key, producer=producer)
     if not produce:
         raise MissingArtifactError(f"no teacher samples for this model/teacher config ({ctx.model_key}/{KIND}/{key}); "
-                                   f"produce them with `{ctx.command('teacher-sample')}`")
+                                   f"produce them with `{producer}`")
     _ = ctx.model  # a model that cannot be loaded fails here, before anything is written
     with store.lock(ctx.model_key, KIND, key):
         if store.exists(ctx.model_key, KIND, key):
-            return store.open(ctx.model_key, KIND, key, producer=ctx.command("teacher-sample"))
-        return _produce(ctx, fields, key, seed_start, n)
+            return store.open(ctx.model_key, KIND, key, producer=producer)
+        return _produce(ctx, fields, key, seed_start, n, producer)
 
 
-def _produce(ctx: StageContext, fields: dict, key: str, seed_start: int, n: int) -> Artifact:
+def _produce(ctx: StageContext, fields: dict, key: str, seed_start: int, n: int, command: str) -> Artifact:
     model = ctx.model
     t = ctx.cfg.teacher
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
@@ -106,7 +109,7 @@ def _produce(ctx: StageContext, fields: dict, key: str, seed_start: int, n: int)
     info = {"seconds": time.perf_counter() - t0, "teacher_check": check, "model": model.describe(),
             "sigmas": teacher_sigmas(ctx).tolist()}
     art = ctx.store.write(ctx.model_key, KIND, fields, tensors=tensors, info=info,
-                          command=ctx.command("teacher-sample"))
+                          command=command)
     import shutil
 
     shutil.rmtree(part, ignore_errors=True)

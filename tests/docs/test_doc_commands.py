@@ -78,13 +78,18 @@ def _prerequisites(cmd):
     return pre
 
 
-def test_cheap_commands_run_for_real(store, tmp_path, monkeypatch, capsys):
+README_CHEAP = [c for c in CHEAP if c.doc == "README.md"]
+OTHER_CHEAP = [c for c in CHEAP if c.doc != "README.md"]
+
+
+def _run_for_real(cmds, store, tmp_path, monkeypatch):
+    """Run ``cmds`` in order (prerequisites first) with the tiny budgets; return the stages run."""
     from conftest import TINY
 
     monkeypatch.chdir(tmp_path)
     extra = TINY + [f"cache_dir={store}"]
     ran, done = [], set()
-    for cmd in CHEAP:
+    for cmd in cmds:
         for pre in _prerequisites(cmd):
             args = _overrides_with(pre, extra)
             if tuple(args) not in done:  # the store makes a rerun a no-op; skipping it only saves time
@@ -94,9 +99,10 @@ def test_cheap_commands_run_for_real(store, tmp_path, monkeypatch, capsys):
         assert main(args) == 0, str(cmd)
         done.add(tuple(args))
         ran.append(resolve_stage(cmd.argv[0]))
-    out = capsys.readouterr().out
-    assert "learned schedule" in out
-    # what the real runs left behind
+    return ran
+
+
+def _check_store(store, ran):
     models = [p for p in store.iterdir() if p.is_dir() and p.name.startswith("mnist_gmm-")]
     assert len(models) == 1
     assert any((models[0] / "teacher").iterdir())
@@ -106,6 +112,25 @@ def test_cheap_commands_run_for_real(store, tmp_path, monkeypatch, capsys):
         rows = list(csv.DictReader((store / "results.csv").open()))
         assert rows and all(math.isfinite(float(r["value"])) for r in rows)
         assert {r["schedule"] for r in rows} >= {"ld3", "edm", "logsnr"}
+
+
+def test_readme_tour_runs_for_real(store, tmp_path, monkeypatch, capsys):
+    """The README's tour, command by command, on the embedded default (tiny budgets)."""
+    assert {resolve_stage(c.argv[0]) for c in README_CHEAP} >= {"teacher-sample", "train", "eval", "sample",
+                                                                  "export", "schedules", "run"}
+    ran = _run_for_real(README_CHEAP, store, tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert "learned schedule" in out and "results appended to" in out
+    _check_store(store, ran)
+    exports = list(store.glob("exports/*/*/"))
+    assert exports and any(p.suffix == ".json" for p in exports[0].iterdir())
+
+
+@pytest.mark.slow
+def test_other_cheap_doc_commands_run_for_real(store, tmp_path, monkeypatch):
+    """(slow) the cheap commands of docs/*.md; test_readme_tour_runs_for_real covers the same stages fast."""
+    ran = _run_for_real(OTHER_CHEAP, store, tmp_path, monkeypatch)
+    _check_store(store, ran)
 
 
 MAKE_TARGETS = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))

@@ -22,7 +22,7 @@ def tiny_edm(seed: int = 0):
     net = random_network("VPPrecond", TINY_EDM, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, p in sorted(net.named_parameters()):
+        for _, p in sorted(net.named_parameters(), key=lambda kv: kv[0]):
             fan_in = max(1, p[0].numel()) if p.dim() > 1 else 1
             p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
     return net.eval().requires_grad_(False)

@@ -79,7 +79,7 @@ def _check_common(res: dict, nfes=(3, 4)) -> None:
         _positive(r, ["solve_s", "img_s", "network_s", "solver_math_s", "solver_math_fraction"])
         assert r["img_s"] == pytest.approx(r["batch"] / r["solve_s"])
         assert r["outside_network_fraction"] < 1
-        assert r["host_syncs_per_solve"] is None if "host_syncs_per_solve" in r else True
+        assert "host_syncs_per_solve" not in r  # counted on CUDA only
 
 
 def test_bench_mixture_in_process(bench, cache, tmp_path, capsys):

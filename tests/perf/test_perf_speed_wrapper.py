@@ -15,7 +15,8 @@ SIGMAS = torch.tensor([0.002, 0.3, 2.0, 80.0])
 
 
 def _probe(shape, seed=3):
-    return torch.randn(len(SIGMAS), *shape, generator=torch.Generator().manual_seed(seed)) * (1 + SIGMAS.view(-1, 1, 1, 1))
+    noise = torch.randn(len(SIGMAS), *shape, generator=torch.Generator().manual_seed(seed))
+    return noise * (1 + SIGMAS.view(-1, 1, 1, 1))
 
 
 def test_no_option_returns_the_model_itself():

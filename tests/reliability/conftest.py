@@ -25,12 +25,13 @@ from ld3_cli.cli.main import main
 HERE = Path(__file__).resolve().parent
 CACHE = "ld3-cache"  # the default cache_dir, relative to the working directory
 
-MODEL = ["model=custom", "model._target_=reliability_models.GaussianWithFaults"]
+# 1x8x8 images: every metric is cheap (a 64-d Frechet distance; MNIST's fd_data does not apply)
+MODEL = ["model=custom", "model._target_=reliability_models.GaussianWithFaults", "+model.shape=[1,8,8]"]
 # tiny budgets: every stage in well under a second in-process
 # (teacher: 4 batches; train: 4 train samples, one per iteration, 20 iterations; sample: 6 shards of 4)
 TINY = ["teacher.n=8", "teacher.nfe=12", "teacher.check_n=2", "teacher.batch_size=2", "train.iters_phase1=10",
         "train.iters_phase2=10", "train.batch_size=1", "sample.n=24", "sample.shard_size=4", "sample.batch_size=4",
-        "eval.exact_n=64", "eval.heldout_n=4", "eval.compare=[ld3,logsnr]", "progress=false", "device=cpu"]
+        "eval.exact_n=64", "eval.heldout_n=4", "eval.compare=[ld3]", "progress=false", "device=cpu"]
 ARGS = MODEL + TINY
 LD3_BIN = Path(sys.executable).with_name("ld3")
 
@@ -73,9 +74,9 @@ def run_cli(stage: str, *args: str, cache: Path | None = None, base=ARGS) -> int
 
 
 def build_store(root: Path, upto: str) -> Path:
-    """A store in ``root`` holding the pipeline's artifacts up to ``upto`` (teacher, train, sample)."""
+    """A store in ``root`` holding the pipeline's artifacts up to ``upto`` (teacher, train, sample, eval)."""
     cache = root / CACHE
-    steps = ["teacher-sample", "train", "sample"]
+    steps = ["teacher-sample", "train", "sample", "eval"]
     with one_thread():
         for stage in steps[: steps.index(upto) + 1]:
             assert run_cli(stage, cache=cache) == 0, stage

@@ -77,10 +77,10 @@ TEACHER_DAMAGE = {
     "truncated_tensors": (lambda a: truncate(a / "tensors.safetensors"), "unreadable tensor file"),
     "invalid_manifest_json": (bad_json, "invalid manifest"),
     "manifest_key_mismatch": (lambda a: change_config(a, "n", 9), "does not match its key"),
-    "noise_of_wrong_shape": (lambda a: replace_tensor(a, "noises", lambda x: x[..., :27].contiguous()),
-                             "has shape [8, 1, 28, 27], expected [8, 1, 28, 28]"),
+    "noise_of_wrong_shape": (lambda a: replace_tensor(a, "noises", lambda x: x[..., :7].contiguous()),
+                             "has shape [8, 1, 8, 7], expected [8, 1, 8, 8]"),
     "images_missing_a_row": (lambda a: replace_tensor(a, "images", lambda x: x[:7].clone()),
-                             "has shape [7, 1, 28, 28], expected [8, None, None, None]"),
+                             "has shape [7, 1, 8, 8], expected [8, None, None, None]"),
 }
 
 
@@ -128,11 +128,11 @@ SAMPLES_DAMAGE = {
     "truncated_shard": (lambda a: truncate(a / "shard_00001.npz"), "unreadable shard"),
     "missing_shard": (lambda a: (a / "shard_00002.npz").unlink(), "unreadable shard"),
     "shards_swapped": (lambda a: [(a / "shard_00000.npz").rename(a / "x"), (a / "shard_00001.npz").rename(
-        a / "shard_00000.npz"), (a / "x").rename(a / "shard_00001.npz")], "expected uint8 [4, 28, 28, 1] for seeds"),
-    "shard_images_of_wrong_size": (lambda a: rewrite_shard(a, 1, images=lambda x: x[:, :, :27].copy()),
-                                   "holds uint8 images [4, 28, 27, 1]"),
+        a / "shard_00000.npz"), (a / "x").rename(a / "shard_00001.npz")], "expected uint8 [4, 8, 8, 1] for seeds"),
+    "shard_images_of_wrong_size": (lambda a: rewrite_shard(a, 1, images=lambda x: x[:, :, :7].copy()),
+                                   "holds uint8 images [4, 8, 7, 1]"),
     "shard_missing_an_image": (lambda a: rewrite_shard(a, 2, images=lambda x: x[:3], seeds=lambda s: s[:3]),
-                               "holds uint8 images [3, 28, 28, 1]"),
+                               "holds uint8 images [3, 8, 8, 1]"),
     "invalid_manifest_json": (bad_json, "invalid manifest"),
 }
 
@@ -144,16 +144,38 @@ def test_eval_refuses_damaged_samples(damage, store_copy, capsys):
     fn, needle = SAMPLES_DAMAGE[damage]
     fn(samples)
     capsys.readouterr()
-    assert run_cli("eval", "eval.compare=[ld3]", cache=cache) == 2
+    assert run_cli("eval", cache=cache) == 2
     check_refused(capsys, "eval", samples, "sample", cache, "eval", needle)
     assert not (cache / "results.csv").exists()
+
+
+# -- eval reading its other cached inputs ------------------------------------------------------------------
+def _held_out_teacher(cache):
+    return next(a for a in artifacts(cache, "teacher") if json.loads((a / "manifest.json").read_text())[
+        "config"]["seed_start"] == 1_000_000)
+
+
+@pytest.mark.parametrize("damage", ["reference_statistics_of_wrong_dimension", "truncated_held_out_teacher"])
+def test_eval_refuses_damaged_cached_inputs(damage, store_copy, capsys):
+    cache = store_copy("eval")
+    for art in artifacts(cache, "eval"):  # the metrics themselves would be reused without reading anything
+        shutil.rmtree(art)
+    if damage == "truncated_held_out_teacher":
+        damaged, needle = _held_out_teacher(cache), "unreadable tensor file"
+        truncate(damaged / "tensors.safetensors")
+    else:
+        damaged, needle = artifacts(cache, "refs")[0], "tensor 'mu' has shape [63], expected [64]"
+        replace_tensor(damaged, "mu", lambda m: m[:-1].clone())
+        replace_tensor(damaged, "sigma", lambda s: s[:-1, :-1].clone())
+    capsys.readouterr()
+    assert run_cli("eval", cache=cache) == 2
+    check_refused(capsys, "eval", damaged, "eval", cache, "eval", needle)
 
 
 # -- the printed fix works ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stage,upto,kind,rebuild_stage,damage", [
     ("train", "teacher-sample", "teacher", "teacher-sample", lambda a: truncate(a / "tensors.safetensors")),
     ("sample", "train", "schedules", "train", bad_json),
-    ("eval", "sample", "samples", "sample", lambda a: truncate(a / "shard_00000.npz")),
 ])
 def test_following_the_printed_fix_repairs_the_store(stage, upto, kind, rebuild_stage, damage, store_copy, capsys):
     cache = store_copy(upto)
