@@ -96,6 +96,7 @@ def _explain(e: Exception, probe: list[str]) -> str:
         key = m.group(1)
         top = key.split(".")[0]
         hint = (f"; '{top}' has no key '{key.split('.', 1)[1]}' -- see `ld3 <stage> --cfg job` for the valid keys"
-                if "." in key else f"; valid top-level keys: see `ld3 <stage> --cfg job` (add new keys with +{key}=...)")
+                if "." in key
+                else f"; valid top-level keys: see `ld3 <stage> --cfg job` (add new keys with +{key}=...)")
         return f"unknown config key '{key}'{hint}"
     return msg

@@ -18,8 +18,8 @@ from .checks import solver_options, steps_for
 from .keys import model_key
 
 log = logging.getLogger("ld3")
-_MODELS: dict[tuple, Any] = {}
-STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage  # (model key, device) -> model, reused across the jobs of a multirun
+_MODELS: dict[tuple, Any] = {}  # (model key, device) -> model, reused across the jobs of a multirun
+STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage
 
 
 def resolve_device(spec: str) -> torch.device:

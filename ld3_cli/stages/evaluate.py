@@ -288,13 +288,14 @@ def run(ctx: StageContext) -> list[dict]:
                              "detector": art.config["metrics"]["detector"]})
     metric_names = [m for m in ("fid", "fd_exact", "fd_data", "rmse", "psnr", "lpips") if any(m in r for r in table)]
     title = (f"{ctx.model_cfg.get('name')} / {ctx.cfg.dataset.name}: {ctx.solver_name} (order {order}) "
-             f"NFE {ctx.nfe}, n = {int(ctx.cfg.sample.n)}; held-out teacher distances on {int(ctx.cfg.eval.heldout_n)} noises")
+             f"NFE {ctx.nfe}, n = {int(ctx.cfg.sample.n)}; held-out teacher distances on "
+             f"{int(ctx.cfg.eval.heldout_n)} noises")
     print()
     print(title)
     print(format_table(table, metric_names))
     if any("fd_exact" in r or "fd_data" in r for r in table):
-        print("fd_* = Frechet distance in pixel space (not FID); fd_exact vs exact model samples, fd_data vs the dataset."
-              "  * = best")
+        print("fd_* = Frechet distance in pixel space (not FID); fd_exact vs exact model samples, fd_data vs the "
+              "dataset.  * = best")
     path = append_results(ctx, csv_rows)
     print(f"results appended to {path} (and results.md)")
     if any(math.isnan(r.get("rmse", 0.0)) for r in table):

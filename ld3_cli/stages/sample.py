@@ -80,7 +80,8 @@ def _cached_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor:
                 log.info("computing the %s baseline for %d steps (cached afterwards)", name, ctx.n_steps)
                 sig = discretize(name, ctx.n_steps, ctx.model.schedule, **opts, **extra)
                 store.write(ctx.model_key, "baselines", fields, tensors={"sigmas": sig},
-                            info={"seconds": time.perf_counter() - t0}, command=ctx.command("sample", [f"schedule={name}"]))
+                            info={"seconds": time.perf_counter() - t0},
+                            command=ctx.command("sample", [f"schedule={name}"]))
     art = store.open(ctx.model_key, "baselines", key, producer=ctx.command("sample", [f"schedule={name}"]))
     return art.tensors({"sigmas": (ctx.n_steps + 1,)})["sigmas"].to(torch.float64)
 

@@ -52,8 +52,8 @@ def learned_schedule(ctx: StageContext) -> Artifact:
                                    f"samples yet); produce it with `{ctx.command('teacher-sample')}` then "
                                    f"`{ctx.command('train')}`, or `{ctx.command('run')}`") from None
     if not ctx.store.exists(ctx.model_key, KIND, key):
-        raise MissingArtifactError(f"no learned schedule for solver={ctx.solver_name} nfe={ctx.nfe} in {ctx.store.root}; "
-                                   f"produce it with `{ctx.command('train')}`")
+        raise MissingArtifactError(f"no learned schedule for solver={ctx.solver_name} nfe={ctx.nfe} in "
+                                   f"{ctx.store.root}; produce it with `{ctx.command('train')}`")
     return ctx.store.open(ctx.model_key, KIND, key, producer=ctx.command("train"))
 
 
@@ -188,7 +188,8 @@ def _train(ctx: StageContext, teacher: Artifact, fields: dict, key: str) -> Arti
         part.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"sigmas": sig.tolist(), "sigmas_eval": ev.tolist(),
                                             "best_val": trainer.best_val, "iteration": trainer.iteration}, indent=2))
-        raise NumericalError(f"{e}; the best schedule so far (validation {trainer.best_val:.5g}) is kept in {path}") from None
+        raise NumericalError(f"{e}; the best schedule so far (validation {trainer.best_val:.5g}) is kept in "
+                             f"{path}") from None
     except BaseException:
         try:
             state.write()  # the last state between iterations (the live one may be mid-iteration)
@@ -214,8 +215,8 @@ def _publish(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, field
     summary.update({"teacher_check": teacher.manifest["info"].get("teacher_check"), "n_train": trainer.n_train,
                     "n_val": int(trainer.eps_val.shape[0]), "grad_checkpoint": trainer.grad_checkpoint})
     log_lines = "".join(json.dumps(to_plain(r)) + "\n" for r in res.history)
-    files = {"schedule.json": json.dumps(schedule_json, indent=2), "summary.json": json.dumps(to_plain(summary), indent=2),
-             "train_log.jsonl": log_lines}
+    files = {"schedule.json": json.dumps(schedule_json, indent=2),
+             "summary.json": json.dumps(to_plain(summary), indent=2), "train_log.jsonl": log_lines}
     try:
         from ..utils.plots import schedule_plot
 

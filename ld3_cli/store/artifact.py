@@ -206,7 +206,8 @@ class Store:
         actual = make_key(manifest["config"])
         if manifest["key"] != key or actual != key:
             raise CorruptArtifactError(f"manifest {mpath} does not match its key (directory {key}, recorded "
-                                       f"{manifest['key']}, config hashes to {actual}); delete {path} and rerun `{rebuild}`")
+                                       f"{manifest['key']}, config hashes to {actual}); delete {path} and rerun "
+                                       f"`{rebuild}`")
         return Artifact(path, manifest, producer)
 
     def list(self, model_key: str, kind: str) -> list[Path]:

@@ -85,3 +85,12 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     out = capsys.readouterr().out
     assert "ld3 | 4" in out and "logsnr | 4" in out
     assert (cache / "results.csv").is_file() and (cache / "results.md").is_file()
+
+
+def test_user_target_model_runs_through_ld3_run(ld3, cache, capsys):
+    """README 'Your own model': any Denoiser subclass via model._target_ runs the whole pipeline."""
+    assert ld3("run", "model=custom", "model._target_=ld3_cli.models.examples.GaussianDenoiser", "+model.std=0.3",
+               "eval.compare=[ld3,edm]") == 0
+    out = capsys.readouterr().out
+    assert "ld3 | 5" in out and "edm | 5" in out
+    assert list(cache.glob("custom-*/schedules/*/schedule.json"))

@@ -46,13 +46,30 @@ def test_ld3_command_composes_and_passes_preflight(cmd, capsys):
         assert "ld3 " in capsys.readouterr().out
         return
     if multirun or "--cfg" in flags:
-        err = check_overrides(STAGES[stage][0], overrides, multirun=multirun)
+        err = check_overrides(STAGES[stage][0], [_ends_of_nfe_sweep(o) for o in overrides], multirun=multirun)
         assert err is None, f"{cmd}: {err}"
         return
     # main() runs the same preflight, then Hydra composes and prints the job's config
     assert main([*cmd.argv, "--cfg", "job"]) == 0, f"{cmd}: {capsys.readouterr().err}"
     out = capsys.readouterr().out
     assert re.search(r"^nfe: \d+$", out, re.M), out[:500]
+
+
+def _ends_of_nfe_sweep(override: str) -> str:
+    """``nfe=4,5,...,10`` -> ``nfe=4,10`` (the smallest and largest NFE decide what a solver refuses)."""
+    key, _, value = override.partition("=")
+    if key == "nfe" and "," in value:
+        values = value.split(",")
+        return f"nfe={values[0]},{values[-1]}"
+    return override
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", [c for c in LD3 if split_ld3(c.argv)[3]], ids=lambda c: f"{c.doc}:{c.text[:60]}")
+def test_full_sweeps_pass_preflight(cmd):
+    """(slow) every NFE of every documented sweep; the fast test checks each sweep's first and last NFE."""
+    stage_word, _, overrides, _ = split_ld3(cmd.argv)
+    assert check_overrides(STAGES[resolve_stage(stage_word)][0], overrides, multirun=True) is None, str(cmd)
 
 
 def _overrides_with(argv, extra):

@@ -14,7 +14,7 @@ from conftest import finish, leftovers, only_artifact, spawn
 def run_pair(stage, cache, pace):
     procs = [spawn(stage, cwd=cache.parent, pace=pace) for _ in range(2)]
     results = [finish(p) for p in procs]
-    for code, out, err in results:
+    for code, _, err in results:
         assert code == 0, err
     return results
 

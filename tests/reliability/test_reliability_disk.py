@@ -58,11 +58,10 @@ def disk_full(monkeypatch):
                     return _FullDisk(f)
             return f
 
-        monkeypatch.setattr(artifact_module, "open", fake_open, raising=False)
+        monkeypatch.setattr(artifact_module, "open", fake_open, raising=False)  # undone after the test
         return seen
 
-    yield arm
-    monkeypatch.delattr(artifact_module, "open", raising=False)
+    return arm
 
 
 def no_debris(cache):
