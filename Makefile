@@ -37,8 +37,9 @@ test-all: install
 lint: install
 	$(BIN)/ruff check ld3_cli tests scripts
 
+# CPU-sized benchmark of the embedded default (the GPU recipe is in docs/benchmarks.md)
 bench: install
-	$(BIN)/python scripts/bench.py --json ld3-cache/bench.json
+	$(BIN)/python scripts/bench.py model=mnist_gmm --device cpu --cli --json ld3-cache/bench-mnist.json
 
 sweep: install
 	$(BIN)/ld3 teacher-sample model=$(MODEL)

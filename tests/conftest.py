@@ -1,5 +1,8 @@
 """Shared test fixtures: paths to ../shared (present in CI, absent in a user's clone)."""
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads (see cli/main.py)
 
 import pytest
 

@@ -12,6 +12,7 @@ overrides, ``--cfg job``, ``--help`` and multirun ``-m``).  This front end only
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from typing import Optional
 
@@ -120,6 +121,9 @@ def split_overrides(hargs: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    # OpenMP threads that sleep instead of spinning when they wait: on a shared or busy machine spinning
+    # threads starve each other (measured: `ld3 train` 190 s -> 33 s on a loaded 2-core box; docs/benchmarks.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -2,8 +2,10 @@
 
 * ``l2``: mean squared error over pixels (the official LD3 "L2");
 * ``l1``: mean absolute error;
-* ``pseudo_huber``: ``sqrt(d^2 + c^2) - c`` averaged, ``c = 0.00054 sqrt(C H W)`` (Song et al. 2023);
+* ``pseudo_huber``: ``sqrt(||d||^2 + c^2) - c`` with ``c = 0.00054 sqrt(C H W)`` (Song & Dhariwal 2023);
 * ``lpips``: LPIPS-VGG (Zhang et al. 2018), the paper's choice for RGB images.
+
+The per-sample distances are those of :mod:`ld3_cli.metrics.distances`.
 
 ``resolve_loss("auto", ...)`` picks LPIPS when its weights are present and the images are RGB,
 else L2, and returns the name actually used.
@@ -16,24 +18,15 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError
+from ..metrics.distances import l1, l2, pseudo_huber
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("auto", "l2", "l1", "pseudo_huber", "lpips")
 log = logging.getLogger(__name__)
 
 
-def l2_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return ((a - b) ** 2).flatten(1).mean(1)
-
-
-def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).abs().flatten(1).mean(1)
-
-
-def pseudo_huber_loss(a: torch.Tensor, b: torch.Tensor, c: Optional[float] = None) -> torch.Tensor:
-    d = (a - b).flatten(1)
-    c = 0.00054 * d.shape[1] ** 0.5 if c is None else c
-    return (torch.sqrt(d * d + c * c) - c).mean(1)
+def pseudo_huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return pseudo_huber(a, b, c=None, reduction="norm")
 
 
 def resolve_loss(name: str, image_channels: int, device: torch.device,
@@ -52,9 +45,9 @@ def resolve_loss(name: str, image_channels: int, device: torch.device,
                 log.warning("LPIPS-VGG backbone weights not found: training with the L2 loss instead "
                             "(put vgg16-397923af.pth in the torch hub cache or set train.lpips_weights)")
     if name == "l2":
-        return name, l2_loss
+        return name, l2
     if name == "l1":
-        return name, l1_loss
+        return name, l1
     if name == "pseudo_huber":
         return name, pseudo_huber_loss
     from ..metrics.lpips_loss import build_lpips

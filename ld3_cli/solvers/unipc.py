@@ -53,8 +53,8 @@ def _unipc_coefficients(h, rks, variant):
         if p == 2:
             rhos_p = torch.full((1,), 0.5, dtype=h.dtype, device=h.device)
         else:
-            rhos_p = torch.linalg.solve(R[:-1, :-1], b[:-1])
-        rhos_c = torch.linalg.solve(R, b)
+            rhos_p = torch.linalg.solve_ex(R[:-1, :-1], b[:-1]).result  # _ex: no error check, no host sync
+        rhos_c = torch.linalg.solve_ex(R, b).result
     return phi, b_h, rhos_p, rhos_c
 
 

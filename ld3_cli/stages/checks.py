@@ -87,6 +87,9 @@ def _check(cfg) -> None:
         if m.get("kind") not in BUILDERS:
             raise ConfigError(f"model.kind '{m.get('kind')}' is unknown; choose one of {sorted(BUILDERS)} "
                               "or set model._target_=your_pkg.YourDenoiser")
+    autocast = (cfg.get("speed") or {}).get("autocast")
+    if autocast not in (None, "bf16", "fp16"):
+        raise ConfigError(f"speed.autocast must be null, bf16 or fp16; got '{autocast}'")
     dev = str(cfg.device)
     if dev != "auto" and dev.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got '{dev}'")

@@ -66,7 +66,7 @@ class StageContext:
         self.device = resolve_device(cfg.device)
         self.store = Store(Path(str(cfg.cache_dir)))
         self.model_cfg = to_plain(cfg.model)
-        self.model_key = model_key(cfg.model)
+        self.model_key = model_key(cfg.model, (cfg.get("speed") or {}).get("autocast"))
         self.solver_name = str(cfg.solver.name)
         self.solver_options = solver_options(cfg.solver)
         self.nfe = int(cfg.nfe)

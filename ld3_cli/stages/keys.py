@@ -36,9 +36,11 @@ def _file_identity(path: Any) -> Any:
     return {"missing": p.name}
 
 
-def model_key(model_cfg: Any) -> str:
+def model_key(model_cfg: Any, autocast: Any = None) -> str:
     m = to_plain(model_cfg)
     fields = {k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}
+    if autocast:
+        fields["autocast"] = str(autocast)
     for k in ("path", "checkpoint", "weights"):
         if k in fields and fields[k] is not None:
             fields[k] = _file_identity(fields[k])
