@@ -286,7 +286,7 @@ class LD3Trainer:
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss became {loss.item()} at iteration {self.iteration}; "
-                                 "the best schedule so far is kept. Lower train.lr or check the model outputs")
+                                 "lower train.lr or check the model's outputs (best_values() holds the best schedule so far)")
         zero_grad(self.param.logits, self.param.offsets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([self.param.logits], o.grad_clip)
@@ -309,7 +309,8 @@ class LD3Trainer:
         sig, sig_eval = self.param.values(self.phase == 2)
         val = float(self.evaluate(sig, sig_eval).mean())
         if not math.isfinite(val):
-            raise NumericalError(f"validation loss became {val}; the best schedule so far is kept")
+            raise NumericalError(f"validation loss became {val} at iteration {self.iteration}; check the model's outputs "
+                                 "(best_values() holds the best schedule so far)")
         improved = val < self.best_val
         if improved:
             self.best_val, self.best_state, self.best_phase, self.bad = val, self._param_state(), self.phase, 0

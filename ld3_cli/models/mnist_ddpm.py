@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError, MissingFileError, UnsafeCheckpointError
 from ..schedules.noise import VPDiscrete
 from .adapters import NetworkDenoiser
 from .base import Denoiser
@@ -74,13 +74,13 @@ class MnistDDPM(Denoiser):
     name = "mnist_ddpm"
     shape = (1, 28, 28)
 
-    def __init__(self, state_dict: dict):
+    def __init__(self, state_dict: dict, source: str = "the checkpoint"):
         super().__init__()
         ckpt = _Checkpoint()
         try:
             ckpt.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
-            raise ConfigError(f"the checkpoint does not have the MNIST DDPM layout ({str(e).splitlines()[0]}...); "
+            raise ConfigError(f"{source} does not have the MNIST DDPM layout ({str(e).splitlines()[0][:120]}); "
                               "check model.path points at ddpm_mnist_starter.pth") from None
         self.schedule = VPDiscrete(ckpt.alpha_t.double(), first_step=1)
         self.inner = NetworkDenoiser(lambda z, tau, cond: ckpt.gt(z, tau), self.schedule, prediction="eps",
@@ -105,8 +105,10 @@ def load_state_dict(path: Path) -> dict:
                                "or set model.path=/path/to/ddpm_mnist_starter.pth")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ConfigError(f"cannot read {path} as a tensor-only checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the tensor-only loader means a bad or unsafe file
+        raise UnsafeCheckpointError(f"{path} is not a tensor-only checkpoint ({type(e).__name__}); ld3 never "
+                                    "executes code from a checkpoint: point model.path at ddpm_mnist_starter.pth "
+                                    "(a plain state dict)") from None
     if not isinstance(sd, dict):
         raise ConfigError(f"{path} does not hold a state dict")
     return sd
@@ -117,4 +119,4 @@ def build(cfg: dict, ctx) -> MnistDDPM:
     path = cfg.get("path")
     if not path:
         raise ConfigError("model.path is not set; point it at ddpm_mnist_starter.pth")
-    return MnistDDPM(load_state_dict(Path(path)))
+    return MnistDDPM(load_state_dict(Path(path)), source=str(path))
