@@ -9,8 +9,11 @@ SOLVERS ?= dpmpp,unipc,ipndm
 NFES    ?= 4,5,6
 MODEL   ?= mnist_gmm
 
-.PHONY: install demo test test-all lint bench sweep clean distclean help \
-        repro-mnist repro-cifar10 repro-ffhq repro-afhqv2 repro-lsun repro-imagenet repro-sd15
+# paper setups of scripts/repro.py: make repro-mnist, repro-cifar10, ...
+REPRO_SETUPS  = mnist cifar10 ffhq afhqv2 lsun imagenet sd15
+REPRO_TARGETS = $(addprefix repro-,$(REPRO_SETUPS))
+
+.PHONY: install demo test test-all lint bench sweep clean distclean help $(REPRO_TARGETS)
 
 help:
 	@echo "make demo    -- the whole LD3 pipeline on the embedded default (MNIST-5k mixture), ~1 min on 2 CPU cores"
@@ -55,23 +58,5 @@ distclean: clean
 
 # Paper reproduction (docs/reproduction.md): files are checked first -- a missing one stops the target at once
 # with the list of files and where they go.  REPRO_ARGS="--nfe 4,6 -- sample.n=10000" narrows a run.
-repro-mnist: install
-	$(BIN)/python scripts/repro.py mnist $(REPRO_ARGS)
-
-repro-cifar10: install
-	$(BIN)/python scripts/repro.py cifar10 $(REPRO_ARGS)
-
-repro-ffhq: install
-	$(BIN)/python scripts/repro.py ffhq $(REPRO_ARGS)
-
-repro-afhqv2: install
-	$(BIN)/python scripts/repro.py afhqv2 $(REPRO_ARGS)
-
-repro-lsun: install
-	$(BIN)/python scripts/repro.py lsun $(REPRO_ARGS)
-
-repro-imagenet: install
-	$(BIN)/python scripts/repro.py imagenet $(REPRO_ARGS)
-
-repro-sd15: install
-	$(BIN)/python scripts/repro.py sd15 $(REPRO_ARGS)
+$(REPRO_TARGETS): repro-%: install
+	$(BIN)/python scripts/repro.py $* $(REPRO_ARGS)

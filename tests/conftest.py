@@ -1,5 +1,7 @@
-"""Shared test fixtures: paths to ../shared (present in CI, absent in a user's clone)."""
+"""Shared test fixtures: paths to ../shared (present in CI, absent in a user's clone), a store holding
+the embedded default's mixture fit."""
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads (see cli/main.py)
@@ -17,3 +19,21 @@ def ddpm_weights() -> Path:
         pytest.skip(f"the real MNIST DDPM weights are not here ({DDPM_WEIGHTS}); they live in the team's ../shared "
                     "folder, which CI has and a user's clone does not")
     return DDPM_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def fitted_cache(tmp_path_factory):
+    """A store root holding the MNIST-5k mixture fit, made once per session (tests copy it, never refit)."""
+    from ld3_cli.models.mnist_gmm import load_or_fit
+
+    root = tmp_path_factory.mktemp("fit-cache")
+    load_or_fit(128, root)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, fitted_cache):
+    """A private copy of ``fitted_cache`` at ``tmp_path/cache``."""
+    dst = tmp_path / "cache"
+    shutil.copytree(fitted_cache, dst)
+    return dst

@@ -235,9 +235,13 @@ class LD3Trainer:
         return self.denoiser.decode(out) if hasattr(self.denoiser, "decode") else out
 
     @torch.no_grad()
-    def evaluate(self, sigmas: torch.Tensor, sigmas_eval: Optional[torch.Tensor] = None, split: str = "val") -> torch.Tensor:
+    def evaluate(self, sigmas: torch.Tensor, sigmas_eval: Optional[torch.Tensor] = None,
+                 split: str = "val") -> torch.Tensor:
         """Per-sample hard loss ``[n]`` on a split from the true noises."""
-        eps, y, c = (self.eps_val, self.y_val, self.c_val) if split == "val" else (self.eps_orig, self.y_train, self.c_train)
+        if split == "val":
+            eps, y, c = self.eps_val, self.y_val, self.c_val
+        else:
+            eps, y, c = self.eps_orig, self.y_train, self.c_train
         bs = self.opt.val_batch_size or eps.shape[0]
         losses = []
         for i in range(0, eps.shape[0], bs):
@@ -286,7 +290,8 @@ class LD3Trainer:
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss became {loss.item()} at iteration {self.iteration}; "
-                                 "lower train.lr or check the model's outputs (best_values() holds the best schedule so far)")
+                                 "lower train.lr or check the model's outputs "
+                                 "(best_values() holds the best schedule so far)")
         zero_grad(self.param.logits, self.param.offsets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([self.param.logits], o.grad_clip)
@@ -309,8 +314,8 @@ class LD3Trainer:
         sig, sig_eval = self.param.values(self.phase == 2)
         val = float(self.evaluate(sig, sig_eval).mean())
         if not math.isfinite(val):
-            raise NumericalError(f"validation loss became {val} at iteration {self.iteration}; check the model's outputs "
-                                 "(best_values() holds the best schedule so far)")
+            raise NumericalError(f"validation loss became {val} at iteration {self.iteration}; "
+                                 "check the model's outputs (best_values() holds the best schedule so far)")
         improved = val < self.best_val
         if improved:
             self.best_val, self.best_state, self.best_phase, self.bad = val, self._param_state(), self.phase, 0

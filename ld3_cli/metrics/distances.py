@@ -78,7 +78,10 @@ DISTANCES = {"l2": l2, "l1": l1, "rmse": rmse, "psnr": psnr, "pseudo_huber": pse
 
 
 def pixel_features(images) -> torch.Tensor:
-    """Flattened pixels in ``[-1, 1]``: uint8 ``[B,H,W,C]`` or float ``[B,C,H,W]`` -> float32 ``[B, C*H*W]`` (CHW order)."""
+    """Flattened pixels in ``[-1, 1]``: uint8 ``[B,H,W,C]`` or float ``[B,C,H,W]`` -> float32 ``[B, C*H*W]``.
+
+    The flattening is in CHW order whichever the input layout.
+    """
     return to_nchw(images, value_range="signed").flatten(1)
 
 

@@ -179,5 +179,5 @@ class StatsAccumulator:
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``[d]`` and unbiased covariance ``[d, d]`` (float64) of exactly the ``n`` rows of ``features`` ``[n, d]``."""
+    """Mean ``[d]`` and unbiased covariance ``[d, d]`` (float64) of the ``n`` rows of ``features`` ``[n, d]``."""
     return StatsAccumulator().add(features).stats()

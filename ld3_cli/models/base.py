@@ -60,7 +60,8 @@ class Denoiser(torch.nn.Module):
     def image_shape(self) -> tuple[int, int, int]:
         return self.shape
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:  # pragma: no cover
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor,
+                cond: Optional[Any] = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:

@@ -227,7 +227,8 @@ def schedule_from_scheduler_config(sc: dict, cfg: dict | None = None) -> tuple[N
         schedule = VPDiscrete(alphas_cumprod_from_config(sc), first_step=int(cfg.get("first_step", 0)))
         ptype = sc.get("prediction_type", "epsilon")
         if ptype not in PREDICTION_TYPES:
-            raise ConfigError(f"scheduler prediction_type '{ptype}' is unknown; expected one of {sorted(PREDICTION_TYPES)}")
+            raise ConfigError(f"scheduler prediction_type '{ptype}' is unknown; "
+                              f"expected one of {sorted(PREDICTION_TYPES)}")
         prediction = PREDICTION_TYPES[ptype]
         time_input, time_scale = "t", 1.0
     if cfg.get("prediction"):

@@ -63,7 +63,8 @@ class FlowDenoiser(Denoiser):
                  name: str = "flow", call: Callable[..., torch.Tensor] | None = None):
         super().__init__()
         if prediction not in FLOW_PREDICTIONS:
-            raise ConfigError(f"flow model prediction '{prediction}' is unknown; choose one of {sorted(FLOW_PREDICTIONS)}")
+            raise ConfigError(f"flow model prediction '{prediction}' is unknown; "
+                              f"choose one of {sorted(FLOW_PREDICTIONS)}")
         if time_input not in FLOW_TIME_INPUTS:
             raise ConfigError(f"flow model time_input '{time_input}' is unknown; choose one of {FLOW_TIME_INPUTS}")
         self.schedule = FlowMatching(t_min=sigma_min / (1.0 + sigma_min), t_max=sigma_max / (1.0 + sigma_max))

@@ -83,7 +83,8 @@ def ays(n_steps, schedule=None, model_family=None, **_):
     key = _family_key(model_family)
     if key not in tables:
         what = "no model_family was given" if key is None else f"there is no AYS list for model_family '{model_family}'"
-        raise ConfigError(f"AYS schedules exist only for the model families {sorted(tables)} and {what}; pass the option "
-                          "model_family=<one of them>, or pick another discretization (AYS is N/A for EDM, LDM and "
-                          "other models: a published list must not be transplanted to another model)")
+        raise ConfigError(f"AYS schedules exist only for the model families {sorted(tables)} and {what}; "
+                          "pass the option model_family=<one of them>, or pick another discretization "
+                          "(AYS is N/A for EDM, LDM and other models: a published list must not be transplanted "
+                          "to another model)")
     return torch.tensor(loglinear_resample(tables[key], int(n_steps)), dtype=torch.float64)

@@ -82,7 +82,8 @@ def gits_cost_matrix(states: Tensor, denoised: Tensor, grid, metric: str = "dev"
         raise ConfigError(f"unknown GITS metric '{metric}'; choose one of {list(METRICS)}")
     m, b = states.shape[0], states.shape[1]
     if denoised.shape[0] < m - 1 or denoised.shape[1:] != states.shape[1:]:
-        raise ValueError(f"denoised must be [M-1, B, ...] for states {tuple(states.shape)}, got {tuple(denoised.shape)}")
+        raise ValueError(f"denoised must be [M-1, B, ...] for states {tuple(states.shape)}, "
+                         f"got {tuple(denoised.shape)}")
     dt = coefficient_dtype(states.device)
     x = _flat(states).to(dt)
     den = _flat(denoised[: m - 1]).to(dt)

@@ -84,7 +84,8 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         d = self.to_dict()
-        return f"{type(self).__name__}(sigma {d['sigma_min']:.4g}..{d['sigma_max']:.4g}, t {d['t_min']:.4g}..{d['t_max']:.4g})"
+        return (f"{type(self).__name__}(sigma {d['sigma_min']:.4g}..{d['sigma_max']:.4g}, "
+                f"t {d['t_min']:.4g}..{d['t_max']:.4g})")
 
 
 class EDM(NoiseSchedule):

@@ -45,10 +45,12 @@ def prepare_grid(x: Tensor, sigmas: Tensor, sigmas_eval: Optional[Tensor], check
         if sigmas.dim() != 1 or sigmas.numel() < 2:
             raise ConfigError(f"sigmas must be a 1-D list of N + 1 >= 2 noise levels, got shape {tuple(sigmas.shape)}")
         if sigmas_eval.shape != sigmas.shape:
-            raise ConfigError(f"sigmas_eval must have the shape of sigmas {tuple(sigmas.shape)}, got {tuple(sigmas_eval.shape)}")
+            raise ConfigError(f"sigmas_eval must have the shape of sigmas {tuple(sigmas.shape)}, "
+                              f"got {tuple(sigmas_eval.shape)}")
         s = sigmas.detach()
         if not bool(torch.all(s > 0)) or not bool(torch.all(s[1:] < s[:-1])):
-            raise ConfigError("sigmas must be strictly decreasing and positive (sigma_max first, ending at sigma_min > 0); "
+            raise ConfigError("sigmas must be strictly decreasing and positive "
+                              "(sigma_max first, ending at sigma_min > 0); "
                               f"got {[round(v, 6) for v in s.tolist()]}")
         if not bool(torch.all(sigmas_eval.detach() > 0)):
             raise ConfigError("sigmas_eval must be positive")
@@ -128,7 +130,8 @@ class SolverSpec:
             raise ConfigError(f"solver '{self.name}' needs at least 1 step, got {n_steps}")
         if len(self.orders) > 1 and order > n_steps:
             raise ConfigError(f"solver '{self.name}' of order {order} needs at least {order} steps "
-                              f"(NFE {self.nfe(order, **options)}); got {n_steps} steps. Lower solver.order or raise nfe.")
+                              f"(NFE {self.nfe(order, **options)}); got {n_steps} steps. "
+                              "Lower solver.order or raise nfe.")
         return order
 
     def run(self, denoiser, x, sigmas, sigmas_eval, cond, callback, **options):  # pragma: no cover

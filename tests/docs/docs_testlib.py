@@ -145,3 +145,13 @@ def is_cheap(cmd: Command) -> bool:
         if key.startswith(("model.", "dataset.", "hydra", "device")) or "/" in key:
             return False
     return True
+
+
+def make_dry_run(target: str, *variables: str) -> str:
+    """The commands ``make -n <target>`` would run (the install step taken as done); fails on an unknown target."""
+    import subprocess
+
+    res = subprocess.run(["make", "--no-print-directory", "-n", "-o", "install", target, *variables], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, f"make {target}: {res.stderr.strip()}"
+    return res.stdout

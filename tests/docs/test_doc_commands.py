@@ -13,7 +13,7 @@ import math
 import re
 
 import pytest
-from docs_testlib import REPO, commands, is_cheap, split_ld3
+from docs_testlib import REPO, commands, is_cheap, make_dry_run, split_ld3
 
 from ld3_cli.cli.main import STAGES, main, resolve_stage
 from ld3_cli.cli.preflight import check_overrides
@@ -101,7 +101,7 @@ OTHER_CHEAP = [c for c in CHEAP if c.doc != "README.md"]
 
 def _run_for_real(cmds, store, tmp_path, monkeypatch):
     """Run ``cmds`` in order (prerequisites first) with the tiny budgets; return the stages run."""
-    from conftest import TINY
+    from ld3_test_helpers import TINY
 
     monkeypatch.chdir(tmp_path)
     extra = TINY + [f"cache_dir={store}"]
@@ -150,13 +150,13 @@ def test_other_cheap_doc_commands_run_for_real(store, tmp_path, monkeypatch):
     _check_store(store, ran)
 
 
-MAKE_TARGETS = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
-
-
 @pytest.mark.parametrize("cmd", [c for c in ALL if c.kind == "make"], ids=lambda c: " ".join(c.argv))
 def test_make_targets_exist(cmd):
     targets = [w for w in cmd.argv if "=" not in w and not w.startswith("-")]
-    assert targets and set(targets) <= MAKE_TARGETS, f"{cmd}: not in the Makefile ({sorted(MAKE_TARGETS)})"
+    variables = [w for w in cmd.argv if "=" in w]
+    assert targets, str(cmd)
+    for target in targets:
+        assert make_dry_run(target, *variables).strip(), f"{cmd}: make {target} would run nothing"
 
 
 @pytest.mark.parametrize("cmd", [c for c in ALL if c.kind == "script"], ids=lambda c: " ".join(c.argv))

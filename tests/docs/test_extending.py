@@ -68,7 +68,7 @@ def test_snippets_run(workdir):
 
 
 def test_example_solver_through_the_cli(workdir, tmp_path, capsys):
-    from conftest import TINY
+    from ld3_test_helpers import TINY
 
     from ld3_cli.solvers import SOLVERS
     from my_solvers import DPM2
@@ -91,7 +91,7 @@ def test_example_solver_through_the_cli(workdir, tmp_path, capsys):
 
 
 def test_example_model_through_the_cli(workdir, tmp_path):
-    from conftest import TINY
+    from ld3_test_helpers import TINY
 
     (cmd,) = [c for c in commands([DOC]) if "my_models" in c.text]
     assert cmd.env == ("PYTHONPATH=.",)

@@ -58,7 +58,8 @@ def test_gradients_reach_logits_and_offsets():
 
 def test_ball_projection_and_acceptance():
     center = torch.zeros(4, 3, 2)
-    cand = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(1)) * torch.tensor([0.01, 1, 5, 0.2]).view(4, 1, 1)
+    scale = torch.tensor([0.01, 1, 5, 0.2]).view(4, 1, 1)
+    cand = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(1)) * scale
     out = project_to_ball(cand, center, radius=0.5)
     norms = out.flatten(1).norm(dim=1)
     assert bool(torch.all(norms <= 0.5 + 1e-6))

@@ -6,6 +6,7 @@ import string
 
 import pytest
 import torch
+from ld3_test_helpers import single_thread  # noqa: F401 - autouse fixture: tiny models, one thread
 
 
 def _perturb(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -49,15 +50,6 @@ def _write_clip_tokenizer(folder, max_len=16):
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_len)
     return tok, len(vocab)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not suffer from a busy machine); restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +112,8 @@ def sd_dir(tmp_path_factory, diffusers_mod):
                                                  max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
                                                  pad_token_id=1)), 8)
     unet = _perturb(UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                         block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                         block_out_channels=(8, 16),
+                                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=12,
                                          norm_num_groups=4, attention_head_dim=4), 9)
     sched = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
@@ -133,7 +126,8 @@ def sd_dir(tmp_path_factory, diffusers_mod):
 
 @pytest.fixture(scope="session")
 def sd3_dir(tmp_path_factory, diffusers_mod):
-    """Stable Diffusion 3 layout without T5: SD3 transformer + two CLIP encoders + KL VAE (with shift) + flow scheduler."""
+    """Stable Diffusion 3 layout without T5: SD3 transformer + two CLIP encoders + KL VAE (with shift)
+    + flow scheduler."""
     pytest.importorskip("transformers")
     from diffusers import (
         AutoencoderKL,

@@ -179,8 +179,8 @@ def test_sd3_flow_transformer_prompts_and_cfg(sd3_dir):
     assert model.shape == (4, 8, 8) and model.image_shape == (3, 16, 16)
     idx = torch.tensor([1, 2, 0, 1])
     with torch.no_grad():
-        e_c, _, p_c, _ = pipe.encode_prompt([PROMPTS[i] for i in idx.tolist()], None, None, do_classifier_free_guidance=False,
-                                            max_sequence_length=8)
+        e_c, _, p_c, _ = pipe.encode_prompt([PROMPTS[i] for i in idx.tolist()], None, None,
+                                            do_classifier_free_guidance=False, max_sequence_length=8)
         e_u, _, p_u, _ = pipe.encode_prompt([""] * 4, None, None, do_classifier_free_guidance=False,
                                             max_sequence_length=8)
         x = _x((4, 8, 8), 5)

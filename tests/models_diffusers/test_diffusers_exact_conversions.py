@@ -77,9 +77,9 @@ def test_gradients_flow_through_sigma_and_x():
 
 
 def test_scheduler_config_mapping():
-    sched, pred, ti, _ = schedule_from_scheduler_config({"_class_name": "DDIMScheduler", "prediction_type": "v_prediction",
-                                                         "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                                         "beta_end": 0.012, "timestep_spacing": "trailing"})
+    config = {"_class_name": "DDIMScheduler", "prediction_type": "v_prediction", "beta_schedule": "scaled_linear",
+              "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "trailing"}
+    sched, pred, ti, _ = schedule_from_scheduler_config(config)
     assert isinstance(sched, VPDiscrete) and pred == "v" and ti == "t" and sched.t_max == 999
     old, pred, _, _ = schedule_from_scheduler_config({"_class_name": "GaussianDDPMScheduler", "timesteps": 1000,
                                                        "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02})

@@ -16,17 +16,7 @@ import types
 from collections import OrderedDict
 
 import numpy as np
-import pytest
 import torch
-
-
-@pytest.fixture(autouse=True)
-def torch_single_thread():
-    """Tiny networks run fastest on one thread (intra-op threading only adds overhead at this size)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # name -> (precond class name, EDM constructor arguments); tiny versions of each public architecture

@@ -8,7 +8,6 @@ from pathlib import Path
 import edm_testlib as lib
 import pytest
 import torch
-from edm_testlib import torch_single_thread  # noqa: F401 - autouse fixture
 from omegaconf import OmegaConf
 
 from ld3_cli.errors import MissingFileError

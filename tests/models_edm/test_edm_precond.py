@@ -6,7 +6,6 @@ import math
 import edm_testlib as lib
 import pytest
 import torch
-from edm_testlib import torch_single_thread  # noqa: F401 - autouse fixture
 
 from ld3_cli.errors import ConfigError
 from ld3_cli.models.base import Denoiser
@@ -101,7 +100,8 @@ def test_iddpm_levels_and_discrete_noise_labels():
     u = net.u
     assert u.shape == (1001,) and u[1000] == 0 and bool(torch.all(u[:-1] > u[1:]))
     # u_{j-1}^2 + 1 = (u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1)
-    ab = lambda j: math.sin(0.5 * math.pi * j / 1000 / 1.008) ** 2
+    def ab(j):
+        return math.sin(0.5 * math.pi * j / 1000 / 1.008) ** 2
     for j in (1, 500, 1000):
         assert float(u[j - 1]) == pytest.approx(math.sqrt((float(u[j]) ** 2 + 1) / max(ab(j - 1) / ab(j), 1e-3) - 1),
                                                 rel=2e-3)  # u is accumulated in float32, as in EDM

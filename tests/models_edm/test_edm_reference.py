@@ -11,7 +11,6 @@ from pathlib import Path
 import edm_testlib as lib
 import pytest
 import torch
-from edm_testlib import torch_single_thread  # noqa: F401 - autouse fixture
 
 REF = json.loads(Path(__file__).with_name("edm_reference.json").read_text())["cases"]
 

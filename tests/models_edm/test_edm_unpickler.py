@@ -11,7 +11,6 @@ import edm_testlib as lib
 import numpy as np
 import pytest
 import torch
-from edm_testlib import torch_single_thread  # noqa: F401 - autouse fixture
 
 from ld3_cli.errors import UnsafeCheckpointError
 from ld3_cli.models.edm.unpickler import ALLOWED_GLOBALS, PersistentRecord, find_network_record, restricted_load

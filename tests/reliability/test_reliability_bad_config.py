@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import finish, one_error_line, run_cli, spawn, store_listing
 from PIL import Image
+from reliability_testlib import finish, one_error_line, run_cli, spawn, store_listing
 
 from ld3_cli.cli.main import main
 

@@ -8,7 +8,7 @@ uninterrupted single run exactly; no ``.partial`` directory or temporary file re
 from __future__ import annotations
 
 import numpy as np
-from conftest import finish, leftovers, only_artifact, spawn
+from reliability_testlib import finish, leftovers, only_artifact, spawn
 
 
 def run_pair(stage, cache, pace):

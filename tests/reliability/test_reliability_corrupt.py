@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import artifacts, leftovers, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, leftovers, one_error_line, only_artifact, run_cli
 
 from ld3_cli.cli.main import main
 from ld3_cli.store import load_tensors, save_tensors

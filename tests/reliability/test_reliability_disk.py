@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import artifacts, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, one_error_line, only_artifact, run_cli
 
 import ld3_cli.store.artifact as artifact_module
 from ld3_cli.stages import train as train_stage

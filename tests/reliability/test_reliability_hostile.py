@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import artifacts, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, one_error_line, only_artifact, run_cli
 
 import ld3_cli
 from ld3_cli.cli.main import main

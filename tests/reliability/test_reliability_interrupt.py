@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CACHE, artifacts, interrupt, leftovers, only_artifact, run_cli, spawn, wait_until
+from reliability_testlib import CACHE, artifacts, interrupt, leftovers, only_artifact, run_cli, spawn, wait_until
 
 from ld3_cli.store import read_metadata
 

@@ -18,8 +18,8 @@ import re
 
 import pytest
 import torch
-from conftest import artifacts, leftovers, one_error_line, only_artifact, run_cli
 from reliability_models import FAULT_ENV, fault_spec
+from reliability_testlib import artifacts, leftovers, one_error_line, only_artifact, run_cli
 
 from ld3_cli.stages import context
 

@@ -33,7 +33,8 @@ def test_step_integrals_sum_to_increment_and_match_quadrature(seed):
             assert sum(js) == pytest.approx(inc, rel=1e-10)
             nodes = lam[s - p + 1: s + 1]
             for k in range(p):
-                ref, _ = quad(lambda x, nodes=nodes, k=k: math.exp(x) * _lagrange(nodes, k, x), lam[s], lam[s + 1], epsabs=0, epsrel=1e-12)
+                ref, _ = quad(lambda x, nodes=nodes, k=k: math.exp(x) * _lagrange(nodes, k, x), lam[s], lam[s + 1],
+                              epsabs=0, epsrel=1e-12)
                 assert js[k] == pytest.approx(ref, rel=1e-8, abs=1e-12 * abs(inc))
 
 

@@ -173,7 +173,11 @@ def test_cost_matrix_from_the_warmup_matches_the_teacher_trajectory():
                       dtype=torch.float64, metric="l2")
     x = warmup_noise(6, (DIM,), 0).double() * 80.0
     states, dens = [], []
-    final = solve("ipndm", gaussian_denoiser, x, res.grid, callback=lambda i, xi, di: (states.append(xi), dens.append(di)))
+    def record(i, xi, di):
+        states.append(xi)
+        dens.append(di)
+
+    final = solve("ipndm", gaussian_denoiser, x, res.grid, callback=record)
     cost = gits_cost_matrix(torch.stack(states + [final]), torch.stack(dens), res.grid, "l2")
     torch.testing.assert_close(res.cost, cost, rtol=1e-12, atol=1e-12)
     assert res.sigmas.tolist() == res.grid[res.path].tolist()

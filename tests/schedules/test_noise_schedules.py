@@ -78,7 +78,8 @@ def test_discretizations_have_exact_endpoints_and_decrease(sched, kind, n):
 def test_closed_forms():
     sched = EDM(0.002, 80.0)
     lam = -torch.log(discretize("logsnr", 8, sched))
-    assert torch.allclose(lam[1:] - lam[:-1], torch.full((8,), float(lam[-1] - lam[0]) / 8, dtype=torch.float64), atol=1e-12)
+    uniform = torch.full((8,), float(lam[-1] - lam[0]) / 8, dtype=torch.float64)
+    assert torch.allclose(lam[1:] - lam[:-1], uniform, atol=1e-12)
     edm = discretize("edm", 4, sched, rho=7.0)
     i = torch.arange(5, dtype=torch.float64) / 4
     assert torch.allclose(edm, (80 ** (1 / 7) + i * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7)

@@ -6,24 +6,11 @@ outputs under their own ``tmp_path`` (``export.out``, ``schedules.out``, ``fid_r
 """
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
+from ld3_test_helpers import one_thread
 from stages_export_helpers import make_ctx
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two OpenMP threads made the mixture fit's
-    784x784 eigh ~80x slower (35 s instead of 0.4 s); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", autouse=True)
