@@ -94,21 +94,40 @@ def image_grid(images_uint8: np.ndarray, cols: int | None = None) -> bytes:
 
 
 def metric_vs_nfe_plot(rows: list[dict], metric: str, title: str) -> bytes:
-    """One line per (solver, schedule) of ``metric`` against NFE."""
+    """``metric`` against NFE: one panel per solver, one line per schedule (same colour in every panel).
+
+    The learned schedule (``ld3``) is drawn thick and black; the y axis is logarithmic and shared.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
     series: dict = {}
     for r in rows:
         if r["metric"] == metric:
-            series.setdefault((r["solver"], r["schedule"]), []).append((int(r["nfe"]), float(r["value"])))
-    for (solver, sched), pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2.5 if sched == "ld3" else 1.2,
-                label=f"{solver} / {sched}")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel(metric)
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
+            series.setdefault(r["solver"], {}).setdefault(r["schedule"], []).append((int(r["nfe"]), float(r["value"])))
+    solvers = list(series) or [""]  # in the order the rows name them
+    schedules = sorted({s for per in series.values() for s in per}, key=lambda s: (s != "ld3", s))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {s: "black" if s == "ld3" else palette[i % len(palette)] for i, s in enumerate(schedules)}
+    fig, axes = plt.subplots(1, len(solvers), figsize=(3.2 * len(solvers) + 1.6, 3.6), sharey=True, squeeze=False)
+    for ax, solver in zip(axes[0], solvers):
+        for sched in schedules:
+            pts = sorted(series.get(solver, {}).get(sched, []))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colors[sched],
+                        lw=2.5 if sched == "ld3" else 1.2, label=sched)
+        nfes = sorted({p[0] for per in series.get(solver, {}).values() for p in per})
+        ax.set_xticks(nfes)
+        ax.set_xlabel("NFE")
+        ax.set_title(solver, fontsize=10)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     return _fig_bytes(fig)
