@@ -44,18 +44,29 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def latest(rows: Iterable[dict], model: Optional[str] = None, dataset: Optional[str] = None) -> dict:
-    """``{(solver, schedule, nfe, metric): value}``, the last row of the file winning."""
+    """``{(solver, schedule, nfe, metric): value}``, the last row of the file winning.
+
+    A solver that appears with several orders is split into one row label per order,
+    ``"dpmpp (order 2)"``, ``"dpmpp (order 3)"``; with one order it is just ``"dpmpp"``.
+    """
+    rows = [r for r in rows if (not model or r.get("model") == model) and (not dataset or r.get("dataset") == dataset)]
+    orders: dict = {}
+    for r in rows:
+        orders.setdefault(r.get("solver"), set()).add(r.get("order"))
     out: dict = {}
     for r in rows:
-        if model and r.get("model") != model:
-            continue
-        if dataset and r.get("dataset") != dataset:
-            continue
         try:
-            out[(r["solver"], r["schedule"], int(r["nfe"]), r["metric"])] = float(r["value"])
+            solver = r["solver"]
+            label = solver if len(orders[solver]) == 1 else f"{solver} (order {r['order']})"
+            out[(label, r["schedule"], int(r["nfe"]), r["metric"])] = float(r["value"])
         except (KeyError, TypeError, ValueError):
             continue
     return out
+
+
+def base_solver(label: str) -> str:
+    """``"dpmpp (order 2)"`` -> ``"dpmpp"``."""
+    return label.split(" (order ")[0]
 
 
 def published_cells(rows: Iterable[dict], key: str, default_schedule: Optional[str]) -> dict:
@@ -99,7 +110,8 @@ def _fmt(v: Optional[float]) -> str:
 
 
 def _solver_key(s: str) -> tuple:
-    return (SOLVER_ORDER.index(s) if s in SOLVER_ORDER else len(SOLVER_ORDER), s)
+    base = base_solver(s)
+    return (SOLVER_ORDER.index(base) if base in SOLVER_ORDER else len(SOLVER_ORDER), s)
 
 
 def table(values: dict, metric: str, published: Optional[dict] = None, nfes: Optional[list[int]] = None,
@@ -110,7 +122,10 @@ def table(values: dict, metric: str, published: Optional[dict] = None, nfes: Opt
     ``measured / published`` wherever a published number exists).
     """
     published = published or {}
-    cells = {(s, k, n): v for (s, k, n, m), v in values.items() if m == metric and (not solvers or s in solvers)}
+    def wanted(s: str) -> bool:
+        return not solvers or s in solvers or base_solver(s) in solvers
+
+    cells = {(s, k, n): v for (s, k, n, m), v in values.items() if m == metric and wanted(s)}
     ld3_rows: dict = {}
     for (_s, k, n), v in cells.items():
         if k == "ld3":

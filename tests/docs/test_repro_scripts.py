@@ -236,6 +236,18 @@ def test_results_table_cli_without_published(tmp_path, capsys):
     assert "best ld3" not in md and not any(" / " in ln for ln in md.splitlines() if ln.startswith("| "))
 
 
+def test_results_table_splits_a_solver_run_at_several_orders(tmp_path):
+    rows = [dict(solver="dpmpp", order=o, nfe=4, schedule=k, metric="rmse", value=v, model="m", dataset="d")
+            for o, k, v in [(2, "ld3", 0.10), (2, "edm", 0.20), (3, "ld3", 0.12), (3, "edm", 0.15)]]
+    rows.append(dict(solver="unipc", order=3, nfe=4, schedule="ld3", metric="rmse", value=0.11, model="m", dataset="d"))
+    _write_results(tmp_path / "results.csv", rows)
+    md = results_table.report(tmp_path, model="m", solvers=["dpmpp"])
+    assert "| dpmpp (order 2) | ld3 | **0.1000** |" in md and "| dpmpp (order 2) | edm | 0.2000 |" in md
+    assert "| dpmpp (order 3) | ld3 | 0.1200 |" in md and "| dpmpp (order 3) | edm | 0.1500 |" in md
+    assert "unipc" not in md  # filtered by the base solver name
+    assert "| unipc | ld3 | 0.1100 |" in results_table.report(tmp_path, model="m")  # one order: plain name
+
+
 def test_published_csv_is_the_reference_copy():
     ours = results_table.read_csv(results_table.PUBLISHED)
     ref = REPO.parent / "shared" / "reference" / "published_fid.csv"
