@@ -97,14 +97,19 @@ _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _vm_hwm_bytes() -> Optional[int]:
+def _proc_status_bytes(field: str) -> Optional[int]:
+    """``VmHWM`` / ``VmRSS`` of this process from /proc/self/status, in bytes (None off Linux)."""
     try:
         for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def _vm_hwm_bytes() -> Optional[int]:
+    return _proc_status_bytes("VmHWM")
 
 
 def reset_peak_memory(device: torch.device | str) -> bool:
@@ -116,9 +121,11 @@ def reset_peak_memory(device: torch.device | str) -> bool:
         return True
     try:
         _CLEAR_REFS.write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
-        return _vm_hwm_bytes() is not None
     except OSError:
         return False
+    hwm, rss = _vm_hwm_bytes(), _proc_status_bytes("VmRSS")
+    # a kernel that ignores the request leaves the lifetime peak in place: then there is no window
+    return hwm is not None and rss is not None and hwm <= rss + 32 * 2**20
 
 
 def peak_memory(device: torch.device | str, window: bool = True) -> dict:

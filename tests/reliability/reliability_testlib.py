@@ -92,11 +92,17 @@ def cli_env(pace: float = 0.0) -> dict:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: a shell runs background jobs with SIGINT ignored, and an ignored
+    SIGINT is inherited (Python then never raises KeyboardInterrupt); the tests send SIGINT on purpose."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(stage: str, *args: str, cwd: Path, pace: float = 0.0, base=ARGS) -> subprocess.Popen:
     """Start ``ld3 <stage> ...`` as a subprocess in ``cwd`` (its store is ``cwd/ld3-cache``)."""
     cmd = [str(LD3_BIN)] if LD3_BIN.is_file() else [sys.executable, "-m", "ld3_cli"]
     return subprocess.Popen([*cmd, stage, *base, *args], cwd=cwd, env=cli_env(pace), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def wait_until(cond, proc: subprocess.Popen | None = None, timeout: float = 180.0, what: str = "") -> None:
