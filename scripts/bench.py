@@ -48,6 +48,12 @@ from typing import Any, Optional
 import torch
 
 from ld3_cli.errors import ConfigError, Ld3Error
+from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions, _Checkpointed
+from ld3_cli.models.registry import BuildContext, build_model
+from ld3_cli.models.speed import optimize_denoiser
+from ld3_cli.schedules import discretize
+from ld3_cli.solvers import get_solver, solve
+from ld3_cli.stages.context import noise_for_seeds, resolve_device
 from ld3_cli.utils.bench import (Stopwatch, count_host_syncs, format_table, peak_memory, reset_peak_memory,
                                  synchronize, system_load, time_fn)
 
@@ -62,6 +68,7 @@ VARIANTS = {
     "compile+channels_last": {"compile": True, "channels_last": True},
     "compile+bf16": {"compile": True, "autocast": "bf16"},
 }
+CLI_TARGETS_S = {"train_nfe5": 60.0, "run": 180.0}  # (d): wall-clock targets of the embedded default
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,12 +164,6 @@ def int_list(text: str) -> list[int]:
 # ------------------------------------------------------------------------------------------------
 # set-up
 
-def resolve_device(spec: str) -> torch.device:
-    from ld3_cli.stages.context import resolve_device as resolve
-
-    return resolve(spec)
-
-
 def configure(args, device: torch.device) -> dict:
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -193,16 +194,8 @@ def model_config(name: str, overrides: list[str]) -> dict:
 
 
 def build(cfg: dict, device: torch.device, cache_dir: str):
-    from ld3_cli.models.registry import BuildContext, build_model
-
     return build_model(cfg, BuildContext(device=device, cache_dir=Path(cache_dir), dataset={"name": "mnist5k"},
                                          allow_download=False))
-
-
-def speed_model(base, opts: dict):
-    from ld3_cli.models.speed import optimize_denoiser
-
-    return optimize_denoiser(base, **opts)
 
 
 def restore_layout(base) -> None:
@@ -210,53 +203,51 @@ def restore_layout(base) -> None:
     base.to(memory_format=torch.contiguous_format)
 
 
-def unit_noise(n: int, shape: tuple, device, dtype, seed: int) -> torch.Tensor:
-    from ld3_cli.stages.context import noise_for_seeds
+def n_validation(n: int) -> int:
+    """How many of ``n`` teacher pairs the trainer holds out for validation (its default ``val_fraction``)."""
+    return int(round(n * TrainOptions.val_fraction))
 
-    return noise_for_seeds(range(seed, seed + n), shape, device, dtype)
+
+def unit_noise(model, n: int, seed: int, device) -> torch.Tensor:
+    """Unit noise for seeds ``seed .. seed + n - 1`` in ``model``'s state shape and dtype."""
+    return noise_for_seeds(range(seed, seed + n), tuple(model.shape), device, model.dtype)
 
 
 def conditions(model, n: int, seed: int, device):
     """Per-sample conditions for seeds ``seed .. seed + n - 1`` (None for unconditional models)."""
-    if not hasattr(model, "draw_conditions"):
-        return None
     cond = model.draw_conditions(torch.arange(seed, seed + n))
     return cond.to(device) if isinstance(cond, torch.Tensor) else cond
 
 
 def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
-    from ld3_cli.schedules import discretize
-    from ld3_cli.solvers import get_solver
-
     return discretize(kind, get_solver("unipc").steps_for_nfe(nfe), model.schedule)
 
 
 # ------------------------------------------------------------------------------------------------
 # (a) network throughput
 
-def _forward(model, x, sig, cond) -> None:
+def _forward(model, x, sigmas, cond) -> None:
+    """One network call per noise level in ``sigmas`` on the same input, without gradients."""
     with torch.no_grad():
-        model(x, sig, cond)
+        for s in sigmas:
+            model(x, s, cond)
 
 
-def _forward_backward(model, x, sig, cond, checkpoint: bool = False) -> None:
+def _forward_backward(model, x, sig, cond) -> None:
     """One forward and backward to the input ``x`` (the weights are frozen, as in LD3 training)."""
     xg = x.detach().requires_grad_(True)
-    if checkpoint:
-        out = torch.utils.checkpoint.checkpoint(model, xg, sig, cond, use_reentrant=False)
-    else:
-        out = model(xg, sig, cond)
-    out.float().square().mean().backward()
+    model(xg, sig, cond).float().square().mean().backward()
 
 
 def network_row(model, device, x, sig, cond, with_backward: bool, tk: dict) -> dict:
-    """Throughput of one model at one batch: forward, and forward+backward (plain and checkpointed)."""
+    """Throughput of one model at one batch: forward, and forward+backward (plain and checkpointed
+    as the trainer checkpoints)."""
     b = x.shape[0]
     row: dict[str, Any] = {"batch": b}
     with Stopwatch(device) as sw:
-        _forward(model, x, sig, cond)
+        _forward(model, x, [sig], cond)
     row["first_call_s"] = sw.seconds
-    t = time_fn(lambda: _forward(model, x, sig, cond), device, **tk)
+    t = time_fn(lambda: _forward(model, x, [sig], cond), device, **tk)
     row.update(forward_s=t.best, forward_median_s=t.median, forward_img_s=b / t.best)
     if with_backward:
         window = reset_peak_memory(device) if device.type == "cuda" else False
@@ -264,7 +255,8 @@ def network_row(model, device, x, sig, cond, with_backward: bool, tk: dict) -> d
         row.update(fwd_bwd_s=t.best, fwd_bwd_median_s=t.median, fwd_bwd_img_s=b / t.best)
         if device.type == "cuda":
             row["fwd_bwd_peak_mb"] = peak_memory(device, window)["bytes"] / 2**20
-        t = time_fn(lambda: _forward_backward(model, x, sig, cond, checkpoint=True), device, **tk)
+        ckpt = _Checkpointed(model)
+        t = time_fn(lambda: _forward_backward(ckpt, x, sig, cond), device, **tk)
         row.update(fwd_bwd_ckpt_s=t.best, fwd_bwd_ckpt_median_s=t.median, fwd_bwd_ckpt_img_s=b / t.best)
     return row
 
@@ -272,25 +264,26 @@ def network_row(model, device, x, sig, cond, with_backward: bool, tk: dict) -> d
 def bench_network(base, device, batches: dict, train_batch: int, variants: list[str], tk: dict) -> list:
     """(a): one row per (variant, batch); ``tk``: :func:`time_fn` options (reps, warmup, min_time).
 
-    Inputs: unit noise at ``sigma = 1`` (the cost does not depend on the values).  Forward+backward
-    is measured at the training batch only (the only batch LD3 back-propagates through).
+    Inputs: unit noise at ``sigma = 1`` (the cost does not depend on the values), the same for every
+    variant.  Forward+backward is measured at the training batch only (the only batch LD3
+    back-propagates through).
     """
-    shape = tuple(base.shape)
-    dtype = getattr(base, "dtype", torch.float32)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant '{unknown[0]}'; choose from {sorted(VARIANTS)}")
+    inputs = {label: (torch.randn(b, *base.shape, generator=torch.Generator().manual_seed(1)).to(device, base.dtype),
+                      torch.full((b,), 1.0, device=device, dtype=torch.float32), conditions(base, b, 0, device))
+              for label, b in batches.items()}
     rows = []
     for variant in variants:
-        if variant not in VARIANTS:
-            raise ConfigError(f"unknown variant '{variant}'; choose from {sorted(VARIANTS)}")
         opts = VARIANTS[variant]
         if opts.get("autocast") and device.type == "cpu":
             print(f"note: variant {variant} on CPU: bf16 autocast is usually far slower than float32 on CPUs "
                   "without native bf16 matmuls", file=sys.stderr)
-        model = speed_model(base, opts)
+        model = optimize_denoiser(base, **opts)
         try:
-            for label, b in batches.items():
-                x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-                sig = torch.full((b,), 1.0, device=device, dtype=torch.float32)
-                cond = conditions(base, b, 0, device)
+            for label, (x, sig, cond) in inputs.items():
+                b = x.shape[0]
                 row = {"variant": variant, "batch_of": label,
                        **network_row(model, device, x, sig, cond, b == train_batch, tk)}
                 rows.append(row)
@@ -325,16 +318,12 @@ def _instrument(obj, device, names) -> dict:
 
 
 def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
-    from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
-    from ld3_cli.solvers import solve
-
-    shape = tuple(model.shape)
-    dtype = getattr(model, "dtype", torch.float32)
-    res: dict[str, Any] = {"n": args.n, "n_train": args.n - int(round(args.n * 0.5)), "n_val": int(round(args.n * 0.5)),
+    n_val = n_validation(args.n)
+    res: dict[str, Any] = {"n": args.n, "n_train": args.n - n_val, "n_val": n_val,
                            "solver": "unipc", "order": 3, "nfe": args.nfe, "teacher_nfe": args.teacher_nfe,
                            "teacher_discretization": cfg.get("teacher_discretization", "logsnr"),
                            "batch": train_batch, "val_batch": "whole validation set"}
-    noises = unit_noise(args.n, shape, device, dtype, args.seed)
+    noises = unit_noise(model, args.n, args.seed, device)
     cond = conditions(model, args.n, args.seed, device)
     t_sig = sigmas_for(model, res["teacher_discretization"], args.teacher_nfe)
     images = []
@@ -342,7 +331,7 @@ def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
         for i in range(0, args.n, args.teacher_batch):
             c = cond[i:i + args.teacher_batch] if cond is not None else None
             out = solve("unipc", model, noises[i:i + args.teacher_batch] * float(t_sig[0]), t_sig, cond=c, order=3)
-            images.append(model.decode(out) if hasattr(model, "decode") else out)
+            images.append(model.decode(out))
     images = torch.cat(images)
     res["teacher_s"] = sw.seconds
     res["teacher_img_s"] = args.n / sw.seconds
@@ -397,16 +386,8 @@ def _trivial(x, sigma, cond=None):
 
 
 def _solve(den, x, sig, cond, grad: bool = False):
-    from ld3_cli.solvers import solve
-
     with torch.set_grad_enabled(grad):
         return solve("unipc", den, x, sig, cond=cond, order=3, check=False)
-
-
-def _network_only(model, x, sigmas: list, cond) -> None:
-    with torch.no_grad():
-        for s in sigmas:
-            model(x, s, cond)
 
 
 def _solve_backward(model, x, sig, cond) -> None:
@@ -421,7 +402,7 @@ def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
     rec = _Recorder(model)
     _solve(rec, x, sig, cond)
     ts = time_fn(lambda: _solve(model, x, sig, cond), device, **tk)
-    tn = time_fn(lambda: _network_only(model, x, rec.sigmas, cond), device, **tk)
+    tn = time_fn(lambda: _forward(model, x, rec.sigmas, cond), device, **tk)
     tm = time_fn(lambda: _solve(_trivial, x, sig, cond), device, **tk)
     b = x.shape[0]
     row = {"network_calls": len(rec.sigmas), "batch": b, "solve_s": ts.best, "img_s": b / ts.best, "network_s": tn.best,
@@ -440,10 +421,8 @@ def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
 
 def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
     """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
-    shape = tuple(model.shape)
-    dtype = getattr(model, "dtype", torch.float32)
     kind = cfg.get("teacher_discretization", "logsnr")
-    noise = unit_noise(batch, shape, device, dtype, seed + 10_000)
+    noise = unit_noise(model, batch, seed + 10_000, device)
     cond = conditions(model, batch, seed + 10_000, device)
     rows = []
     for nfe in nfes:
@@ -480,7 +459,7 @@ def bench_cli(timeout: float, extra_env: Optional[dict] = None) -> dict:
         res["train_nfe5"] = run_cli_cmd(["train", "--nfe", "5"], Path(d1), timeout, extra_env)
     with tempfile.TemporaryDirectory(prefix="ld3-bench-") as d2:
         res["run"] = run_cli_cmd(["run"], Path(d2), timeout, extra_env)
-    res["targets"] = {"train_nfe5_s": 60.0, "run_s": 180.0}
+    res["targets"] = {f"{k}_s": v for k, v in CLI_TARGETS_S.items()}
     return res
 
 
@@ -508,14 +487,14 @@ def print_report(res: dict) -> None:
           f"on {ls['cpu_count']} cores")
     print("note: wall-clock timings; on a shared machine (load above the core count) they can be several times "
           "slower than on an idle one\n")
+    tables = []
     if res.get("network"):
-        print(format_table(res["network"], [("variant", "variant"), ("batch_of", "batch of"), ("batch", "B"),
-                                            ("first_call_s", "1st call s"), ("forward_img_s", "fwd img/s"),
-                                            ("fwd_bwd_img_s", "fwd+bwd img/s"),
-                                            ("fwd_bwd_ckpt_img_s", "fwd+bwd ckpt img/s"),
-                                            ("fwd_bwd_peak_mb", "fwd+bwd peak MB")],
-                           "(a) network throughput"))
-        print()
+        tables.append(format_table(res["network"], [("variant", "variant"), ("batch_of", "batch of"), ("batch", "B"),
+                                                    ("first_call_s", "1st call s"), ("forward_img_s", "fwd img/s"),
+                                                    ("fwd_bwd_img_s", "fwd+bwd img/s"),
+                                                    ("fwd_bwd_ckpt_img_s", "fwd+bwd ckpt img/s"),
+                                                    ("fwd_bwd_peak_mb", "fwd+bwd peak MB")],
+                                   "(a) network throughput"))
     t = res.get("train")
     if t:
         rows = [{"k": k, "v": t.get(k)} for k in ("n", "n_train", "n_val", "nfe", "teacher_nfe", "batch", "val_batch",
@@ -523,38 +502,41 @@ def print_report(res: dict) -> None:
                                                   "wall_s", "iterations", "validations", "s_per_iter",
                                                   "step_s", "validation_s", "validation_fraction",
                                                   "peak_memory_mb", "peak_memory_kind")]
-        print(format_table(rows, [("k", "quantity"), ("v", "value")],
-                           "(b) ld3 training (UniPC-3, in-process; setup = trainer construction incl. baselines)"))
-        print()
+        tables.append(format_table(rows, [("k", "quantity"), ("v", "value")],
+                                   "(b) ld3 training (UniPC-3, in-process; setup = trainer construction incl. "
+                                   "baselines)"))
     if res.get("sampling"):
-        print(format_table(res["sampling"], [("nfe", "NFE"), ("batch", "B"), ("solve_s", "solve s"),
-                                             ("img_s", "img/s"), ("network_s", "net-only s"),
-                                             ("outside_network_fraction", "outside net"),
-                                             ("solver_math_fraction", "solver math"),
-                                             ("host_syncs_per_solve", "syncs/solve"),
-                                             ("host_syncs_per_solve_fwd_bwd", "syncs fwd+bwd"),
-                                             ("rmse_vs_float32", "RMSE vs fp32")],
-                           "(c) sampling with UniPC-3 (outside net = 1 - net-only/solve)"))
-        print()
+        tables.append(format_table(res["sampling"], [("nfe", "NFE"), ("batch", "B"), ("solve_s", "solve s"),
+                                                     ("img_s", "img/s"), ("network_s", "net-only s"),
+                                                     ("outside_network_fraction", "outside net"),
+                                                     ("solver_math_fraction", "solver math"),
+                                                     ("host_syncs_per_solve", "syncs/solve"),
+                                                     ("host_syncs_per_solve_fwd_bwd", "syncs fwd+bwd"),
+                                                     ("rmse_vs_float32", "RMSE vs fp32")],
+                                   "(c) sampling with UniPC-3 (outside net = 1 - net-only/solve)"))
     c = res.get("cli")
     if c:
-        rows = [{"what": c[k]["command"], "s": c[k]["wall_s"], "target": tgt}
-                for k, tgt in (("teacher_sample", None), ("train_nfe5", 60.0), ("run", 180.0))]
-        print(format_table(rows, [("what", "command (fresh store, CPU)"), ("s", "wall s"), ("target", "target s")],
-                           f"(d) embedded default through the CLI ({c['cpu_count']} cores, "
-                           f"extra environment {c['env'] or 'none'})"))
-        print()
+        rows = [{"what": c[k]["command"], "s": c[k]["wall_s"], "target": CLI_TARGETS_S.get(k)}
+                for k in ("teacher_sample", "train_nfe5", "run")]
+        tables.append(format_table(rows, [("what", "command (fresh store, CPU)"), ("s", "wall s"),
+                                          ("target", "target s")],
+                                   f"(d) embedded default through the CLI ({c['cpu_count']} cores, "
+                                   f"extra environment {c['env'] or 'none'})"))
+    for table in tables:
+        print(table + "\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args, model_name, model_over = parse_args(argv)
     try:
+        # option values parsed before any measurement, so a typo fails at once rather than after an hour
+        nfes = [] if args.skip_sampling else int_list(args.sampling_nfe)
+        extra_env = cli_env(args.cli_env) if args.cli else {}
         device = resolve_device(args.device)
         env = configure(args, device)
         cfg = model_config(model_name, model_over)
         base = build(cfg, device, args.cache_dir)
         train_batch = int(args.batch or cfg.get("train_batch_size", 2))
-        n_val = int(round(args.n * 0.5))
         tk = {"reps": args.reps, "warmup": args.warmup, "min_time": args.min_time}
         speed = {"channels_last": args.channels_last, "compile": args.compile, "autocast": args.autocast,
                  "compile_mode": args.compile_mode}
@@ -578,22 +560,22 @@ def main(argv: Optional[list[str]] = None) -> int:
                 batches = {f"B={b}": b for b in int_list(args.net_batches)}
             else:
                 batches = {}
-                for label, b in (("train", train_batch), ("validation", n_val), ("sampling", args.sample_batch)):
+                for label, b in (("train", train_batch), ("validation", n_validation(args.n)),
+                                 ("sampling", args.sample_batch)):
                     if b not in batches.values():
                         batches[label] = b
-            variants = (args.variants.split(",") if args.variants else
+            variants = ([v.strip() for v in args.variants.split(",")] if args.variants else
                         ["plain", "channels_last"] + (["bf16"] if device.type == "cuda" else []))
-            res["network"] = bench_network(base, device, batches, train_batch, [v.strip() for v in variants], tk)
-        model = speed_model(base, speed)
+            res["network"] = bench_network(base, device, batches, train_batch, variants, tk)
+        model = optimize_denoiser(base, **speed)
         if not args.skip_train:
             print("  (b) training ...", file=sys.stderr, flush=True)
             res["train"] = bench_train(model, cfg, device, args, train_batch)
         if not args.skip_sampling:
-            res["sampling"] = bench_sampling(model, base, cfg, device, int_list(args.sampling_nfe), args.sample_batch,
-                                             tk, args.seed)
+            res["sampling"] = bench_sampling(model, base, cfg, device, nfes, args.sample_batch, tk, args.seed)
         if args.cli:
             print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
-            res["cli"] = bench_cli(args.cli_timeout, cli_env(args.cli_env))
+            res["cli"] = bench_cli(args.cli_timeout, extra_env)
         synchronize(device)
         res["meta"]["load_end"] = system_load()
     except Ld3Error as e:

@@ -111,7 +111,8 @@ class Entry:
 
 @dataclass
 class ConfigFile:
-    path: Path
+    """One YAML file: its header comment, its settings, and its ``defaults:`` list (Hydra's group choices)."""
+
     header: str
     entries: list[Entry] = field(default_factory=list)
     defaults: list = field(default_factory=list)
@@ -151,7 +152,7 @@ def _comments_by_key(lines: list[str]) -> tuple[str, dict[str, str]]:
         if not stripped:
             if not seen_key and header:
                 header.append("")
-            pending = [] if seen_key else pending
+            pending = []
             continue
         if stripped.startswith("#"):
             text = stripped[1:].strip()
@@ -201,7 +202,7 @@ def read_config(path: Path) -> ConfigFile:
     text = path.read_text()
     data = yaml.safe_load(text) or {}
     header, docs = _comments_by_key(text.splitlines())
-    cf = ConfigFile(path=path, header=header, defaults=list(data.get("defaults", []) or []))
+    cf = ConfigFile(header=header, defaults=list(data.get("defaults", []) or []))
     parents_done = set()
     for key, value in _flatten({k: v for k, v in data.items() if k not in SKIP_SECTIONS}):
         # a documented parent mapping (e.g. ``teacher.solver``) gets its own row before its children
@@ -284,8 +285,8 @@ def render(config_dir: Path = CONFIGS) -> str:
     if base.header:
         lines += [_cell(base.header), ""]
     lines += _table(base.entries)
-    lines += ["", "Groups chosen by default: " + ", ".join(
-        f"`{g}={_group_default(base, g)}`" for g in GROUPS if _group_default(base, g)) + ".", ""]
+    chosen = {g: _group_default(base, g) for g in GROUPS}
+    lines += ["", "Groups chosen by default: " + ", ".join(f"`{g}={c}`" for g, c in chosen.items() if c) + ".", ""]
 
     lines += ["## Stage configs", "",
               "One file per stage (`ld3 <stage>` composes it). Options that belong to a single stage live",
@@ -306,7 +307,7 @@ def render(config_dir: Path = CONFIGS) -> str:
         gdir = config_dir / group
         if not gdir.is_dir():
             continue
-        default = _group_default(base, group)
+        default = chosen[group]
         files = sorted(gdir.glob("*.yaml"))
         lines += [f"## Group `{group}`", "",
                   f"Choose with `{group}=<name>`; default `{default}`. Members: "
@@ -341,10 +342,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 1
         print(f"{args.out} is up to date")
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    from ld3_cli.store import atomic_write_text  # imports torch: only when writing
+
+    atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return 0
 

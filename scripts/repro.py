@@ -56,6 +56,8 @@ class Run:
 
 @dataclass
 class Setup:
+    """One ``make repro-<name>`` target: its runs and the solver x NFE grid they sweep (``SETUPS`` is keyed by name)."""
+
     name: str
     description: str
     runs: list[Run]
@@ -82,8 +84,8 @@ _MNIST_DDPM_SMALL = ["teacher.n=40", "teacher.check_n=4", "train.iters_phase1=20
 _LSUN_REF = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/lsun/bedroom/"
              "VIRTUAL_lsun_bedroom256.npz (ADM's reference batch, as in the paper)")
 
-SETUPS = {
-    "mnist": Setup(
+SETUPS = {s.name: s for s in (
+    Setup(
         "mnist", "the embedded MNIST-5k mixture (exact denoiser) and the small real MNIST DDPM, on a CPU",
         [Run("mnist_gmm", ["model=mnist_gmm", "dataset=mnist5k", *_MNIST_SMALL],
              ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm"], metrics=["fd_exact", "rmse"],
@@ -92,30 +94,30 @@ SETUPS = {
              ["ld3", "time_uniform", "logsnr", "edm"], metrics=["fd_data", "rmse"],
              note="pixel-space Frechet distance to the 5,000 MNIST digits, not FID")],
         nfes=(4, 5, 6)),
-    "cifar10": Setup("cifar10", "EDM CIFAR-10 32x32 unconditional (VP)",
-                     [Run("edm_cifar10", ["model=edm_cifar10", "dataset=cifar10", *_EDM_TRAIN],
-                          ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "cifar10", "edm")]),
-    "ffhq": Setup("ffhq", "EDM FFHQ 64x64 unconditional (VP)",
-                  [Run("edm_ffhq64", ["model=edm_ffhq64", "dataset=ffhq64", *_EDM_TRAIN],
-                       ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "ffhq64", "edm")]),
-    "afhqv2": Setup("afhqv2", "EDM AFHQv2 64x64 unconditional (VP)",
-                    [Run("edm_afhqv2", ["model=edm_afhqv2", "dataset=afhqv2", *_EDM_TRAIN],
-                         ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "afhqv2_64", "edm")]),
-    "lsun": Setup("lsun", "latent diffusion LSUN-Bedroom 256 (LDM-4)",
-                  [Run("ldm_lsun_bedroom", ["model=ldm_lsun_bedroom", "dataset=lsun_bedroom", *_LATENT_TRAIN],
-                       ["ld3", "time_uniform", "gits", "dmn"], {}, "lsun_bedroom256", "time_uniform",
-                       ref_hint=_LSUN_REF)]),
-    "imagenet": Setup("imagenet", "class-conditional ImageNet 256 latent model (DiT-XL/2 here; LDM-4 in the paper)",
-                      [Run("dit_imagenet256", ["model=dit_imagenet256", "dataset=imagenet256", *_LATENT_TRAIN],
-                           ["ld3", "time_uniform", "gits", "dmn"], {}, "imagenet256", "time_uniform",
-                           note="the paper's numbers are for LDM-4 cin256-v2 (guidance 2.0), not DiT-XL/2: "
-                                "compare trends, not values")]),
-    "sd15": Setup("sd15", "Stable Diffusion v1.5 on MS-COCO 2014 captions (guidance 7.5)",
-                  [Run("sd15", ["model=sd15", "dataset=coco", "solver.order=2", "teacher.n=50", "train.batch_size=1",
-                                "train.iters_phase1=50", "train.iters_phase2=75", *_LATENT_SGD],
-                       ["ld3", "time_uniform", "edm"], {}, None, None,
-                       note="no published FID table for this setup")]),
-}
+    Setup("cifar10", "EDM CIFAR-10 32x32 unconditional (VP)",
+          [Run("edm_cifar10", ["model=edm_cifar10", "dataset=cifar10", *_EDM_TRAIN],
+               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "cifar10", "edm")]),
+    Setup("ffhq", "EDM FFHQ 64x64 unconditional (VP)",
+          [Run("edm_ffhq64", ["model=edm_ffhq64", "dataset=ffhq64", *_EDM_TRAIN],
+               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "ffhq64", "edm")]),
+    Setup("afhqv2", "EDM AFHQv2 64x64 unconditional (VP)",
+          [Run("edm_afhqv2", ["model=edm_afhqv2", "dataset=afhqv2", *_EDM_TRAIN],
+               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "afhqv2_64", "edm")]),
+    Setup("lsun", "latent diffusion LSUN-Bedroom 256 (LDM-4)",
+          [Run("ldm_lsun_bedroom", ["model=ldm_lsun_bedroom", "dataset=lsun_bedroom", *_LATENT_TRAIN],
+               ["ld3", "time_uniform", "gits", "dmn"], {}, "lsun_bedroom256", "time_uniform",
+               ref_hint=_LSUN_REF)]),
+    Setup("imagenet", "class-conditional ImageNet 256 latent model (DiT-XL/2 here; LDM-4 in the paper)",
+          [Run("dit_imagenet256", ["model=dit_imagenet256", "dataset=imagenet256", *_LATENT_TRAIN],
+               ["ld3", "time_uniform", "gits", "dmn"], {}, "imagenet256", "time_uniform",
+               note="the paper's numbers are for LDM-4 cin256-v2 (guidance 2.0), not DiT-XL/2: "
+                    "compare trends, not values")]),
+    Setup("sd15", "Stable Diffusion v1.5 on MS-COCO 2014 captions (guidance 7.5)",
+          [Run("sd15", ["model=sd15", "dataset=coco", "solver.order=2", "teacher.n=50", "train.batch_size=1",
+                        "train.iters_phase1=50", "train.iters_phase2=75", *_LATENT_SGD],
+               ["ld3", "time_uniform", "edm"], {}, None, None,
+               note="no published FID table for this setup")]),
+)}
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -194,13 +196,10 @@ def commands(setup: Setup, run: Run, nfes: tuple, solvers: tuple, extra: list[st
     """The ``ld3`` argument lists of one run, in order."""
     common = list(run.overrides) + ([f"cache_dir={cache}"] if cache else []) + list(extra)
     nfe_sweep = "nfe=" + ",".join(str(n) for n in nfes)
-    groups: list[tuple[list[str], list[str]]] = []  # (solvers, their own overrides)
+    # (solvers, their own overrides): the plain solvers share one sweep, each one with own overrides has its own
     plain = [s for s in solvers if not run.solver_overrides.get(s)]
-    if plain:
-        groups.append((plain, []))
-    for s in solvers:
-        if run.solver_overrides.get(s):
-            groups.append(([s], list(run.solver_overrides[s])))
+    groups = [(plain, [])] if plain else []
+    groups += [([s], run.solver_overrides[s]) for s in solvers if run.solver_overrides.get(s)]
     cmds = [["teacher-sample", *common]]
     compare = "eval.compare=[" + ",".join(run.compare) + "]"
     for stage in ("train", "eval"):
@@ -228,28 +227,25 @@ def run_ld3(args: list[str]) -> int:
     return rc
 
 
-def render(setup: Setup, nfes: tuple, solvers: tuple, cache: Optional[str], write: bool = True) -> str:
+def render(setup: Setup, nfes: tuple, solvers: tuple, cache: Optional[str]) -> str:
     """The setup's tables from ``<cache>/results.csv`` (and PNGs), written under ``<cache>/repro/``."""
     import results_table
+
+    from ld3_cli.store import atomic_write_text
 
     root = cache_root(cache)
     parts = [f"## repro-{setup.name}: {setup.description}", ""]
     for run in setup.runs:
         model_name = str(compose(run.overrides).model.get("name"))
-        plot = root / "repro" / f"{setup.name}-{run.label}.png" if write else None
         parts.append(results_table.report(root, model=model_name, metrics=run.metrics, published_key=run.published,
-                                          default_schedule=run.default_schedule, title=f"{run.label}",
-                                          nfes=list(nfes), solvers=list(solvers) + [results_table.BEST], plot=plot))
+                                          default_schedule=run.default_schedule, title=run.label, nfes=list(nfes),
+                                          solvers=list(solvers), plot=root / "repro" / f"{setup.name}-{run.label}.png"))
         if run.note:
             parts += [f"Note: {run.note}.", ""]
     text = "\n".join(parts)
-    if write:
-        from ld3_cli.store import atomic_write_text
-
-        out = root / "repro" / f"{setup.name}.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, text)
-        print(f"\ntable written to {out}")
+    out = root / "repro" / f"{setup.name}.md"
+    atomic_write_text(out, text)
+    print(f"\ntable written to {out}")
     return text
 
 
@@ -275,24 +271,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(render(setup, nfes, solvers, args.cache))
         return 0
 
-    missing: list[tuple[str, Needed]] = []
+    missing: list[Needed] = []
     for run in setup.runs:
         m, notes = needed_files(run.overrides + list(args.overrides), run.ref_hint)
-        missing += [(run.label, x) for x in m]
+        missing += m
         for n in notes:
             print(f"repro-{setup.name} ({run.label}): note: {n}")
     if missing:
         print(f"repro-{setup.name}: {len(missing)} file(s) missing -- nothing was run:", file=sys.stderr)
-        for _label, need in missing:
+        for need in missing:
             print(need.line(), file=sys.stderr)
         print(f"Put them there (or point the overrides at them), then rerun `make repro-{setup.name}`.",
               file=sys.stderr)
-        if not args.dry_run:
+        if args.check or not args.dry_run:
             return 2
     elif args.check:
         print(f"repro-{setup.name}: all files present")
-    if args.check:
-        return 2 if missing else 0
+        return 0
 
     plan = [c for run in setup.runs for c in commands(setup, run, nfes, solvers, list(args.overrides), args.cache)]
     if args.dry_run:

@@ -122,6 +122,8 @@ def table(values: dict, metric: str, published: Optional[dict] = None, nfes: Opt
     ``measured / published`` wherever a published number exists).
     """
     published = published or {}
+    best = max if metric in HIGHER_IS_BETTER else min
+
     def wanted(s: str) -> bool:
         return not solvers or s in solvers or base_solver(s) in solvers
 
@@ -130,28 +132,22 @@ def table(values: dict, metric: str, published: Optional[dict] = None, nfes: Opt
     for (_s, k, n), v in cells.items():
         if k == "ld3":
             ld3_rows.setdefault(n, []).append(v)
-    if published and ld3_rows:
-        best = min if metric not in HIGHER_IS_BETTER else max
+    if published:
         for n, vs in ld3_rows.items():
             cells[(BEST, "ld3", n)] = best(vs)
     cols = sorted(set(nfes) if nfes else {n for (_, _, n) in cells} | {n for (_, _, n) in published})
     row_keys = {(s, k) for (s, k, _) in cells} | {(s, k) for (s, k, _) in published}
-    order_seen: list[str] = []
-    for (_, k, _, m) in values:
-        if m == metric and k not in order_seen:
-            order_seen.append(k)
+    order_seen = list(dict.fromkeys(k for (_, k, _, m) in values if m == metric))  # schedules, first seen first
 
     def sched_key(k: str) -> tuple:
         return (0 if k == "ld3" else 1, order_seen.index(k) if k in order_seen else len(order_seen), k)
 
     rows = sorted(row_keys, key=lambda sk: (1 if sk[0] == BEST else 0, _solver_key(sk[0]), sched_key(sk[1])))
-    better = (lambda a, b: a > b) if metric in HIGHER_IS_BETTER else (lambda a, b: a < b)
-    col_best: dict = {}
+    col_best: dict = {}  # NFE -> best measured value (the "best ld3" row is derived, not measured)
     for n in cols:
-        for (s, k) in rows:
-            v = cells.get((s, k, n))
-            if v is not None and s != BEST and (n not in col_best or better(v, col_best[n])):
-                col_best[n] = v
+        measured = [cells[(s, k, n)] for (s, k) in rows if s != BEST and (s, k, n) in cells]
+        if measured:
+            col_best[n] = best(measured)
     head = ["solver", "schedule"] + [f"NFE {n}" for n in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (s, k) in rows:
@@ -193,8 +189,9 @@ def report(cache: Path, model: Optional[str] = None, dataset: Optional[str] = No
         raise SystemExit(f"no results for model {model}" + (f" / dataset {dataset}" if dataset else "") + f" in {path}")
     metrics = metrics or [pick_metric(values)]
     pub = published_cells(read_csv(PUBLISHED), published_key, default_schedule) if published_key else None
-    n_by_metric = {r["metric"]: r.get("n") for r in rows if r.get("model") == model}
-    dates = sorted(r["date"] for r in rows if r.get("model") == model and r.get("date"))
+    mine = [r for r in rows if r.get("model") == model]
+    n_by_metric = {r["metric"]: r.get("n") for r in mine}
+    dates = sorted(r["date"] for r in mine if r.get("date"))
     out = [f"### {title or model}", ""]
     for metric in metrics:
         use_pub = pub if (pub and metric == "fid") else None
@@ -215,7 +212,6 @@ def report(cache: Path, model: Optional[str] = None, dataset: Optional[str] = No
         from ld3_cli.store import atomic_write_bytes
         from ld3_cli.utils.plots import metric_vs_nfe_plot
 
-        plot.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(plot, metric_vs_nfe_plot(plot_rows(values, metrics[0]), metrics[0], title or model))
         out += [f"Plot: {plot}", ""]
     return "\n".join(out)
@@ -247,7 +243,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.out:
         from ld3_cli.store import atomic_write_text
 
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, text)
     return 0
 

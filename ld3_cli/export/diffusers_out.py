@@ -25,7 +25,6 @@ from typing import Optional
 
 import torch
 
-from .. import __version__
 from ..schedules.noise import VPDiscrete
 from .record import ExportSchedule, float_list, py_float, wrap
 
@@ -134,8 +133,7 @@ def _rounding_note(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
 def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
     gap = es.decoupled_gap()
     lines = [f'"""diffusers schedulers for {es.model} ({es.model_key}).', ""]
-    lines += wrap(f"Schedule {es.name!r}, made for ld3's {es.solver_label()} at NFE {es.nfe} ({es.steps} steps); "
-                  f"exported by ld3 {__version__}.")
+    lines += wrap(es.made_for())
     lines.append("")
     lines += wrap(
         "SIGMAS are EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at sigma_min; for DDPM-type "
@@ -173,7 +171,8 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
         imports.append("EDMEulerScheduler")
     if es.kind == "flow":
         imports.append("FlowMatchEulerDiscreteScheduler")
-    if rep is not None and not rep["merged"]:
+    dpm = rep is not None and not rep["merged"]  # rounding keeps every step: DPM-Solver can run it
+    if dpm:
         imports.append("DPMSolverMultistepScheduler")
     lines = _docstring(es, rep)
     if es.kind == "edm":
@@ -242,7 +241,7 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
             "    return scheduler",
         ]
         recommended = "flow_match_scheduler"
-    if rep is not None and not rep["merged"]:
+    if dpm:
         order = int(es.solver_options.get("order", 2)) if es.solver == "dpmpp" else 2
         lines += [
             "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 
-from .. import __version__
 from ..errors import ConfigError
 from .record import ExportSchedule, float_list, wrap
 
@@ -32,8 +31,7 @@ def kdiffusion_snippet(es: ExportSchedule) -> str:
             "evaluates the network on the grid itself." if gap > 0 else
             "nothing of the grid (this schedule has no decoupled evaluation times).")
     lines = [f'"""k-diffusion sigmas for {es.model} ({es.model_key}).', ""]
-    lines += wrap(f"Schedule {es.name!r}, made for ld3's {es.solver_label()} at NFE {es.nfe} ({es.steps} steps); "
-                  f"exported by ld3 {__version__}.")
+    lines += wrap(es.made_for())
     lines += ["", "Use with any k_diffusion.sampling.sample_* function (the model returns the denoised x0):", "",
               "    x = torch.randn(shape) * sigmas[0]", "    x0 = k_diffusion.sampling.sample_euler(model, x, sigmas)",
               ""]

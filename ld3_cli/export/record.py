@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import __version__
 from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule
 
@@ -29,20 +30,21 @@ RECORD_FORMAT = "ld3-schedule"
 RECORD_VERSION = 1
 
 
-def py_float(v: float) -> str:
-    """Shortest Python/JSON literal of ``v`` that parses back to the same float64."""
+def _finite(v: float) -> float:
     v = float(v)
     if not math.isfinite(v):
         raise ConfigError(f"cannot export the non-finite value {v}; the schedule is corrupt -- retrain it")
-    return repr(v)
+    return v
+
+
+def py_float(v: float) -> str:
+    """Shortest Python/JSON literal of ``v`` that parses back to the same float64."""
+    return repr(_finite(v))
 
 
 def decimal_text(v: float) -> str:
     """Shortest positional (no exponent) decimal of ``v`` that parses back to the same float64."""
-    v = float(v)
-    if not math.isfinite(v):
-        raise ConfigError(f"cannot export the non-finite value {v}; the schedule is corrupt -- retrain it")
-    return np.format_float_positional(v, unique=True, trim="0")
+    return np.format_float_positional(_finite(v), unique=True, trim="0")
 
 
 def wrap(text: str, width: int = 100, indent: str = "", hang: str = "") -> list[str]:
@@ -129,6 +131,11 @@ class ExportSchedule:
     def solver_label(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in sorted(self.solver_options.items()))
         return f"{self.solver} ({opts})" if opts else self.solver
+
+    def made_for(self) -> str:
+        """The sentence naming the schedule, its solver and NFE (opens the docstring of each snippet)."""
+        return (f"Schedule {self.name!r}, made for ld3's {self.solver_label()} at NFE {self.nfe} ({self.steps} "
+                f"steps); exported by ld3 {__version__}.")
 
     def record(self) -> dict[str, Any]:
         """The JSON-ready description (what ``schedule.json`` holds)."""

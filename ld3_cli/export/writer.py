@@ -12,13 +12,16 @@ from .json_out import schedule_json
 from .kdiffusion_out import kdiffusion_snippet
 from .record import ExportSchedule
 
-FORMATS = ("json", "diffusers", "kdiffusion", "comfyui")
-FILES = {
-    "json": ("schedule.json",),
-    "diffusers": ("diffusers_snippet.py",),
-    "kdiffusion": ("kdiffusion_sigmas.py",),
-    "comfyui": ("comfyui_sigmas.txt", "comfyui_sigmas.json"),
+# format -> {file name: text maker (schedule, model path)}; FORMATS and FILES derive from it
+_MAKERS = {
+    "json": {"schedule.json": lambda es, _: schedule_json(es)},
+    "diffusers": {"diffusers_snippet.py": diffusers_snippet},
+    "kdiffusion": {"kdiffusion_sigmas.py": lambda es, _: kdiffusion_snippet(es)},
+    "comfyui": {"comfyui_sigmas.txt": lambda es, _: comfyui_text(es),
+                "comfyui_sigmas.json": lambda es, _: comfyui_json(es)},
 }
+FORMATS = tuple(_MAKERS)
+FILES = {f: tuple(makers) for f, makers in _MAKERS.items()}
 
 
 def parse_formats(spec) -> list[str]:
@@ -42,17 +45,9 @@ def export_texts(es: ExportSchedule, formats: Iterable[str], model_path: Optiona
     """``{file name: text}`` for the chosen formats."""
     out: dict[str, str] = {}
     for f in formats:
-        if f == "json":
-            out["schedule.json"] = schedule_json(es)
-        elif f == "diffusers":
-            out["diffusers_snippet.py"] = diffusers_snippet(es, model_path)
-        elif f == "kdiffusion":
-            out["kdiffusion_sigmas.py"] = kdiffusion_snippet(es)
-        elif f == "comfyui":
-            out["comfyui_sigmas.txt"] = comfyui_text(es)
-            out["comfyui_sigmas.json"] = comfyui_json(es)
-        else:
+        if f not in _MAKERS:
             raise ConfigError(f"unknown export format '{f}'; use any of {', '.join(FORMATS)}")
+        out.update((name, make(es, model_path)) for name, make in _MAKERS[f].items())
     return out
 
 

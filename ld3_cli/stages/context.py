@@ -102,16 +102,23 @@ class StageContext:
 
     # -- commands that (re)produce artifacts -----------------------------------------------------
     def command(self, stage: Optional[str] = None, extra: Optional[list[str]] = None) -> str:
-        """The ``ld3`` command that reproduces this job's artifacts of ``stage``."""
+        """The ``ld3`` command that reproduces this job's artifacts of ``stage``.
+
+        ``extra`` overrides replace this job's override of the same key in place, or are appended.
+        """
         stage = stage or self.stage
         own = stage.replace("-", "_")
 
+        def key(o: str) -> str:
+            return o.lstrip("+~").split("=")[0]
+
         def keep(o: str) -> bool:  # drop Hydra's settings and the options of other stages
-            top = o.lstrip("+~").split("=")[0].split(".")[0]
+            top = key(o).split(".")[0]
             return top != "hydra" and (top not in STAGE_SECTIONS or top == own)
 
-        words = [f"ld3 {stage}"] + [o for o in self.overrides if keep(o)] + list(extra or [])
-        return " ".join(words)
+        replace = {key(o): o for o in extra or []}
+        words = [replace.pop(key(o), o) for o in self.overrides if keep(o)]
+        return " ".join([f"ld3 {stage}", *words, *replace.values()])
 
     # -- progress -------------------------------------------------------------------------------
     def progress(self, total: int, desc: str, unit: str = "it", initial: int = 0):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import io
 import logging
 import math
@@ -143,15 +144,22 @@ def teacher_distances(ctx: StageContext, sig, ev) -> tuple[dict, str]:
 
 def fid_reference(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
     """The dataset's FID reference statistics ``dataset.fid_ref``, validated (present, 2048-d, finite)."""
-    from ..metrics import FEATURE_DIM, load_reference_stats
-
     ref_path = ctx.cfg.dataset.get("fid_ref")
     if not ref_path or not Path(str(ref_path)).is_file():
         url = ctx.cfg.dataset.get("fid_ref_url")
         raise MissingArtifactError(f"FID reference statistics not found at {ref_path}; "
                                    + (f"download {url} there" if url else "make them with `ld3 fid-ref ...`")
                                    + " (or set dataset.fid_ref=/path/to/stats.npz)")
-    return load_reference_stats(str(ref_path), dims=FEATURE_DIM)
+    st = Path(str(ref_path)).stat()
+    return _load_fid_reference(str(ref_path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_fid_reference(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read once per file version (eval checks the file first, then scores every schedule against it)."""
+    from ..metrics import FEATURE_DIM, load_reference_stats
+
+    return load_reference_stats(path, dims=FEATURE_DIM)
 
 
 def check_inputs(ctx: StageContext) -> None:

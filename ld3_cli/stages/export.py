@@ -14,7 +14,6 @@ Every file is written atomically; see docs/export.md and :mod:`ld3_cli.export`.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from .. import __version__
@@ -22,30 +21,31 @@ from ..export import ExportSchedule, integer_timesteps, parse_formats, write_exp
 from .context import StageContext
 from .sample import baseline_options, schedule_for
 
-log = logging.getLogger("ld3")
 
-
-def _solver_tag(ctx: StageContext) -> str:
+def solver_tag(ctx: StageContext) -> str:
+    """``unipc3`` (the solver and its order, if it has one), for default file names."""
     order = ctx.solver_options.get("order")
     return f"{ctx.solver_name}{order}" if order is not None else ctx.solver_name
 
 
 def default_out(ctx: StageContext, name: str, key: str | None) -> Path:
-    leaf = f"{name}-{_solver_tag(ctx)}-nfe{ctx.nfe}" + (f"-{key}" if key else "")
+    leaf = f"{name}-{solver_tag(ctx)}-nfe{ctx.nfe}" + (f"-{key}" if key else "")
     return ctx.store.root / "exports" / ctx.model_key / leaf
 
 
-def export_schedule(ctx: StageContext, name: str, command: str = "") -> ExportSchedule:
+def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
     """The schedule ``name`` for the current model / solver / NFE, with its provenance."""
     art = None
     if name == "ld3":
-        from .train import learned_schedule
+        from .train import learned_schedule, load_schedule
 
         art = learned_schedule(ctx)  # fails fast, before the model is built, when there is none
-    sig, ev, desc = schedule_for(ctx, name)
+        sig, ev = load_schedule(art, ctx.model.schedule)
+    else:
+        sig, ev, _ = schedule_for(ctx, name)
     sched = ctx.model.schedule
     prov: dict = {"schedule": name, "noise_schedule": sched.to_dict(), "ld3_version": __version__,
-                  "command": command or ctx.command("export")}
+                  "command": ctx.command()}
     if art is not None:
         m = art.manifest
         info = m.get("info", {})
@@ -64,9 +64,8 @@ def run(ctx: StageContext) -> dict:
     """Stage entry point: returns ``{"out": dir, "files": [paths], "schedule": ExportSchedule}``."""
     cfg = ctx.cfg.get("export", {}) or {}
     formats = parse_formats(cfg.get("format", "all"))  # bad formats fail before any work
-    command = ctx.command()
     name = str(ctx.cfg.schedule)
-    es = export_schedule(ctx, name, command)
+    es = export_schedule(ctx, name)
     out = cfg.get("out")
     out_dir = Path(str(out)).expanduser() if out else default_out(ctx, name, es.provenance.get("artifact_key"))
     model_path = ctx.model_cfg.get("path") if ctx.model_cfg.get("kind") == "diffusers" else None

@@ -53,32 +53,37 @@ def _folder_count(path: Path) -> int:
     return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _dataset_source(ctx: StageContext) -> tuple[Any, str, str, int]:
+    """:func:`resolve_source` for ``fid_ref.source=dataset``: the images of the current dataset config."""
+    ds = ctx.cfg.dataset
+    kind = str(ds.get("kind"))
+    if kind == "mnist5k":
+        from ..data.mnist5k import load_mnist5k_uint8
+
+        images = load_mnist5k_uint8()
+        return images, "the MNIST-5k digits (dataset mnist5k)", str(ds.name), len(images)
+    if kind == "image_folder":
+        try:
+            folder = ds.path
+        except MissingMandatoryValue:
+            raise ConfigError("dataset=image_folder needs the folder: add dataset.path=/your/images "
+                              "(or give fid_ref.source=/your/images)") from None
+        path = Path(str(folder)).expanduser()
+        if not path.is_dir():
+            raise MissingFileError(f"dataset.path {path} is not a folder; point dataset.path at your image "
+                                   "folder (png/jpg)")
+        return path, f"the images under {path} (dataset {ds.name})", str(ds.name), _folder_count(path)
+    url = ds.get("fid_ref_url")
+    hint = f"download its statistics from {url}, or " if url else ""
+    raise ConfigError(f"dataset {ds.get('name')} (kind {kind}) has no images here to compute statistics from; "
+                      f"{hint}give fid_ref.source=/path/to/images (a folder or an .npz of uint8 images)")
+
+
 def resolve_source(ctx: StageContext) -> tuple[Any, str, str, int]:
     """``(source for compute_reference_stats, description, default file stem, image count or 0)``."""
     spec = ctx.cfg.fid_ref.get("source", DATASET)
-    ds = ctx.cfg.dataset
     if spec in (None, "", DATASET):
-        kind = str(ds.get("kind"))
-        if kind == "mnist5k":
-            from ..data.mnist5k import load_mnist5k_uint8
-
-            images = load_mnist5k_uint8()
-            return images, "the MNIST-5k digits (dataset mnist5k)", str(ds.name), len(images)
-        if kind == "image_folder":
-            try:
-                folder = ds.path
-            except MissingMandatoryValue:
-                raise ConfigError("dataset=image_folder needs the folder: add dataset.path=/your/images "
-                                  "(or give fid_ref.source=/your/images)") from None
-            path = Path(str(folder)).expanduser()
-            if not path.is_dir():
-                raise MissingFileError(f"dataset.path {path} is not a folder; point dataset.path at your image "
-                                       "folder (png/jpg)")
-            return path, f"the images under {path} (dataset {ds.name})", str(ds.name), _folder_count(path)
-        url = ds.get("fid_ref_url")
-        hint = f"download its statistics from {url}, or " if url else ""
-        raise ConfigError(f"dataset {ds.get('name')} (kind {kind}) has no images here to compute statistics from; "
-                          f"{hint}give fid_ref.source=/path/to/images (a folder or an .npz of uint8 images)")
+        return _dataset_source(ctx)
     path = Path(str(spec)).expanduser()
     if not path.exists():
         raise MissingFileError(f"fid_ref.source {path} not found; give an image folder, an .npz of uint8 images "
@@ -125,25 +130,26 @@ def run(ctx: StageContext) -> dict:
         raise ConfigError(f"fid_ref.n must be >= 1 (or null for all images), got {n}")
     source, desc, stem, count = resolve_source(ctx)
     out = resolve_out(ctx, stem)
+    batch_size = int(ctx.cfg.eval.fid_batch_size)
     feats = InceptionFeatures(weights_path=ctx.cfg.eval.get("inception_weights"), device=ctx.device,
-                              batch_size=int(ctx.cfg.eval.fid_batch_size))
-    total = n if n is not None else count
-    bar = ctx.progress(total, "FID reference features", "img")
-    seen = [0]
+                              batch_size=batch_size)
+    bar = ctx.progress(n if n is not None else count, "FID reference features", "img")
+    seen = 0
 
     def features(batch):
-        seen[0] += len(batch)
+        nonlocal seen
+        seen += len(batch)
         bar.update(len(batch))
         return feats(batch)
 
     log.info("computing FID reference statistics of %s on %s", desc, ctx.device)
     try:
-        mu, sigma = compute_reference_stats(source, features, batch_size=int(ctx.cfg.eval.fid_batch_size),
+        mu, sigma = compute_reference_stats(source, features, batch_size=batch_size,
                                             image_size=_image_size(cfg.get("image_size")), num_images=n,
                                             out_path=out)
     finally:
         bar.close()
-    print(f"FID reference statistics of {desc}: {seen[0]} images, mu {tuple(mu.shape)}, sigma {tuple(sigma.shape)} "
+    print(f"FID reference statistics of {desc}: {seen} images, mu {tuple(mu.shape)}, sigma {tuple(sigma.shape)} "
           "(pytorch-fid Inception pool3)")
     print(f"fid-ref: {out}")
-    return {"path": out, "mu": mu, "sigma": sigma, "n": seen[0]}
+    return {"path": out, "mu": mu, "sigma": sigma, "n": seen}

@@ -51,13 +51,13 @@ def baseline_options(ctx: StageContext, name: str) -> dict:
 
 def schedule_for(ctx: StageContext, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``(sigmas, sigmas_eval, description)`` for ``ld3`` or a baseline; the description enters sample keys."""
-    model = ctx.model
     if name == "ld3":
         from .train import learned_schedule, load_schedule
 
-        art = learned_schedule(ctx)
-        sig, ev = load_schedule(art, model.schedule)
+        art = learned_schedule(ctx)  # a missing schedule fails before the model is built
+        sig, ev = load_schedule(art, ctx.model.schedule)
         return sig, ev, {"kind": "ld3", "key": art.key}
+    model = ctx.model
     opts = baseline_options(ctx, name)
     if name in CACHED_BASELINES:
         sig = _cached_baseline(ctx, name, opts)
@@ -72,6 +72,7 @@ def _cached_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor:
         fields["seed"] = int(ctx.cfg.seed)
     key = make_key(fields)
     store = ctx.store
+    command = ctx.command("sample", [f"schedule={name}"])
     if not store.exists(ctx.model_key, "baselines", key):
         with store.lock(ctx.model_key, "baselines", key):
             if not store.exists(ctx.model_key, "baselines", key):
@@ -80,9 +81,8 @@ def _cached_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor:
                 log.info("computing the %s baseline for %d steps (cached afterwards)", name, ctx.n_steps)
                 sig = discretize(name, ctx.n_steps, ctx.model.schedule, **opts, **extra)
                 store.write(ctx.model_key, "baselines", fields, tensors={"sigmas": sig},
-                            info={"seconds": time.perf_counter() - t0},
-                            command=ctx.command("sample", [f"schedule={name}"]))
-    art = store.open(ctx.model_key, "baselines", key, producer=ctx.command("sample", [f"schedule={name}"]))
+                            info={"seconds": time.perf_counter() - t0}, command=command)
+    art = store.open(ctx.model_key, "baselines", key, producer=command)
     return art.tensors({"sigmas": (ctx.n_steps + 1,)})["sigmas"].to(torch.float64)
 
 
@@ -127,7 +127,7 @@ def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     key, fields, sig, ev = samples_key(ctx, name)
     store = ctx.store
     rank, world = dist_info()
-    cmd = ctx.command("sample", [f"schedule={name}"] if f"schedule={name}" not in ctx.overrides else [])
+    cmd = ctx.command("sample", [f"schedule={name}"])
     if store.exists(ctx.model_key, KIND, key):
         return store.open(ctx.model_key, KIND, key, producer=cmd)
     dist = _init_dist(ctx)

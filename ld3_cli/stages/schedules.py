@@ -14,7 +14,6 @@ available.  The learned schedule's decoupled evaluation times get their own row
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -24,9 +23,9 @@ from ..errors import ConfigError, MissingArtifactError
 from ..schedules import available
 from ..store import atomic_write_bytes
 from .context import StageContext
+from .export import solver_tag
 from .sample import schedule_for
 
-log = logging.getLogger("ld3")
 PREFERRED_ORDER = ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm", "ays", "dmn", "gits"]
 NEEDS_VALUES = {"custom"}
 
@@ -111,13 +110,8 @@ def table(title: str, labeled: list[tuple[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def _solver_tag(ctx: StageContext) -> str:
-    order = ctx.solver_options.get("order")
-    return f"{ctx.solver_name}{order}" if order is not None else ctx.solver_name
-
-
 def default_out(ctx: StageContext) -> Path:
-    return ctx.store.root / "plots" / ctx.model_key / f"schedules-{_solver_tag(ctx)}-nfe{ctx.nfe}.png"
+    return ctx.store.root / "plots" / ctx.model_key / f"schedules-{solver_tag(ctx)}-nfe{ctx.nfe}.png"
 
 
 def run(ctx: StageContext) -> dict:
@@ -134,10 +128,10 @@ def run(ctx: StageContext) -> dict:
                           "check schedules.include")
     noise = ctx.model.schedule
     labeled = rows(scheds)
-    head = (f"schedules for {ctx.model_cfg.get('name', ctx.model_key)} ({ctx.model_key}): {ctx.solver_name}"
-            + (f" order {ctx.solver_options['order']}" if "order" in ctx.solver_options else "")
-            + f", NFE {ctx.nfe} = {ctx.n_steps} steps; noise schedule {noise.kind}")
-    print(head)
+    model = ctx.model_cfg.get("name", ctx.model_key)
+    solver = ctx.solver_name + (f" order {ctx.solver_options['order']}" if "order" in ctx.solver_options else "")
+    print(f"schedules for {model} ({ctx.model_key}): {solver}, NFE {ctx.nfe} = {ctx.n_steps} steps; "
+          f"noise schedule {noise.kind}")
     print()
     print(table("sigma (EDM noise level, x = x0 + sigma * noise)", [(lbl, s.tolist()) for lbl, s in labeled]))
     print()
@@ -149,9 +143,7 @@ def run(ctx: StageContext) -> dict:
         print("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     from ..utils.plots import schedules_plot
 
-    order = f" order {ctx.solver_options['order']}" if "order" in ctx.solver_options else ""
-    title = f"{ctx.model_cfg.get('name', ctx.model_key)}: {ctx.solver_name}{order}, NFE {ctx.nfe}"
-    data = schedules_plot({lbl: s.tolist() for lbl, s in labeled}, title)
+    data = schedules_plot({lbl: s.tolist() for lbl, s in labeled}, f"{model}: {solver}, NFE {ctx.nfe}")
     try:
         atomic_write_bytes(png, data)
     except OSError as e:

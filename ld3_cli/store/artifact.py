@@ -202,13 +202,13 @@ class Store:
         except (OSError, ValueError) as e:
             raise CorruptArtifactError(f"invalid manifest {mpath} ({e}); delete {path} and rerun "
                                        f"`{producer or 'the stage that made it'}`") from None
-        rebuild = producer or manifest.get("command") or "the stage that made it"
+        art = Artifact(path, manifest, producer)
         actual = make_key(manifest["config"])
         if manifest["key"] != key or actual != key:
             raise CorruptArtifactError(f"manifest {mpath} does not match its key (directory {key}, recorded "
                                        f"{manifest['key']}, config hashes to {actual}); delete {path} and rerun "
-                                       f"`{rebuild}`")
-        return Artifact(path, manifest, producer)
+                                       f"`{art.rebuild}`")
+        return art
 
     def list(self, model_key: str, kind: str) -> list[Path]:
         d = self.root / model_key / kind

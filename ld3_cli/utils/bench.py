@@ -97,19 +97,18 @@ _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _proc_status_bytes(field: str) -> Optional[int]:
-    """``VmHWM`` / ``VmRSS`` of this process from /proc/self/status, in bytes (None off Linux)."""
+def _proc_status_bytes() -> dict[str, int]:
+    """This process's ``Vm*`` sizes from /proc/self/status (``VmHWM``, ``VmRSS`` ...), in bytes; empty off Linux."""
     try:
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
+        lines = _PROC_STATUS.read_text().splitlines()
     except OSError:
-        return None
-    return None
-
-
-def _vm_hwm_bytes() -> Optional[int]:
-    return _proc_status_bytes("VmHWM")
+        return {}
+    sizes = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.startswith("Vm"):  # "VmHWM:	  532951 kB"
+            sizes[key] = int(value.split()[0]) * 1024
+    return sizes
 
 
 def reset_peak_memory(device: torch.device | str) -> bool:
@@ -123,7 +122,8 @@ def reset_peak_memory(device: torch.device | str) -> bool:
         _CLEAR_REFS.write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
     except OSError:
         return False
-    hwm, rss = _vm_hwm_bytes(), _proc_status_bytes("VmRSS")
+    vm = _proc_status_bytes()
+    hwm, rss = vm.get("VmHWM"), vm.get("VmRSS")
     # a kernel that ignores the request leaves the lifetime peak in place: then there is no window
     return hwm is not None and rss is not None and hwm <= rss + 32 * 2**20
 
@@ -134,7 +134,7 @@ def peak_memory(device: torch.device | str, window: bool = True) -> dict:
     if device.type == "cuda":
         synchronize(device)
         return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda max_memory_allocated"}
-    hwm = _vm_hwm_bytes() if window else None
+    hwm = _proc_status_bytes().get("VmHWM") if window else None
     if hwm is not None:
         return {"bytes": hwm, "kind": "cpu peak RSS of the process in this section (VmHWM)"}
     import resource

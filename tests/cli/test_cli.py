@@ -18,7 +18,7 @@ def test_top_level_help_lists_every_stage(capsys):
 def test_every_stage_has_hydra_help(stage, capsys):
     assert main([stage, "--help"]) == 0
     out = capsys.readouterr().out
-    assert f"ld3 {STAGES.get(stage, (None,))[0] and stage}" in out or "ld3 " in out
+    assert "ld3 " in out
     assert "solver: " in out and "model: " in out  # the config groups are listed
 
 
@@ -73,8 +73,8 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     assert ld3("train", "-m", "solver=euler,dpmpp", "nfe=4,5") == 0
     schedules = [p for p in cache.glob("mnist_gmm-*/schedules/*") if (p / "manifest.json").is_file()]
     assert len(schedules) == 4
-    solvers_nfes = {(json.loads((p / "schedule.json").read_text())["solver"],
-                     json.loads((p / "schedule.json").read_text())["nfe"]) for p in schedules}
+    learned = [json.loads((p / "schedule.json").read_text()) for p in schedules]
+    solvers_nfes = {(s["solver"], s["nfe"]) for s in learned}
     assert solvers_nfes == {("euler", 4), ("euler", 5), ("dpmpp", 4), ("dpmpp", 5)}
     stamps = {p: (p / "manifest.json").stat().st_mtime_ns for p in schedules}
     capsys.readouterr()

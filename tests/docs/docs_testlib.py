@@ -89,9 +89,9 @@ def parse(line: str, doc: str):
     head = words[0]
     if head == "ld3" and len(words) > 1 and _is_stage(words[1]):
         return Command(doc, "ld3", tuple(words[1:]), tuple(env), s)
-    if head == "torchrun" and "-m" in words and words[words.index("-m") + 1:words.index("-m") + 2] == ["ld3_cli"]:
+    if head == "torchrun" and "-m" in words:
         i = words.index("-m")
-        if len(words) > i + 2 and _is_stage(words[i + 2]):
+        if words[i + 1:i + 2] == ["ld3_cli"] and len(words) > i + 2 and _is_stage(words[i + 2]):
             return Command(doc, "ld3", tuple(words[i + 2:]), tuple(env), s)
     if head == "make" and len(words) > 1:
         return Command(doc, "make", tuple(words[1:]), tuple(env), s)

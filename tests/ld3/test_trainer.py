@@ -16,8 +16,8 @@ FAST = dict(batch_size=10, iters_phase1=15, iters_phase2=15)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model = GaussianMixtureDenoiser(load_or_fit(128, tmp_path_factory.mktemp("fit"))).requires_grad_(False)
+def setup(fitted_cache):
+    model = GaussianMixtureDenoiser(load_or_fit(128, fitted_cache)).requires_grad_(False)
 
     def teacher(eps):
         with torch.no_grad():

@@ -47,9 +47,8 @@ def test_matches_brute_force(small_mixture, sigma):
 
 
 @pytest.fixture(scope="module")
-def mnist_mixture(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("store")
-    return GaussianMixtureDenoiser(load_or_fit(128, cache), dtype=torch.float64), cache
+def mnist_mixture(fitted_cache):
+    return GaussianMixtureDenoiser(load_or_fit(128, fitted_cache), dtype=torch.float64), fitted_cache
 
 
 def test_mnist_mixture_matches_brute_force_in_784_dims(mnist_mixture):

@@ -8,21 +8,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ld3_test_helpers import one_thread
+from ld3_test_helpers import single_thread  # noqa: F401 - autouse: one torch thread, as in the subprocesses
 from reliability_testlib import CACHE, build_store
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_fresh_models(monkeypatch):
-    """One torch thread (what the subprocesses use; also far faster on a loaded machine), no fault or
-    pace from the environment and no model cached from an earlier test (the fault counts calls)."""
+def _fresh_models(monkeypatch):
+    """No fault or pace from the environment and no model cached from an earlier test (the fault counts calls)."""
     from ld3_cli.stages import context
 
     monkeypatch.delenv("LD3_TEST_FAULT", raising=False)
     monkeypatch.delenv("LD3_TEST_PACE", raising=False)
     context._MODELS.clear()
-    with one_thread():
-        yield
+    yield
     context._MODELS.clear()
 
 

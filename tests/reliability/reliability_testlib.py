@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from ld3_test_helpers import one_thread
 
 from ld3_cli.cli.main import main
 
@@ -41,13 +41,21 @@ def run_cli(stage: str, *args: str, cache: Path | None = None, base=ARGS) -> int
     return main([stage, *base, *args, *extra])
 
 
+def run_refused(capsys, stage: str, *args: str, cache: Path) -> str:
+    """``run_cli`` that must exit 2; returns the run's one ``ld3 <stage>: error:`` line."""
+    capsys.readouterr()
+    assert run_cli(stage, *args, cache=cache) == 2
+    return one_error_line(capsys.readouterr().err, stage)
+
+
 def build_store(root: Path, upto: str) -> Path:
-    """A store in ``root`` holding the pipeline's artifacts up to ``upto`` (teacher, train, sample, eval)."""
+    """A store in ``root`` holding the pipeline's artifacts up to ``upto`` (teacher, train, sample, eval).
+
+    Built lazily from inside a test, so under the autouse one-thread fixture of conftest.py."""
     cache = root / CACHE
     steps = ["teacher-sample", "train", "sample", "eval"]
-    with one_thread():
-        for stage in steps[: steps.index(upto) + 1]:
-            assert run_cli(stage, cache=cache) == 0, stage
+    for stage in steps[: steps.index(upto) + 1]:
+        assert run_cli(stage, cache=cache) == 0, stage
     shutil.rmtree(cache / "logs", ignore_errors=True)
     return cache
 
@@ -72,6 +80,16 @@ def store_listing(cache: Path) -> set[str]:
 def leftovers(cache: Path) -> list[Path]:
     """Work in progress and temporary files (none may remain after a finished command)."""
     return sorted(p for p in cache.rglob("*") if p.name.endswith((".partial", ".tmp")))
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    """The sample artifacts (or partial directories) ``a`` and ``b`` hold the same shards, array for array."""
+    names = sorted(p.name for p in a.glob("shard_*.npz"))
+    assert names == sorted(p.name for p in b.glob("shard_*.npz")) and names
+    for name in names:
+        with np.load(a / name) as za, np.load(b / name) as zb:
+            np.testing.assert_array_equal(za["images"], zb["images"])
+            np.testing.assert_array_equal(za["seeds"], zb["seeds"])
 
 
 def one_error_line(err: str, stage: str) -> str:

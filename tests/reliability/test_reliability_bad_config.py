@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reliability_testlib import finish, one_error_line, run_cli, spawn, store_listing
+from reliability_testlib import finish, one_error_line, run_refused, spawn, store_listing
 
 from ld3_cli.cli.main import main
 
@@ -76,10 +76,8 @@ def test_missing_or_wrong_checkpoints_are_refused_without_writing(model, make, n
     assert store_listing(cache) == set(), "only Hydra's job log may exist"
 
 
-@pytest.fixture
-def rgb_model():
-    """The fault model as a 3x8x8 RGB model, so eval computes FID from ``dataset.fid_ref``."""
-    return ["++model.shape=[3,8,8]", "eval.compare=[logsnr]"]
+# the fault model as a 3x8x8 RGB model, so eval computes FID from ``dataset.fid_ref``
+RGB_MODEL = ["++model.shape=[3,8,8]", "eval.compare=[logsnr]"]
 
 
 def _stats(path, d):
@@ -90,7 +88,7 @@ def _stats(path, d):
 
 @pytest.mark.parametrize("stage", ["eval", "run"])
 @pytest.mark.parametrize("case", ["wrong_dimension", "missing_reference", "missing_inception_weights"])
-def test_bad_fid_inputs_are_refused_before_sampling(stage, case, rgb_model, tmp_path, capsys):
+def test_bad_fid_inputs_are_refused_before_sampling(stage, case, tmp_path, capsys):
     cache, ref, weights = tmp_path / "cache", tmp_path / "ref.npz", tmp_path / "no-such-inception.pth"
     if case == "wrong_dimension":
         _stats(ref, 64)
@@ -100,9 +98,8 @@ def test_bad_fid_inputs_are_refused_before_sampling(stage, case, rgb_model, tmp_
     else:
         _stats(ref, 2048)
         needles = [f"FID Inception weights not found at {weights}", "pt_inception-2015-12-05-6726825d.pth"]
-    assert run_cli(stage, *rgb_model, f"dataset.fid_ref={ref}", f"eval.inception_weights={weights}",
-                   cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, stage)
+    line = run_refused(capsys, stage, *RGB_MODEL, f"dataset.fid_ref={ref}", f"eval.inception_weights={weights}",
+                       cache=cache)
     for needle in needles:
         assert needle in line, line
     assert store_listing(cache) == set(), "nothing is sampled or trained before the FID inputs are checked"

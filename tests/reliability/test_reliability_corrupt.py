@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from reliability_testlib import artifacts, leftovers, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, leftovers, only_artifact, run_cli, run_refused
 
 from ld3_cli.cli.main import main
 from ld3_cli.store import load_tensors, save_tensors
@@ -27,6 +27,10 @@ from ld3_cli.store import load_tensors, save_tensors
 def truncate(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+
+
+def truncate_tensors(art):
+    truncate(art / "tensors.safetensors")
 
 
 def bad_json(art):
@@ -61,20 +65,30 @@ def rebuild_command(line: str, stage: str) -> list[str]:
     return shlex.split(cmds[0])[1:]
 
 
-def check_refused(capsys, stage, damaged, rebuild_stage, cache, kind_not_made, needle=""):
-    err = capsys.readouterr().err
-    line = one_error_line(err, stage)
+def check_refused(capsys, stage, cache, damaged, rebuild_stage, kind_not_made, needle):
+    """``ld3 <stage>`` exits 2 with one line naming ``damaged`` and ``ld3 <rebuild_stage>``; makes no
+    ``kind_not_made``."""
+    line = run_refused(capsys, stage, cache=cache)
     assert str(damaged) in line, line
     assert f"`ld3 {rebuild_stage}" in line, line
     assert needle in line, line
     assert artifacts(cache, kind_not_made) == [], "nothing may be made from a damaged input"
     assert not list(cache.glob(f"*/{kind_not_made}/*.partial"))
-    return line
+
+
+def damage_and_check(store_copy, capsys, upto, kind, stage, kind_not_made, damage, needle):
+    """Apply ``damage`` to the only ``kind`` artifact of a copy of the ``upto`` store, which ``ld3 <upto>``
+    rebuilds; then :func:`check_refused`.  Returns the store."""
+    cache = store_copy(upto)
+    art = only_artifact(cache, kind)
+    damage(art)
+    check_refused(capsys, stage, cache, art, upto, kind_not_made, needle)
+    return cache
 
 
 # -- train reading a damaged teacher ----------------------------------------------------------------------
 TEACHER_DAMAGE = {
-    "truncated_tensors": (lambda a: truncate(a / "tensors.safetensors"), "unreadable tensor file"),
+    "truncated_tensors": (truncate_tensors, "unreadable tensor file"),
     "invalid_manifest_json": (bad_json, "invalid manifest"),
     "manifest_key_mismatch": (lambda a: change_config(a, "n", 9), "does not match its key"),
     "noise_of_wrong_shape": (lambda a: replace_tensor(a, "noises", lambda x: x[..., :7].contiguous()),
@@ -86,13 +100,7 @@ TEACHER_DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(TEACHER_DAMAGE))
 def test_train_refuses_a_damaged_teacher(damage, store_copy, capsys):
-    cache = store_copy("teacher-sample")
-    teacher = only_artifact(cache, "teacher")
-    fn, needle = TEACHER_DAMAGE[damage]
-    fn(teacher)
-    capsys.readouterr()
-    assert run_cli("train", cache=cache) == 2
-    check_refused(capsys, "train", teacher, "teacher-sample", cache, "schedules", needle)
+    damage_and_check(store_copy, capsys, "teacher-sample", "teacher", "train", "schedules", *TEACHER_DAMAGE[damage])
 
 
 # -- sample reading a damaged learned schedule ---------------------------------------------------------------
@@ -101,7 +109,7 @@ def _sigmas(fn):
 
 
 SCHEDULE_DAMAGE = {
-    "truncated_tensors": (lambda a: truncate(a / "tensors.safetensors"), "unreadable tensor file"),
+    "truncated_tensors": (truncate_tensors, "unreadable tensor file"),
     "invalid_manifest_json": (bad_json, "invalid manifest"),
     "manifest_key_mismatch": (lambda a: change_config(a, "nfe", 6), "does not match its key"),
     "wrong_number_of_steps": (_sigmas(lambda s: s[:-1].clone()), "has shape [5], expected [6]"),
@@ -114,13 +122,7 @@ SCHEDULE_DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(SCHEDULE_DAMAGE))
 def test_sample_refuses_a_damaged_learned_schedule(damage, store_copy, capsys):
-    cache = store_copy("train")
-    sched = only_artifact(cache, "schedules")
-    fn, needle = SCHEDULE_DAMAGE[damage]
-    fn(sched)
-    capsys.readouterr()
-    assert run_cli("sample", cache=cache) == 2
-    check_refused(capsys, "sample", sched, "train", cache, "samples", needle)
+    damage_and_check(store_copy, capsys, "train", "schedules", "sample", "samples", *SCHEDULE_DAMAGE[damage])
 
 
 # -- eval reading damaged sample shards -----------------------------------------------------------------------
@@ -139,13 +141,7 @@ SAMPLES_DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(SAMPLES_DAMAGE))
 def test_eval_refuses_damaged_samples(damage, store_copy, capsys):
-    cache = store_copy("sample")
-    samples = only_artifact(cache, "samples")
-    fn, needle = SAMPLES_DAMAGE[damage]
-    fn(samples)
-    capsys.readouterr()
-    assert run_cli("eval", cache=cache) == 2
-    check_refused(capsys, "eval", samples, "sample", cache, "eval", needle)
+    cache = damage_and_check(store_copy, capsys, "sample", "samples", "eval", "eval", *SAMPLES_DAMAGE[damage])
     assert not (cache / "results.csv").exists()
 
 
@@ -167,9 +163,7 @@ def test_eval_refuses_damaged_cached_inputs(damage, store_copy, capsys):
         damaged, needle = artifacts(cache, "refs")[0], "tensor 'mu' has shape [63], expected [64]"
         replace_tensor(damaged, "mu", lambda m: m[:-1].clone())
         replace_tensor(damaged, "sigma", lambda s: s[:-1, :-1].clone())
-    capsys.readouterr()
-    assert run_cli("eval", cache=cache) == 2
-    check_refused(capsys, "eval", damaged, "eval", cache, "eval", needle)
+    check_refused(capsys, "eval", cache, damaged, "eval", "eval", needle)
 
 
 # -- the printed fix works ---------------------------------------------------------------------------------------
@@ -180,17 +174,16 @@ def test_eval_refuses_damaged_cached_inputs(damage, store_copy, capsys):
 def test_following_the_printed_fix_repairs_the_store(stage, upto, kind, rebuild_stage, damage, store_copy, capsys):
     cache = store_copy(upto)
     art = only_artifact(cache, kind)
-    good = {p.name: p.read_bytes() for p in art.iterdir() if p.suffix in (".safetensors", ".json")}
+    tensors = art / "tensors.safetensors"
+    good = tensors.read_bytes() if tensors.is_file() else None
     damage(art)
-    capsys.readouterr()
-    assert run_cli(stage, cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, stage)
+    line = run_refused(capsys, stage, cache=cache)
     assert f"delete {art} and rerun" in line, line
     shutil.rmtree(art)
     assert main(rebuild_command(line, rebuild_stage)) == 0
     rebuilt = only_artifact(cache, kind)
     assert rebuilt == art  # the same key: the rebuild command reproduces exactly the damaged artifact
-    if "tensors.safetensors" in good:
-        assert (rebuilt / "tensors.safetensors").read_bytes() == good["tensors.safetensors"]
+    if good is not None:
+        assert (rebuilt / "tensors.safetensors").read_bytes() == good
     assert run_cli(stage, cache=cache) == 0
     assert leftovers(cache) == []

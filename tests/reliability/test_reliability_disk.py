@@ -12,9 +12,8 @@ from __future__ import annotations
 import errno
 import json
 
-import numpy as np
 import pytest
-from reliability_testlib import artifacts, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, assert_same_shards, only_artifact, run_cli, run_refused
 
 import ld3_cli.store.artifact as artifact_module
 from ld3_cli.stages import train as train_stage
@@ -68,16 +67,23 @@ def no_debris(cache):
     return [p for p in cache.rglob("*") if p.name.endswith(".tmp")] == []
 
 
+def rerun_after_freeing_space(stage, kind, cache, session_stores, monkeypatch):
+    """The disk has space again: the same command completes with the tensors of a run that never failed."""
+    monkeypatch.delattr(artifact_module, "open")
+    assert run_cli(stage, cache=cache) == 0
+    ref = only_artifact(session_stores(stage), kind)
+    art = only_artifact(cache, kind)
+    assert (art / "tensors.safetensors").read_bytes() == (ref / "tensors.safetensors").read_bytes()
+
+
 def test_full_disk_while_writing_shards_keeps_finished_shards(store_copy, session_stores, disk_full, monkeypatch,
                                                               capsys):
     cache = store_copy("train")
     ref = only_artifact(session_stores("sample"), "samples")
-    part_of = lambda: next(cache.glob("*/samples/*.partial"))  # noqa: E731
 
     disk_full("shard_00001.npz")
-    assert run_cli("sample", cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, "sample")
-    part = part_of()
+    line = run_refused(capsys, "sample", cache=cache)
+    part = next(cache.glob("*/samples/*.partial"))
     assert f"no space left on the device while writing {part / 'shard_00001.npz'}" in line, line
     assert "rerun the same command to resume" in line
     assert sorted(p.name for p in part.iterdir()) == ["shard_00000.npz"] and no_debris(cache)
@@ -93,18 +99,14 @@ def test_full_disk_while_writing_shards_keeps_finished_shards(store_copy, sessio
     assert run_cli("sample", cache=cache) == 0
     art = only_artifact(cache, "samples")
     assert art.name == ref.name and (art / "shard_00000.npz").read_bytes() == first
-    for k in range(6):
-        with np.load(art / f"shard_{k:05d}.npz") as a, np.load(ref / f"shard_{k:05d}.npz") as b:
-            np.testing.assert_array_equal(a["images"], b["images"])
-            np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    assert_same_shards(art, ref)
     assert no_debris(cache) and not list(cache.glob("*/samples/*.partial"))
 
 
 def test_full_disk_while_publishing_samples_keeps_every_shard(store_copy, disk_full, monkeypatch, capsys):
     cache = store_copy("train")
     disk_full("manifest.json")  # the last write of publishing, after the shards moved into the artifact
-    assert run_cli("sample", cache=cache) == 2
-    assert "no space left on the device while writing" in one_error_line(capsys.readouterr().err, "sample")
+    assert "no space left on the device while writing" in run_refused(capsys, "sample", cache=cache)
     part = next(cache.glob("*/samples/*.partial"))
     shards = sorted(part.glob("shard_*.npz"))
     assert len(shards) == 6 and artifacts(cache, "samples") == [] and no_debris(cache)
@@ -120,17 +122,11 @@ def test_full_disk_while_teacher_sampling_keeps_finished_batches(store_copy, ses
                                                                  capsys):
     cache = store_copy(None)
     disk_full("batch_00000004.safetensors")
-    assert run_cli("teacher-sample", cache=cache) == 2
-    assert "batch_00000004.safetensors" in one_error_line(capsys.readouterr().err, "teacher-sample")
+    assert "batch_00000004.safetensors" in run_refused(capsys, "teacher-sample", cache=cache)
     part = next(cache.glob("*/teacher/*.partial"))
     assert sorted(p.name for p in part.iterdir()) == ["batch_00000000.safetensors", "batch_00000002.safetensors"]
     assert no_debris(cache) and artifacts(cache, "teacher") == []
-
-    monkeypatch.delattr(artifact_module, "open")
-    assert run_cli("teacher-sample", cache=cache) == 0
-    ref = only_artifact(session_stores("teacher-sample"), "teacher")
-    art = only_artifact(cache, "teacher")
-    assert (art / "tensors.safetensors").read_bytes() == (ref / "tensors.safetensors").read_bytes()
+    rerun_after_freeing_space("teacher-sample", "teacher", cache, session_stores, monkeypatch)
 
 
 def test_full_disk_while_saving_training_state_keeps_the_last_state(store_copy, session_stores, disk_full,
@@ -138,15 +134,9 @@ def test_full_disk_while_saving_training_state_keeps_the_last_state(store_copy, 
     cache = store_copy("teacher-sample")
     monkeypatch.setattr(train_stage, "SAVE_EVERY_S", 0.0)  # save the state after every iteration
     writes = disk_full("state.safetensors", nth=4)
-    assert run_cli("train", cache=cache) == 2
-    assert "state.safetensors" in one_error_line(capsys.readouterr().err, "train")
+    assert "state.safetensors" in run_refused(capsys, "train", cache=cache)
     assert len(writes) == 5  # 3 states saved, the 4th failed, and so did the save on the way out
     state = next(cache.glob("*/schedules/*.partial/state.safetensors"))
     assert json.loads(read_metadata(state)["ld3_train_state"])["iteration"] == 3, "the last good state is kept"
     assert no_debris(cache) and artifacts(cache, "schedules") == []
-
-    monkeypatch.delattr(artifact_module, "open")
-    assert run_cli("train", cache=cache) == 0
-    ref = only_artifact(session_stores("train"), "schedules")
-    art = only_artifact(cache, "schedules")
-    assert (art / "tensors.safetensors").read_bytes() == (ref / "tensors.safetensors").read_bytes()
+    rerun_after_freeing_space("train", "schedules", cache, session_stores, monkeypatch)

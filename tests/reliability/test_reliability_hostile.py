@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reliability_testlib import artifacts, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, one_error_line, only_artifact, run_refused
 
 import ld3_cli
 from ld3_cli.cli.main import main
@@ -93,8 +93,7 @@ def test_sample_shard_with_pickled_objects_is_refused_unexecuted(store_copy, tmp
     samples = only_artifact(cache, "samples")
     marker = tmp_path / "ran"
     make(samples / "shard_00001.npz", Payload(marker))
-    assert run_cli("eval", cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, "eval")
+    line = run_refused(capsys, "eval", cache=cache)
     assert f"unreadable shard {samples / 'shard_00001.npz'}" in line and "Object arrays cannot be loaded" in line
     assert not marker.exists()
     assert artifacts(cache, "eval") == []

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from reliability_testlib import CACHE, artifacts, interrupt, leftovers, only_artifact, run_cli, spawn, wait_until
+from reliability_testlib import (CACHE, artifacts, assert_same_shards, interrupt, leftovers, only_artifact, run_cli,
+                                 spawn, wait_until)
 
 from ld3_cli.store import read_metadata
 
@@ -42,24 +42,12 @@ def assert_interrupted(code, err, cache, kind):
     assert artifacts(cache, kind) == [], "an interrupted producer must not publish"
 
 
-def shard_arrays(art):
-    out = {}
-    for p in sorted(art.glob("shard_*.npz")):
-        with np.load(p) as z:
-            out[p.name] = (z["images"].copy(), z["seeds"].copy())
-    return out
-
-
 def assert_same_samples(a, b):
-    sa, sb = shard_arrays(a), shard_arrays(b)
-    assert sorted(sa) == sorted(sb) and sa
-    for name in sa:
-        np.testing.assert_array_equal(sa[name][0], sb[name][0])
-        np.testing.assert_array_equal(sa[name][1], sb[name][1])
+    assert_same_shards(a, b)
     assert (a / "grid.png").read_bytes() == (b / "grid.png").read_bytes()
 
 
-def test_teacher_sample_sigint_then_rerun_is_identical(store_copy, session_stores, rerun, tmp_path):
+def test_teacher_sample_sigint_then_rerun_is_identical(store_copy, session_stores, rerun):
     cache = store_copy(None)
     proc = spawn("teacher-sample", cwd=cache.parent, pace=0.2)  # 12 calls per batch: ~2.4 s a batch
     wait_until(lambda: partial_files(cache, "teacher", "batch_*.safetensors"), proc, what="a finished batch")
@@ -112,7 +100,7 @@ def test_sample_sigterm_then_rerun_is_identical(store_copy, session_stores, reru
     assert leftovers(cache) == []
 
 
-def test_eval_sigint_then_rerun_is_identical(store_copy, rerun, tmp_path):
+def test_eval_sigint_then_rerun_is_identical(store_copy, rerun):
     cache = store_copy("train")
     reference = store_copy("train", where="reference")
     proc = spawn("eval", cwd=cache.parent, pace=0.25)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from reliability_models import FAULT_ENV, fault_spec
-from reliability_testlib import artifacts, leftovers, one_error_line, only_artifact, run_cli
+from reliability_testlib import artifacts, leftovers, only_artifact, run_cli, run_refused
 
 from ld3_cli.stages import context
 
@@ -48,12 +49,11 @@ def test_nonfinite_network_output_stops_training_and_keeps_the_best_schedule(
         value, when, after, message, iteration, validated, store_copy, fault, monkeypatch, capsys):
     cache = store_copy("teacher-sample")
     fault(value, when, after)
-    assert run_cli("train", cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, "train")
+    line = run_refused(capsys, "train", cache=cache)
     assert message in line, line
     kept = re.search(r"the best schedule so far \(validation ([0-9.e+-]+)\) is kept in (\S+)$", line)
     assert kept, line
-    best = json.loads(open(kept.group(2)).read())
+    best = json.loads(Path(kept.group(2)).read_text())
     assert artifacts(cache, "schedules") == [], "a failed training publishes nothing"
 
     sig = torch.tensor(best["sigmas"], dtype=torch.float64)
@@ -80,8 +80,7 @@ def test_nonfinite_network_output_stops_training_and_keeps_the_best_schedule(
 def test_nonfinite_teacher_or_samples_are_refused_not_stored(stage, upto, value, needle, store_copy, fault, capsys):
     cache = store_copy(upto)
     fault(value, "nograd", 0)
-    assert run_cli(stage, cache=cache) == 2
-    line = one_error_line(capsys.readouterr().err, stage)
+    line = run_refused(capsys, stage, cache=cache)
     assert needle in line and "check the model" in line, line
     kind = "teacher" if stage == "teacher-sample" else "samples"
     assert artifacts(cache, kind) == []

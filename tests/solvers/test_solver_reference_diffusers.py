@@ -133,42 +133,41 @@ def grid_of(sched):
     return g
 
 
-def run_vp_multistep(sched, prediction, rec):
-    """Drive DPMSolverMultistep / UniPCMultistep with ``step()``; return the final state in sigma-space."""
+def run_vp_multistep(sched, prediction):
+    """Drive DPMSolverMultistep / UniPCMultistep with ``step()``; return the final state in sigma-space and
+    the recorder of the model calls."""
+    rec = Recorder()
     x_t = vp_alpha(float(sched.sigmas[0])) * float(sched.sigmas[0]) * Z
     for k, t in enumerate(sched.timesteps):
         out = vp_model(rec, x_t, float(sched.sigmas[k]), prediction)
         x_t = sched.step(out, t, x_t).prev_sample
-    return x_t / vp_alpha(float(sched.sigmas[-1]))
+    return x_t / vp_alpha(float(sched.sigmas[-1])), rec
 
 
-def run_karras(sched, rec):
-    """Drive EulerDiscrete / HeunDiscrete (state in sigma-space, model input scaled to VP) with eps output."""
+def run_karras(sched):
+    """Drive EulerDiscrete / HeunDiscrete (state in sigma-space, model input scaled to VP) with eps output;
+    return the final state and the recorder of the model calls."""
+    rec = Recorder()
     x = float(sched.sigmas[0]) * Z
     for k, t in enumerate(sched.timesteps):
         x_in = sched.scale_model_input(x, t)
         out = vp_model(rec, x_in, float(sched.sigmas[k]), "epsilon")
         x = sched.step(out, t, x).prev_sample
-    return x
+    return x, rec
 
 
 def rel_err(actual, expected) -> float:
     return float((actual - expected).abs().max()) / max(1.0, float(expected.abs().max()))
 
 
-MEASURED: dict = {}  # largest relative error per check, for reports
-
-
 def check(name, x_ld3, rec_ld3, x_ref, rec_ref, rtol):
-    """ld3's result and every model call agree with the reference within ``rtol``; returns the error."""
+    """ld3's result and every model call agree with the reference within ``rtol``."""
     assert len(rec_ld3.points) == len(rec_ref.points), (len(rec_ld3.points), len(rec_ref.points))
     err = rel_err(x_ld3, x_ref)
     for k, ((xa, sa), (xb, sb)) in enumerate(zip(rec_ld3.points, rec_ref.points)):
         assert sa == pytest.approx(sb, rel=1e-12), f"call {k}: sigma {sa} vs {sb}"
         err = max(err, rel_err(xa, xb))
     assert err <= rtol, f"{name}: max relative difference {err:.3e} > {rtol:.0e}"
-    MEASURED[name] = max(err, MEASURED.get(name, 0.0))
-    return err
 
 
 def ld3(name, grid, **options):
@@ -191,8 +190,7 @@ def test_euler_matches_euler_discrete(final):
         sched.set_timesteps(8)
         grid = grid_of(sched)
     assert torch.equal(grid_of(sched), grid)
-    rec_ref = Recorder()
-    x_ref = run_karras(sched, rec_ref)
+    x_ref, rec_ref = run_karras(sched)
     x, rec = ld3("euler", grid)
     check(f"euler/EulerDiscrete[{final}]", x, rec, x_ref, rec_ref, RTOL32)
 
@@ -227,19 +225,23 @@ def test_ddim_eta0_matches_ld3_euler(prediction, final, upcast):
 # --------------------------------------------------------------------------- Heun
 
 
+def heun_scheduler(n):
+    sched = diffusers.HeunDiscreteScheduler(prediction_type="epsilon", clip_sample=False)
+    sched.set_timesteps(n)
+    return sched
+
+
 @pytest.mark.parametrize("upcast", [True, False])
 def test_heun_matches_heun_discrete(upcast):
     n = 6
-    sched = diffusers.HeunDiscreteScheduler(prediction_type="epsilon", clip_sample=False)
-    sched.set_timesteps(n)
+    sched = heun_scheduler(n)
     levels = sched.sigmas.to(torch.float64)
     assert len(sched.timesteps) == 2 * n - 1 and levels[-1] == 0  # interior levels repeated, ends at 0
     if upcast:
         sched.sigmas = levels.clone()
     grid = torch.cat([levels[:1], levels[1:-1:2], levels[-2:-1] * TINY])  # s_0 .. s_{N-1}, ~0
     assert torch.equal(grid[1:-1], levels[2:-1:2]) and grid.numel() == n + 1
-    rec_ref = Recorder()
-    x_ref = run_karras(sched, rec_ref)
+    x_ref, rec_ref = run_karras(sched)
     x, rec = ld3("heun", grid)
     assert len(rec.points) == 2 * n - 1
     check(f"heun/HeunDiscrete[{'f64' if upcast else 'f32'}]", x, rec, x_ref, rec_ref, RTOL64 if upcast else RTOL32)
@@ -265,8 +267,7 @@ def dpm_scheduler(n, order, solver_type="midpoint", lower_order_final=True, pred
 def test_dpmpp_matches_dpmsolver_multistep(order, solver_type, lof, prediction):
     sched = dpm_scheduler(7, order, solver_type, lof, prediction)
     grid = grid_of(sched)
-    rec_ref = Recorder()
-    x_ref = run_vp_multistep(sched, prediction, rec_ref)
+    x_ref, rec_ref = run_vp_multistep(sched, prediction)
     x, rec = ld3("dpmpp", grid, order=order, solver_type=solver_type, lower_order_final=lof,
                  coefficients="reference")
     check(f"dpmpp/o{order}/{solver_type}/lof={lof}", x, rec, x_ref, rec_ref, RTOL32)
@@ -281,8 +282,7 @@ def test_dpmpp_matches_dpmsolver_multistep(order, solver_type, lof, prediction):
 ])
 def test_dpmpp_lower_order_final_thresholds(n, ld3_lof, diffusers_lof):
     sched = dpm_scheduler(n, 3, lower_order_final=diffusers_lof)
-    rec_ref = Recorder()
-    x_ref = run_vp_multistep(sched, "epsilon", rec_ref)
+    x_ref, rec_ref = run_vp_multistep(sched, "epsilon")
     x, rec = ld3("dpmpp", grid_of(sched), order=3, lower_order_final=ld3_lof)
     check(f"dpmpp/o3/N={n}/lof {ld3_lof}~{diffusers_lof}", x, rec, x_ref, rec_ref, RTOL32)
 
@@ -291,8 +291,7 @@ def test_dpmpp_lower_order_final_thresholds(n, ld3_lof, diffusers_lof):
 def test_dpmpp_final_sigma_zero_is_the_limit_of_ld3_grid(order):
     sched = dpm_scheduler(7, order, prediction="sample", final="zero")
     assert sched.sigmas[-1] == 0
-    rec_ref = Recorder()
-    x_ref = run_vp_multistep(sched, "sample", rec_ref)
+    x_ref, rec_ref = run_vp_multistep(sched, "sample")
     x, rec = ld3("dpmpp", grid_of(sched), order=order, lower_order_final=True)
     check(f"dpmpp/o{order}/final-zero", x, rec, x_ref, rec_ref, RTOL32)
 
@@ -345,8 +344,7 @@ def test_unipc_matches_unipc_multistep(variant, order, lof, upcast):
     sched = unipc_scheduler(7, order, variant, lof, prediction)
     if upcast:
         sched.sigmas = sched.sigmas.to(torch.float64)
-    rec_ref = Recorder()
-    x_ref = run_vp_multistep(sched, prediction, rec_ref)
+    x_ref, rec_ref = run_vp_multistep(sched, prediction)
     x, rec = ld3("unipc", grid_of(sched), order=order, variant=variant, lower_order_final=lof)
     check(f"unipc/{variant}/o{order}/lof={lof}/{'f64' if upcast else 'f32'}", x, rec, x_ref, rec_ref,
           RTOL64 if upcast else RTOL32)
@@ -364,8 +362,7 @@ def test_unipc_options(case):
         kwargs["lower_order_final"], opts["lower_order_final"] = False, "auto"
     sched = unipc_scheduler(n, 3, "bh2", **kwargs)
     sched.sigmas = sched.sigmas.to(torch.float64)
-    rec_ref = Recorder()
-    x_ref = run_vp_multistep(sched, "epsilon", rec_ref)
+    x_ref, rec_ref = run_vp_multistep(sched, "epsilon")
     x, rec = ld3("unipc", grid_of(sched), order=3, variant="bh2", **opts)
     check(f"unipc/bh2/o3/{case}", x, rec, x_ref, rec_ref, RTOL64)
 
@@ -393,7 +390,7 @@ MISMATCHES = {
 def test_a_wrong_convention_is_detected(name):
     make, (solver, opts) = MISMATCHES[name]
     sched = make()
-    x_ref = run_vp_multistep(sched, "epsilon", Recorder())
+    x_ref, _ = run_vp_multistep(sched, "epsilon")
     x, _ = ld3(solver, grid_of(sched), **opts)
     assert rel_err(x, x_ref) > 100 * RTOL32, name
 
@@ -401,17 +398,14 @@ def test_a_wrong_convention_is_detected(name):
 def test_heun_on_the_shorter_grid_is_a_different_method():
     """ld3's last-step-Euler on ``s_0 .. s_{N-1}`` is not diffusers' state at ``s_{N-1}`` (Heun there)."""
     n = 6
-    sched = diffusers.HeunDiscreteScheduler(prediction_type="epsilon", clip_sample=False)
-    sched.set_timesteps(n)
+    sched = heun_scheduler(n)
     sched.sigmas = sched.sigmas.to(torch.float64)
-    rec_ref = Recorder()
-    run_karras(sched, rec_ref)
+    _, rec_ref = run_karras(sched)
     x_ref_at_last_level = rec_ref.points[-1][0]  # the state where the final (Euler-to-0) step starts
     levels = sched.sigmas[:-1:2].to(torch.float64)  # s_0 .. s_{N-1}
     x, _ = ld3("heun", levels)
     assert rel_err(x, x_ref_at_last_level) > 100 * RTOL32
     # ... while the grid extended to ~0 reproduces that state at its grid point N-1
     states = {}
-    solve("heun", Recorder(), float(levels[0]) * Z, torch.cat([levels, levels[-1:] * TINY]),
-          callback=lambda i, xi, di: states.__setitem__(i, xi))
+    ld3("heun", torch.cat([levels, levels[-1:] * TINY]), callback=lambda i, xi, di: states.__setitem__(i, xi))
     assert rel_err(states[n - 1], x_ref_at_last_level) <= RTOL64

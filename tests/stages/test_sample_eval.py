@@ -1,4 +1,5 @@
 """ld3 sample / ld3 eval: exact shards, seeds, several processes, FID path, the SLURM launcher config."""
+import json
 import os
 import shutil
 import subprocess
@@ -8,15 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ld3_test_helpers import random_fid_state_dict
 
 from ld3_cli.cli.main import main
+from ld3_cli.metrics import InceptionFeatures, StatsAccumulator, frechet_distance, save_reference_stats
+from ld3_cli.metrics import inception as inception_module
+from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
+from ld3_cli.schedules import discretize
+from ld3_cli.solvers import solve
+from ld3_cli.stages.context import noise_for_seeds
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["teacher.n=8", "teacher.nfe=12", "teacher.check_n=0", "progress=false", "sample.grids=false"]
 
 
 def _shards(path: Path):
-    return [np.load(p) for p in sorted(path.glob("shard_*.npz"))]
+    """Each shard's arrays, read into memory (the files are closed)."""
+    shards = []
+    for p in sorted(path.glob("shard_*.npz")):
+        with np.load(p) as z:
+            shards.append({k: z[k] for k in z.files})
+    return shards
 
 
 def _only(glob):
@@ -25,11 +38,11 @@ def _only(glob):
     return found[0]
 
 
-def test_shards_hold_exactly_n_images_with_their_seeds(tmp_path, monkeypatch):
+def test_shards_hold_exactly_n_images_with_their_seeds(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["sample", "schedule=edm", "sample.n=50", "sample.shard_size=16", "sample.batch_size=7",
-                 "sample.seed_offset=123", f"cache_dir={tmp_path}", *SMALL]) == 0
-    art = _only(tmp_path.glob("mnist_gmm-*/samples/*"))
+                 "sample.seed_offset=123", f"cache_dir={cache}", *SMALL]) == 0
+    art = _only(cache.glob("mnist_gmm-*/samples/*"))
     shards = _shards(art)
     assert [len(s["images"]) for s in shards] == [16, 16, 16, 2]  # exact count, no padding rows
     seeds = np.concatenate([s["seeds"] for s in shards])
@@ -37,12 +50,7 @@ def test_shards_hold_exactly_n_images_with_their_seeds(tmp_path, monkeypatch):
     images = np.concatenate([s["images"] for s in shards])
     assert images.dtype == np.uint8 and images.shape == (50, 28, 28, 1)
     # image i depends only on its seed: regenerate a few directly and round as EDM does
-    from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
-    from ld3_cli.schedules import discretize
-    from ld3_cli.solvers import solve
-    from ld3_cli.stages.context import noise_for_seeds
-
-    model = GaussianMixtureDenoiser(load_or_fit(128, tmp_path))
+    model = GaussianMixtureDenoiser(load_or_fit(128, cache))
     sig = discretize("edm", 5, model.schedule)
     with torch.no_grad():
         x = solve("unipc", model, noise_for_seeds([130, 160], (1, 28, 28)) * 80.0, sig, order=3, variant="bh2")
@@ -50,10 +58,12 @@ def test_shards_hold_exactly_n_images_with_their_seeds(tmp_path, monkeypatch):
     assert np.abs(images[[7, 37]].astype(int) - ref.astype(int)).max() <= 1  # batch composition: <= 1 level
 
 
-def test_two_process_gloo_sampling_equals_one_process(tmp_path):
+def test_two_process_gloo_sampling_equals_one_process(fitted_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["schedule=logsnr", "sample.n=30", "sample.shard_size=8", *SMALL]
     one, two = tmp_path / "one", tmp_path / "two"
+    for store in (one, two):  # the mixture fit is there already: no process refits it
+        shutil.copytree(fitted_cache, store)
     r1 = subprocess.run([sys.executable, "-m", "ld3_cli", "sample", f"cache_dir={one}", *common], cwd=tmp_path,
                         env=env, capture_output=True, text=True, timeout=600)
     assert r1.returncode == 0, r1.stderr[-2000:]
@@ -71,15 +81,9 @@ def test_two_process_gloo_sampling_equals_one_process(tmp_path):
 def test_fid_path_of_eval_on_an_rgb_model(tmp_path, monkeypatch):
     """eval.metrics=auto picks FID for RGB data with reference statistics; the value is the Frechet distance
     of Inception features of exactly n samples (random Inception weights written by the test)."""
-    from ld3_cli.metrics import InceptionFeatures, StatsAccumulator, frechet_distance, save_reference_stats
-
-    from ld3_cli.metrics import inception as inception_module
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(inception_module, "INPUT_SIZE", 75)  # Inception's smallest input: 16x cheaper on CPU
     weights = tmp_path / "pt_inception.pth"
-    from ld3_test_helpers import random_fid_state_dict
-
     torch.save(random_fid_state_dict(), weights)
     feats = InceptionFeatures(weights_path=str(weights), batch_size=16)
     g = torch.Generator().manual_seed(1)
@@ -92,8 +96,6 @@ def test_fid_path_of_eval_on_an_rgb_model(tmp_path, monkeypatch):
             "eval.heldout_n=4", f"cache_dir={tmp_path}/c", *SMALL]
     assert main(args) == 0
     metrics = _only((tmp_path / "c").glob("custom-*/eval/*"))
-    import json
-
     got = json.loads((metrics / "metrics.json").read_text())
     imgs = np.concatenate([s["images"] for s in _shards(_only((tmp_path / "c").glob("custom-*/samples/*")))])
     acc = StatsAccumulator().add(feats(torch.from_numpy(imgs)))

@@ -30,8 +30,7 @@ def test_write_then_open_round_trip(tmp_path):
     assert m["config"] == cfg and m["inputs"] == {"parent": "abc"} and m["command"] == "ld3 teacher-sample"
     assert {"torch", "python"} <= set(m["versions"]) and m["created"]
     assert (art.path / "note.txt").read_text() == "hi"
-    assert not [p for p in art.path.parent.iterdir() if p.name.startswith(".")] or all(
-        p.suffix == ".lock" for p in art.path.parent.iterdir() if p.name.startswith("."))
+    assert all(p.suffix == ".lock" for p in art.path.parent.iterdir() if p.name.startswith("."))
 
 
 def test_missing_artifact_names_the_producing_command(tmp_path):
