@@ -260,7 +260,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--check", action="store_true", help="only check the files (exit 2 when some are missing)")
     ap.add_argument("--table-only", action="store_true", help="only render the table from the existing results")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every command (after --)")
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse cannot take positionals after options (`--nfe 4,6 -- k=v`): split at `--` first
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.overrides = [*args.overrides, *extra]
     setup = SETUPS[args.setup]
     nfes = tuple(int(x) for x in args.nfe.split(",")) if args.nfe else setup.nfes
     solvers = tuple(args.solvers.split(",")) if args.solvers else setup.solvers

@@ -19,7 +19,8 @@ that can
 Whatever the options, the output has the shape, dtype (the dtype of ``x``, so float32 for a float32
 state) and default contiguous layout of ``x``, so solvers and losses see no difference except the
 rounding of the half-precision network.  ``schedule``, ``shape``, ``image_shape``, ``condition``,
-``name``, ``decode``, ``draw_conditions`` and ``describe`` are those of the wrapped denoiser.
+``name``, ``decode``, ``draw_conditions`` and ``describe`` are those of the wrapped denoiser, and
+any other attribute (e.g. the mixture's ``sample_exact``) is looked up on the wrapped denoiser.
 """
 from __future__ import annotations
 
@@ -105,6 +106,15 @@ class SpeedWrapper(Denoiser):
     def describe(self) -> dict:
         base = self.inner.describe() if hasattr(self.inner, "describe") else super().describe()
         return {**base, "speed": self.options()}
+
+    def __getattr__(self, name: str):
+        """Attributes the wrapper does not have come from the wrapped denoiser (``sample_exact`` ...)."""
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules (``inner``)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
 
     # -- the call ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Optional[Any] = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .checks import solver_options, steps_for
 from .keys import model_key
 
 log = logging.getLogger("ld3")
-_MODELS: dict[tuple, Any] = {}  # (model key, device) -> model, reused across the jobs of a multirun
+_MODELS: dict[tuple, Any] = {}  # (model key, device, speed options) -> model, reused across a multirun's jobs
 STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage
 
 
@@ -76,10 +76,13 @@ class StageContext:
     # -- the model ----------------------------------------------------------------------------
     @property
     def model(self):
+        """The denoiser on ``self.device``, wrapped with the config's ``speed`` options (none by default)."""
         if self._model is None:
-            key = (self.model_key, str(self.device))
+            speed = to_plain(self.cfg.get("speed") or {})
+            key = (self.model_key, str(self.device), *sorted(speed.items()))
             if key not in _MODELS:
                 from ..models.registry import BuildContext, build_model
+                from ..models.speed import optimize_denoiser
 
                 log.info("loading model %s (%s) on %s", self.model_cfg.get("name"), self.model_key, self.device)
                 bc = BuildContext(device=self.device, cache_dir=self.store.root, dataset=to_plain(self.cfg.dataset),
@@ -88,7 +91,7 @@ class StageContext:
                 from hydra.errors import InstantiationException
 
                 try:
-                    _MODELS[key] = build_model(self.model_cfg, bc)
+                    _MODELS[key] = optimize_denoiser(build_model(self.model_cfg, bc), **speed)
                 except UNREADABLE_FILE_ERRORS as e:
                     raise unreadable_checkpoint(self.model_cfg, e) from None
                 except InstantiationException as e:  # model._target_: no such class, or wrong arguments

@@ -126,6 +126,14 @@ def test_heun_is_refused(capsys):
     assert "odd NFE" in capsys.readouterr().err
 
 
+def test_overrides_after_double_dash_follow_options(empty_env, capsys):
+    """The documented form `repro.py cifar10 --nfe 4,6 -- sample.n=10000` reaches every command."""
+    assert repro.main(["cifar10", "--nfe", "4,6", "--solvers", "unipc", "--dry-run", "--", "sample.n=10000"]) == 0
+    plan = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ld3 ")]
+    assert plan and all("sample.n=10000" in ln for ln in plan), plan
+    assert all("nfe=4,6" in ln for ln in plan if " -m " in ln), plan
+
+
 # -- repro.py: the plan ---------------------------------------------------------------------------
 def _doc_block_after(marker: str) -> list[str]:
     text = (REPO / "docs" / "reproduction.md").read_text()
