@@ -20,24 +20,17 @@ Facts about diffusers this relies on (read from its source, 0.42):
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
-from ..schedules.noise import VPDiscrete
+from ..schedules.noise import BETA_SCHEDULES, VPDiscrete, make_betas
 from .record import ExportSchedule, float_list, py_float, wrap
 
 KARRAS_RHO = 7.0
 
 
 # -- facts derived from the schedule ------------------------------------------------------------
-def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
-    def abar(u: float) -> float:
-        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
-    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)], dtype=torch.float64)
-
-
 def _short(v: float) -> float:
     """``v`` to 12 significant digits (removes float noise from betas recovered from alphas_cumprod)."""
     return float(f"{float(v):.12g}")
@@ -58,14 +51,10 @@ def vp_beta_config(schedule: VPDiscrete) -> dict:
         return float((betas - ref).abs().max()) <= 1e-8 * scale
 
     b0, b1 = float(betas[0]), float(betas[-1])
-    if close(torch.linspace(b0, b1, n, dtype=torch.float64)):
-        return {"num_train_timesteps": n, "beta_schedule": "linear", "beta_start": _short(b0), "beta_end": _short(b1)}
-    r0, r1 = math.sqrt(b0), math.sqrt(b1)
-    if close(torch.linspace(r0, r1, n, dtype=torch.float64) ** 2):
-        return {"num_train_timesteps": n, "beta_schedule": "scaled_linear", "beta_start": _short(b0),
-                "beta_end": _short(b1)}
-    if close(_cosine_betas(n)):
-        return {"num_train_timesteps": n, "beta_schedule": "squaredcos_cap_v2"}
+    for kind in BETA_SCHEDULES:
+        if close(make_betas(kind, n, b0, b1)):
+            ends = {"beta_start": _short(b0), "beta_end": _short(b1)} if kind != "squaredcos_cap_v2" else {}
+            return {"num_train_timesteps": n, "beta_schedule": kind, **ends}
     return {"num_train_timesteps": n, "trained_betas": [float(b) for b in betas]}
 
 
@@ -165,20 +154,27 @@ def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
 def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> str:
     """The text of ``diffusers_snippet.py`` (imports diffusers; builds schedulers, runs no model)."""
     rep = integer_timesteps(es)
-    vp = isinstance(es.noise_schedule, VPDiscrete)
-    imports = ["EulerDiscreteScheduler"]
+    # (scheduler class, the function that builds it, its lines); the last Euler-type one is the recommended one
+    sections = [("EulerDiscreteScheduler", "euler_scheduler", _euler_section())]
     if es.kind == "edm":
-        imports.append("EDMEulerScheduler")
+        sections.append(("EDMEulerScheduler", "edm_euler_scheduler", _edm_section(es)))
     if es.kind == "flow":
-        imports.append("FlowMatchEulerDiscreteScheduler")
-    dpm = rep is not None and not rep["merged"]  # rounding keeps every step: DPM-Solver can run it
-    if dpm:
-        imports.append("DPMSolverMultistepScheduler")
+        sections.append(("FlowMatchEulerDiscreteScheduler", "flow_match_scheduler", _flow_section(es)))
+    recommended = sections[-1][1]
+    if rep is not None and not rep["merged"]:  # rounding keeps every step: DPM-Solver can run it
+        sections.append(("DPMSolverMultistepScheduler", "dpm_solver_scheduler", _dpm_section(es, rep)))
     lines = _docstring(es, rep)
     if es.kind == "edm":
         lines.append("import torch")
-    lines += [f"from diffusers import {', '.join(sorted(imports))}", ""]
-    lines += [
+    lines += [f"from diffusers import {', '.join(sorted(cls for cls, _, _ in sections))}", ""]
+    lines += _constants(es, model_path)
+    for _, _, body in sections:
+        lines += body
+    return "\n".join(lines + _footer(recommended))
+
+
+def _constants(es: ExportSchedule, model_path: Optional[str]) -> list[str]:
+    lines = [
         "# ld3's grid (EDM sigmas) and where ld3's solver evaluates the network (not expressible in diffusers)",
         f"SIGMAS = {float_list(es.sigmas.tolist())}",
         f"SIGMAS_EVAL = {float_list(es.sigmas_eval.tolist())}",
@@ -187,17 +183,21 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
         "END_AT_ZERO = False",
         "",
     ]
-    if vp:
-        cfg = vp_beta_config(es.noise_schedule)
-        lines += ["# the model's training noise schedule (what maps SIGMAS to the network's timesteps)",
-                  f"BETAS = {_kwargs_literal(cfg)}"]
-        if model_path:
-            lines.append(f"# or: EulerDiscreteScheduler.from_pretrained({str(model_path)!r}, subfolder=\"scheduler\")")
-    else:
-        lines += [f"# this model ({es.kind} noise schedule) has no training betas: EulerDiscreteScheduler carries the",
-                  "# sigmas exactly, but the timesteps it derives from its default alphas_cumprod mean nothing here",
-                  "BETAS = {}"]
-    lines += [
+    if not isinstance(es.noise_schedule, VPDiscrete):
+        return lines + [f"# this model ({es.kind} noise schedule) has no training betas: EulerDiscreteScheduler "
+                        "carries the",
+                        "# sigmas exactly, but the timesteps it derives from its default alphas_cumprod mean nothing "
+                        "here",
+                        "BETAS = {}"]
+    lines += ["# the model's training noise schedule (what maps SIGMAS to the network's timesteps)",
+              f"BETAS = {_kwargs_literal(vp_beta_config(es.noise_schedule))}"]
+    if model_path:
+        lines.append(f"# or: EulerDiscreteScheduler.from_pretrained({str(model_path)!r}, subfolder=\"scheduler\")")
+    return lines
+
+
+def _euler_section() -> list[str]:
+    return [
         "",
         "",
         "def euler_scheduler(end_at_zero=END_AT_ZERO):",
@@ -206,58 +206,64 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
         "    scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero else []))",
         "    return scheduler",
     ]
-    recommended = "euler_scheduler"
-    if es.kind == "edm":
-        lo, hi = es.noise_schedule.sigma_min, es.noise_schedule.sigma_max
-        lines += [
-            "",
-            "",
-            "# EDMEulerScheduler reads `sigmas` as a ramp in [0, 1] through the Karras formula; this ramp",
-            f"# inverts it (rho = {KARRAS_RHO:g}, sigma_min / sigma_max of the scheduler below)",
-            f"EDM_RAMP = {float_list(karras_ramp(es.sigmas.tolist(), lo, hi))}",
-            "",
-            "",
-            "def edm_euler_scheduler():",
-            '    """EDMEulerScheduler whose `sigmas` are SIGMAS (float32) followed by its terminal 0."""',
-            f"    scheduler = EDMEulerScheduler(sigma_min={py_float(lo)}, sigma_max={py_float(hi)}, "
-            f"rho={py_float(KARRAS_RHO)}, final_sigmas_type=\"zero\")",
-            "    scheduler.set_timesteps(num_inference_steps=len(EDM_RAMP), sigmas=torch.tensor(EDM_RAMP, "
-            "dtype=torch.float64))",
-            "    return scheduler",
-        ]
-        recommended = "edm_euler_scheduler"
-    if es.kind == "flow":
-        lines += [
-            "",
-            "",
-            "# flow times t = sigma / (1 + sigma): what flow-matching schedulers call sigmas",
-            f"FLOW_T = {float_list(es.t.tolist())}",
-            "",
-            "",
-            "def flow_match_scheduler():",
-            '    """FlowMatchEulerDiscreteScheduler whose `sigmas` are FLOW_T (float32) followed by its terminal 0."""',
-            "    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)",
-            "    scheduler.set_timesteps(sigmas=FLOW_T)",
-            "    return scheduler",
-        ]
-        recommended = "flow_match_scheduler"
-    if dpm:
-        order = int(es.solver_options.get("order", 2)) if es.solver == "dpmpp" else 2
-        lines += [
-            "",
-            "",
-            "# ld3's native times rounded to training steps (see the table above)",
-            f"INTEGER_TIMESTEPS = {rep['timesteps']}",
-            "",
-            "",
-            "def dpm_solver_scheduler():",
-            '    """DPM-Solver++ on INTEGER_TIMESTEPS (approximate: rounded times), ending at sigma(step 0)."""',
-            f"    scheduler = DPMSolverMultistepScheduler(**BETAS, algorithm_type=\"dpmsolver++\", "
-            f"solver_order={min(max(order, 1), 3)}, final_sigmas_type=\"sigma_min\")",
-            "    scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)",
-            "    return scheduler",
-        ]
-    lines += [
+
+
+def _edm_section(es: ExportSchedule) -> list[str]:
+    lo, hi = es.noise_schedule.sigma_min, es.noise_schedule.sigma_max
+    return [
+        "",
+        "",
+        "# EDMEulerScheduler reads `sigmas` as a ramp in [0, 1] through the Karras formula; this ramp",
+        f"# inverts it (rho = {KARRAS_RHO:g}, sigma_min / sigma_max of the scheduler below)",
+        f"EDM_RAMP = {float_list(karras_ramp(es.sigmas.tolist(), lo, hi))}",
+        "",
+        "",
+        "def edm_euler_scheduler():",
+        '    """EDMEulerScheduler whose `sigmas` are SIGMAS (float32) followed by its terminal 0."""',
+        f"    scheduler = EDMEulerScheduler(sigma_min={py_float(lo)}, sigma_max={py_float(hi)}, "
+        f"rho={py_float(KARRAS_RHO)}, final_sigmas_type=\"zero\")",
+        "    scheduler.set_timesteps(num_inference_steps=len(EDM_RAMP), sigmas=torch.tensor(EDM_RAMP, "
+        "dtype=torch.float64))",
+        "    return scheduler",
+    ]
+
+
+def _flow_section(es: ExportSchedule) -> list[str]:
+    return [
+        "",
+        "",
+        "# flow times t = sigma / (1 + sigma): what flow-matching schedulers call sigmas",
+        f"FLOW_T = {float_list(es.t.tolist())}",
+        "",
+        "",
+        "def flow_match_scheduler():",
+        '    """FlowMatchEulerDiscreteScheduler whose `sigmas` are FLOW_T (float32) followed by its terminal 0."""',
+        "    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)",
+        "    scheduler.set_timesteps(sigmas=FLOW_T)",
+        "    return scheduler",
+    ]
+
+
+def _dpm_section(es: ExportSchedule, rep: dict) -> list[str]:
+    order = int(es.solver_options.get("order", 2)) if es.solver == "dpmpp" else 2
+    return [
+        "",
+        "",
+        "# ld3's native times rounded to training steps (see the table above)",
+        f"INTEGER_TIMESTEPS = {rep['timesteps']}",
+        "",
+        "",
+        "def dpm_solver_scheduler():",
+        '    """DPM-Solver++ on INTEGER_TIMESTEPS (approximate: rounded times), ending at sigma(step 0)."""',
+        f"    scheduler = DPMSolverMultistepScheduler(**BETAS, algorithm_type=\"dpmsolver++\", "
+        f"solver_order={min(max(order, 1), 3)}, final_sigmas_type=\"sigma_min\")",
+        "    scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)",
+        "    return scheduler",
+    ]
+
+
+def _footer(recommended: str) -> list[str]:
+    return [
         "",
         "",
         f"scheduler = {recommended}()",
@@ -271,7 +277,6 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
         "    print(\"timesteps\", [round(float(t), 4) for t in scheduler.timesteps])",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _kwargs_literal(cfg: dict) -> str:

@@ -188,7 +188,7 @@ def build(cfg: dict, ctx) -> Denoiser:
 
 def _diffusers_flow(dcfg: dict, cfg: dict, common: dict, ctx) -> FlowDenoiser:
     """A diffusers flow transformer directory, called as ``net(hidden_states, timestep, class_labels?)``."""
-    from .diffusers_adapter import DiffusersCall, load_component, parse_dtype, require, resolve_model_dir
+    from .diffusers import DiffusersCall, load_component, parse_dtype, require, resolve_model_dir
 
     require("diffusers")
     root = resolve_model_dir({**cfg, **dcfg}, allow_download=bool(getattr(ctx, "allow_download", False)))

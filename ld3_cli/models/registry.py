@@ -21,7 +21,7 @@ BUILDERS = {
     "mnist_gmm": "ld3_cli.models.mnist_gmm:build",
     "mnist_ddpm": "ld3_cli.models.mnist_ddpm:build",
     "edm": "ld3_cli.models.edm.loader:build",
-    "diffusers": "ld3_cli.models.diffusers_adapter:build",
+    "diffusers": "ld3_cli.models.diffusers:build",
     "flow": "ld3_cli.models.flow:build",
 }
 

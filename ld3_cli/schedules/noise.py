@@ -172,6 +172,46 @@ class VPCosine(_VP):
         return {**super().to_dict(), "s": self.s}
 
 
+# -- discrete-time beta schedules (the names diffusers' scheduler configs use) --------------------
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def cosine_betas(n: int, max_beta: float = 0.999) -> Tensor:
+    """Betas of the squared-cosine alpha-bar (Nichol & Dhariwal 2021), each capped at ``max_beta``."""
+    def abar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)], dtype=torch.float64)
+
+
+def make_betas(kind: str, n: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> Tensor:
+    """float64 ``betas[0..n-1]`` of a named schedule (one of :data:`BETA_SCHEDULES`).
+
+    ``linear``: linear from ``beta_start`` to ``beta_end``; ``scaled_linear``: linear in
+    ``sqrt(beta)`` (LDM / Stable Diffusion); ``squaredcos_cap_v2``: :func:`cosine_betas` (the
+    endpoints are not used).
+    """
+    if kind == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    if kind == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
+    if kind == "squaredcos_cap_v2":
+        return cosine_betas(n)
+    raise ConfigError(f"unknown beta schedule '{kind}'; choose one of {', '.join(BETA_SCHEDULES)}")
+
+
+def zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """``alphas_cumprod`` rescaled to zero terminal SNR (Lin et al. 2024), as diffusers' ``rescale_betas_zero_snr``.
+
+    ``sqrt(alpha_bar)`` is shifted and scaled so that the last value is 0 and the first unchanged;
+    the last is then set to ``2^-24`` as diffusers' samplers do, to keep sigma finite.
+    """
+    r = alphas_cumprod.sqrt()
+    r0, r_last = r[0].clone(), r[-1].clone()
+    ac = ((r - r_last) * (r0 / (r0 - r_last))) ** 2
+    ac[-1] = 2.0 ** -24
+    return ac
+
+
 class VPDiscrete(_VP):
     """Discrete-time VP (DDPM / LDM / Stable Diffusion): ``alphas_cumprod[i]`` for integer steps i.
 
@@ -199,14 +239,13 @@ class VPDiscrete(_VP):
 
     @classmethod
     def linear(cls, n_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2, first_step: int = 0):
-        return cls.from_betas(torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64), first_step)
+        return cls.from_betas(make_betas("linear", n_steps, beta_start, beta_end), first_step)
 
     @classmethod
     def scaled_linear(cls, n_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                       first_step: int = 0):
         """Stable Diffusion / LDM betas: linear in sqrt(beta)."""
-        b = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n_steps, dtype=torch.float64) ** 2
-        return cls.from_betas(b, first_step)
+        return cls.from_betas(make_betas("scaled_linear", n_steps, beta_start, beta_end), first_step)
 
     def sigma(self, t) -> Tensor:
         t = _t64(t).clamp(0.0, self.t_max)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ld3_cli.models import BuildContext, build_model
-from ld3_cli.models.diffusers_adapter import DiffusersDenoiser, alphas_cumprod_from_config
+from ld3_cli.models.diffusers import DiffusersDenoiser, alphas_cumprod_from_config
 from ld3_cli.models.guidance import CFGDenoiser
 from ld3_cli.schedules.noise import FlowMatching
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ld3_cli.models.base import ConditionSpec
-from ld3_cli.models.diffusers_adapter import (
+from ld3_cli.models.diffusers import (
     DiffusersDenoiser,
     alphas_cumprod_from_config,
     schedule_from_scheduler_config,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ld3_cli.models import BuildContext, build_model
-from ld3_cli.models.diffusers_adapter import alphas_cumprod_from_config
+from ld3_cli.models.diffusers import alphas_cumprod_from_config
 from ld3_cli.schedules.noise import VPDiscrete
 
 pytest.importorskip("diffusers")

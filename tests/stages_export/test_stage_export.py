@@ -152,7 +152,7 @@ def test_diffusers_vp_schedulers_and_integer_rounding(kind):
 
 def test_diffusers_vp_other_betas_and_merged_steps():
     pytest.importorskip("diffusers")
-    from ld3_cli.models.diffusers_adapter import alphas_cumprod_from_config
+    from ld3_cli.models.diffusers import alphas_cumprod_from_config
 
     cos = VPDiscrete(alphas_cumprod_from_config({"beta_schedule": "squaredcos_cap_v2"}))
     assert vp_beta_config(cos) == {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
