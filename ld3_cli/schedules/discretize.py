@@ -9,12 +9,14 @@ options ``sigma_max`` / ``sigma_min`` narrow them).  Kinds:
 * ``logsnr``: uniform in ``lambda = -log sigma``.
 * ``edm``: uniform in ``sigma^(1/rho)`` (Karras et al.), ``rho`` default 7.
 * ``ays``: Align-Your-Steps published lists, log-linear interpolation for other lengths.
-* ``gits``: GITS dynamic-programming search on a teacher trajectory (needs a denoiser).
-* ``dmn``: DMN (Xue et al. 2024) optimized log-SNR steps.
 * ``custom``: an explicit list (``values=[...]`` or ``path=file.json|.txt``) in ``space``
   ``sigma`` (default), ``t`` or ``lambda``.
 
-Register a new kind with :func:`register`.
+The searched baselines (``gits``, ``dmn``) live above the solvers, in :mod:`ld3_cli.search`,
+which registers them here when it is imported (the stages and :mod:`ld3_cli.ld3` import it).
+
+Register a new kind with :func:`register`, or :func:`register_lazy` for a module imported on
+first use.
 """
 from __future__ import annotations
 
@@ -29,17 +31,21 @@ from .noise import NoiseSchedule, log_snr, sigma_from_log_snr
 
 Discretizer = Callable[..., torch.Tensor]
 _REGISTRY: dict[str, Discretizer] = {}
-# kinds implemented in their own modules, imported on first use
-_LAZY = {"ays": "ld3_cli.schedules.ays", "gits": "ld3_cli.schedules.gits", "dmn": "ld3_cli.schedules.dmn"}
-# kinds that need a denoiser and teacher evaluations (callers cache their results)
-NEEDS_MODEL = {"gits"}
+# kinds implemented in their own modules, imported on first use: kind -> module
+_LAZY = {"ays": "ld3_cli.schedules.ays"}
 
 
 def register(name: str):
+    """Decorator: ``fn(n_steps, schedule, **options) -> sigmas`` becomes the discretization ``name``."""
     def deco(fn: Discretizer) -> Discretizer:
         _REGISTRY[name] = fn
         return fn
     return deco
+
+
+def register_lazy(name: str, module: str) -> None:
+    """Kind ``name`` is registered by ``module`` (with :func:`register`), imported the first time it is used."""
+    _LAZY[name] = module
 
 
 def available() -> list[str]:

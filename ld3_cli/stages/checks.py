@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .. import search  # noqa: F401 - registers the searched baselines (gits, dmn)
 from ..errors import ConfigError
 
 SOLVER_KEYS = ("name",)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, CorruptArtifactError
-from ..schedules import NEEDS_MODEL, discretize
+from ..schedules import discretize
+from ..search import NEEDS_MODEL, SEARCHED
 from ..solvers import solve
 from ..store import Artifact, atomic_write_bytes, make_key, to_plain
 from .context import StageContext
@@ -30,7 +31,6 @@ from .keys import samples_fields
 
 log = logging.getLogger("ld3")
 KIND = "samples"
-CACHED_BASELINES = {"gits", "dmn"}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -59,7 +59,7 @@ def schedule_for(ctx: StageContext, name: str) -> tuple[torch.Tensor, torch.Tens
         return sig, ev, {"kind": "ld3", "key": art.key}
     model = ctx.model
     opts = baseline_options(ctx, name)
-    if name in CACHED_BASELINES:
+    if name in SEARCHED:
         sig = _cached_baseline(ctx, name, opts)
     else:
         sig = discretize(name, ctx.n_steps, model.schedule, **opts)

@@ -8,7 +8,7 @@ from scipy.integrate import quad
 from scipy.optimize import minimize_scalar
 
 from ld3_cli.schedules import EDM, VPDiscrete, VPLinear, discretize
-from ld3_cli.schedules.dmn import dmn_objective, dmn_search, node_weights, step_integrals, step_order, trunc_num
+from ld3_cli.search.dmn import dmn_objective, dmn_search, node_weights, step_integrals, step_order, trunc_num
 
 
 def _lagrange(nodes, k, x):

@@ -7,7 +7,7 @@ import torch
 
 from ld3_cli.errors import ConfigError
 from ld3_cli.schedules import EDM, VPDiscrete, discretize
-from ld3_cli.schedules.gits import gits_cost_matrix, gits_dp, gits_grid, gits_search, path_cost, warmup_noise
+from ld3_cli.search.gits import gits_cost_matrix, gits_dp, gits_grid, gits_search, path_cost, warmup_noise
 from ld3_cli.solvers import solve
 
 

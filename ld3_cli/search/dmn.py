@@ -35,8 +35,8 @@ import torch
 from scipy.optimize import LinearConstraint, minimize
 
 from ..errors import ConfigError
-from .discretize import endpoints, register
-from .noise import NoiseSchedule
+from ..schedules.discretize import endpoints, register
+from ..schedules.noise import NoiseSchedule
 
 
 def _h0(h):

@@ -38,8 +38,8 @@ import torch
 from ..errors import ConfigError
 from ..solvers import get_solver, solve
 from ..solvers.base import coefficient_dtype
-from .discretize import edm, endpoints, register, time_quadratic
-from .noise import NoiseSchedule
+from ..schedules.discretize import edm, endpoints, register, time_quadratic
+from ..schedules.noise import NoiseSchedule
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
