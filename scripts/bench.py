@@ -47,15 +47,17 @@ from typing import Any, Optional
 
 import torch
 
+from ld3_cli.data.seeds import conditions_for_seeds, seed_inputs
 from ld3_cli.errors import ConfigError, Ld3Error
 from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions, _Checkpointed
 from ld3_cli.models.registry import BuildContext, build_model
 from ld3_cli.models.speed import optimize_denoiser
 from ld3_cli.schedules import discretize
 from ld3_cli.solvers import get_solver, solve
-from ld3_cli.stages.context import noise_for_seeds, resolve_device
+from ld3_cli.store import Store
 from ld3_cli.utils.bench import (Stopwatch, count_host_syncs, format_table, peak_memory, reset_peak_memory,
                                  synchronize, system_load, time_fn)
+from ld3_cli.utils.devices import resolve_device
 
 PAPER = {"n": 100, "nfe": 10, "teacher_nfe": 20, "solver": "unipc", "order": 3, "iters_phase1": 50,
          "iters_phase2": 125}
@@ -194,7 +196,7 @@ def model_config(name: str, overrides: list[str]) -> dict:
 
 
 def build(cfg: dict, device: torch.device, cache_dir: str):
-    return build_model(cfg, BuildContext(device=device, cache_dir=Path(cache_dir), dataset={"name": "mnist5k"},
+    return build_model(cfg, BuildContext(device=device, cache=Store(cache_dir).fit_cache(), dataset={"name": "mnist5k"},
                                          allow_download=False))
 
 
@@ -206,17 +208,6 @@ def restore_layout(base) -> None:
 def n_validation(n: int) -> int:
     """How many of ``n`` teacher pairs the trainer holds out for validation (its default ``val_fraction``)."""
     return int(round(n * TrainOptions.val_fraction))
-
-
-def unit_noise(model, n: int, seed: int, device) -> torch.Tensor:
-    """Unit noise for seeds ``seed .. seed + n - 1`` in ``model``'s state shape and dtype."""
-    return noise_for_seeds(range(seed, seed + n), tuple(model.shape), device, model.dtype)
-
-
-def conditions(model, n: int, seed: int, device):
-    """Per-sample conditions for seeds ``seed .. seed + n - 1`` (None for unconditional models)."""
-    cond = model.draw_conditions(torch.arange(seed, seed + n))
-    return cond.to(device) if isinstance(cond, torch.Tensor) else cond
 
 
 def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
@@ -272,7 +263,8 @@ def bench_network(base, device, batches: dict, train_batch: int, variants: list[
     if unknown:
         raise ConfigError(f"unknown variant '{unknown[0]}'; choose from {sorted(VARIANTS)}")
     inputs = {label: (torch.randn(b, *base.shape, generator=torch.Generator().manual_seed(1)).to(device, base.dtype),
-                      torch.full((b,), 1.0, device=device, dtype=torch.float32), conditions(base, b, 0, device))
+                      torch.full((b,), 1.0, device=device, dtype=torch.float32),
+                      conditions_for_seeds(base, range(b), device))
               for label, b in batches.items()}
     rows = []
     for variant in variants:
@@ -323,8 +315,7 @@ def bench_train(model, cfg: dict, device, args, train_batch: int) -> dict:
                            "solver": "unipc", "order": 3, "nfe": args.nfe, "teacher_nfe": args.teacher_nfe,
                            "teacher_discretization": cfg.get("teacher_discretization", "logsnr"),
                            "batch": train_batch, "val_batch": "whole validation set"}
-    noises = unit_noise(model, args.n, args.seed, device)
-    cond = conditions(model, args.n, args.seed, device)
+    noises, cond = seed_inputs(model, range(args.seed, args.seed + args.n), device)
     t_sig = sigmas_for(model, res["teacher_discretization"], args.teacher_nfe)
     images = []
     with Stopwatch(device) as sw, torch.no_grad():
@@ -422,8 +413,7 @@ def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
 def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
     """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
     kind = cfg.get("teacher_discretization", "logsnr")
-    noise = unit_noise(model, batch, seed + 10_000, device)
-    cond = conditions(model, batch, seed + 10_000, device)
+    noise, cond = seed_inputs(model, range(seed + 10_000, seed + 10_000 + batch), device)
     rows = []
     for nfe in nfes:
         sig = sigmas_for(model, kind, nfe).to(device)

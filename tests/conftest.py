@@ -25,9 +25,10 @@ def ddpm_weights() -> Path:
 def fitted_cache(tmp_path_factory):
     """A store root holding the MNIST-5k mixture fit, made once per session (tests copy it, never refit)."""
     from ld3_cli.models.mnist_gmm import load_or_fit
+    from ld3_cli.store import Store
 
     root = tmp_path_factory.mktemp("fit-cache")
-    load_or_fit(128, root)
+    load_or_fit(128, Store(root).fit_cache())
     return root
 
 

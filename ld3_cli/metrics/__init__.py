@@ -1,51 +1,52 @@
 """Metrics: FID (pytorch-fid's Inception from local weights), Frechet distance, reference
 statistics, LPIPS from local weights, and per-sample distances.  See docs/metrics.md.
 
+The names below load their module on first use (importing the package loads nothing, so
+the CLI does not pay for torchvision unless a metric needs it).
+
 Image conventions: uint8 ``[B, H, W, C]`` or float ``[B, C, H, W]`` in ``[-1, 1]``.
 """
-from ld3_cli.metrics.distances import DISTANCES, fd_pixels, l1, l2, pixel_features, pseudo_huber, psnr, rmse
-from ld3_cli.metrics.frechet import StatsAccumulator, feature_statistics, frechet_distance
-from ld3_cli.metrics.inception import (
-    FEATURE_DIM,
-    FID_WEIGHTS_URL,
-    InceptionFeatures,
-    build_fid_inception,
-    default_inception_weights_path,
-    inception_weights_available,
-)
-from ld3_cli.metrics.lpips_loss import BACKBONES, LPIPSDistance, build_lpips, default_backbone_path, lpips_available
-from ld3_cli.metrics.reference import (
-    compute_reference_stats,
-    iter_image_batches,
-    load_reference_stats,
-    save_reference_stats,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONES",
-    "DISTANCES",
-    "FEATURE_DIM",
-    "FID_WEIGHTS_URL",
-    "InceptionFeatures",
-    "LPIPSDistance",
-    "StatsAccumulator",
-    "build_fid_inception",
-    "build_lpips",
-    "compute_reference_stats",
-    "default_backbone_path",
-    "default_inception_weights_path",
-    "fd_pixels",
-    "feature_statistics",
-    "frechet_distance",
-    "inception_weights_available",
-    "iter_image_batches",
-    "l1",
-    "l2",
-    "load_reference_stats",
-    "lpips_available",
-    "pixel_features",
-    "pseudo_huber",
-    "psnr",
-    "rmse",
-    "save_reference_stats",
-]
+import importlib
+
+# name -> the module of ld3_cli.metrics that defines it
+_HOMES = {
+    "DISTANCES": "distances",
+    "fd_pixels": "distances",
+    "l1": "distances",
+    "l2": "distances",
+    "pixel_features": "distances",
+    "pseudo_huber": "distances",
+    "psnr": "distances",
+    "rmse": "distances",
+    "StatsAccumulator": "frechet",
+    "feature_statistics": "frechet",
+    "frechet_distance": "frechet",
+    "FEATURE_DIM": "inception",
+    "FID_WEIGHTS_URL": "inception",
+    "InceptionFeatures": "inception",
+    "build_fid_inception": "inception",
+    "default_inception_weights_path": "inception",
+    "inception_weights_available": "inception",
+    "BACKBONES": "lpips_loss",
+    "LPIPSDistance": "lpips_loss",
+    "build_lpips": "lpips_loss",
+    "default_backbone_path": "lpips_loss",
+    "lpips_available": "lpips_loss",
+    "compute_reference_stats": "reference",
+    "load_reference_stats": "reference",
+    "save_reference_stats": "reference",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -181,3 +181,18 @@ class StatsAccumulator:
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``[d]`` and unbiased covariance ``[d, d]`` (float64) of the ``n`` rows of ``features`` ``[n, d]``."""
     return StatsAccumulator().add(features).stats()
+
+
+def stream_statistics(batches, feature_fn, device=None, on_batch=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(mu [d], sigma [d, d], n)`` of ``feature_fn(batch)`` rows over ``batches``, streamed.
+
+    ``feature_fn`` maps a batch to ``[b, d]`` features; they accumulate on ``device`` (default:
+    that of the first features).  ``on_batch(b)`` is called after each batch (progress bars).
+    """
+    acc = StatsAccumulator(device=device)
+    for batch in batches:
+        acc.add(feature_fn(batch))
+        if on_batch is not None:
+            on_batch(len(batch))
+    mu, sigma = acc.stats()
+    return mu, sigma, acc.n

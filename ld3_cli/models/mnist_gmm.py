@@ -24,7 +24,7 @@ also draws exact samples of its own distribution (the ground truth for pure solv
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -160,35 +160,32 @@ class GaussianMixtureDenoiser(Denoiser):
 def build(cfg: dict, ctx) -> GaussianMixtureDenoiser:
     """Builder for ``model.kind=mnist_gmm`` (options: rank, conditional, sigma_min, sigma_max, dtype).
 
-    The fit is cached in the store under ``<cache>/mnist_gmm/fit/<key>/`` when ``ctx.cache_dir`` is set.
+    The fit is made once through ``ctx.cache`` when the build context has one (the stages' store keeps
+    it under ``<cache>/mnist_gmm/fit/<key>/``).
     """
     rank = int(cfg.get("rank", 128))
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.get("dtype", "float32")))
     if dtype is None:
         raise ConfigError(f"model.dtype must be float32 or float64, got {cfg.get('dtype')}")
-    params = load_or_fit(rank, ctx.cache_dir)
+    params = load_or_fit(rank, getattr(ctx, "cache", None))
     return GaussianMixtureDenoiser(params, conditional=bool(cfg.get("conditional", False)),
                                    sigma_min=float(cfg.get("sigma_min", 0.002)),
                                    sigma_max=float(cfg.get("sigma_max", 80.0)), dtype=dtype)
 
 
-def load_or_fit(rank: int, cache_dir=None) -> dict:
-    """Fit the mixture to MNIST-5k, reusing the cached fit in the store when present."""
-    if cache_dir is None:
+def load_or_fit(rank: int, cache: Optional[Callable[..., dict]] = None) -> dict:
+    """The mixture fitted to MNIST-5k; made once through ``cache`` when given, else fitted now.
+
+    ``cache(owner, fields, compute, expected) -> tensors`` keeps what ``compute()`` returns under
+    ``owner`` and ``fields`` (e.g. :meth:`ld3_cli.store.Store.fit_cache`).
+    """
+    def fit() -> dict:
         images, labels = load_mnist5k()
         return fit_mixture(images, labels, rank)
-    from ..store import Store
 
-    store = Store(cache_dir)
-    config = {"dataset": "mnist5k", "rank": rank, "fit_version": FIT_VERSION}
-    from ..store import make_key
-
-    key = make_key(config)
-    if not store.exists("mnist_gmm", "fit", key):
-        with store.lock("mnist_gmm", "fit", key):
-            if not store.exists("mnist_gmm", "fit", key):
-                images, labels = load_mnist5k()
-                params = fit_mixture(images, labels, rank)
-                store.write("mnist_gmm", "fit", config, tensors=params, command="(fitted automatically at load)")
-    art = store.open("mnist_gmm", "fit", key)
-    return art.tensors({"mu": (None, 784), "U": (None, 784, rank), "lam": (None, rank), "v": (None,), "pi": (None,)})
+    if cache is None:
+        return fit()
+    fields = {"dataset": "mnist5k", "rank": rank, "fit_version": FIT_VERSION}
+    d = math.prod(SHAPE)
+    return cache("mnist_gmm", fields, fit, {"mu": (None, d), "U": (None, d, rank), "lam": (None, rank), "v": (None,),
+                                            "pi": (None,)})

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -30,13 +29,15 @@ BUILDERS = {
 class BuildContext:
     """What a builder may use besides its config.
 
-    device: where the model should live.  cache_dir: the store root (builders may cache
-    derived data there, e.g. the mixture fit).  dataset: the dataset config (plain dict) for
-    models fitted to data.  allow_download: whether a missing file may be fetched.
+    device: where the model should live.  cache: ``cache(owner, fields, compute, expected=None)
+    -> tensors`` keeps data a builder derives (the mixture fit): what ``compute()`` returns is made
+    once under ``owner`` and ``fields`` and read back (None: compute every time; the stages pass
+    :meth:`ld3_cli.store.Store.fit_cache`).  dataset: the dataset config (plain dict) for models
+    fitted to data.  allow_download: whether a missing file may be fetched.
     """
 
     device: torch.device = torch.device("cpu")
-    cache_dir: Optional[Path] = None
+    cache: Optional[Callable[..., dict]] = None
     dataset: Optional[dict] = None
     allow_download: bool = False
 
@@ -68,7 +69,3 @@ def build_model(cfg: dict, ctx: BuildContext):
 MODEL_HINT_KEYS = {"name", "kind", "url", "file_name", "download", "param", "teacher_discretization",
                    "teacher_nfe", "train_batch_size", "train_iters_phase1", "train_iters_phase2", "ays_family",
                    "notes"}
-
-
-def model_option(cfg: dict, key: str, default: Any = None) -> Any:
-    return cfg.get(key, default)

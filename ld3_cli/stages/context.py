@@ -7,31 +7,20 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..errors import ConfigError
 from ..store import Store, to_plain
+from ..utils.devices import resolve_device
 from .checks import solver_options, steps_for
 from .keys import model_key
 
 log = logging.getLogger("ld3")
 _MODELS: dict[tuple, Any] = {}  # (model key, device, speed options) -> model, reused across a multirun's jobs
 STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage
-
-
-def resolve_device(spec: str) -> torch.device:
-    spec = str(spec)
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={spec} but CUDA is not available here; use device=cpu or device=auto")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError(f"device={spec} but MPS is not available; use device=cpu or device=auto")
-    return dev
 
 
 # What reading a damaged or wrong-format weights file raises below a model builder's own checks.
@@ -47,13 +36,6 @@ def unreadable_checkpoint(model_cfg: dict, e: Exception) -> ConfigError:
     first = (str(e).strip().splitlines() or [""])[0][:200]
     return ConfigError(f"cannot load model {model_cfg.get('name', '')}: {what} is damaged or not a checkpoint of this "
                        f"model kind ({type(e).__name__}: {first}); point model.path at the right file{want}")
-
-
-def noise_for_seeds(seeds: Iterable[int], shape: tuple, device: torch.device = torch.device("cpu"),
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Unit Gaussian noise ``[n, *shape]``; row i depends only on seed i (any subset regenerates)."""
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(rows).to(device=device, dtype=dtype)
 
 
 class StageContext:
@@ -73,6 +55,12 @@ class StageContext:
         self.n_steps = steps_for(cfg.solver, self.nfe)
         self._model = None
 
+    @property
+    def solver_tag(self) -> str:
+        """``unipc3`` (the solver and its order, if it has one), for default file names."""
+        order = self.solver_options.get("order")
+        return f"{self.solver_name}{order}" if order is not None else self.solver_name
+
     # -- the model ----------------------------------------------------------------------------
     @property
     def model(self):
@@ -85,7 +73,7 @@ class StageContext:
                 from ..models.speed import optimize_denoiser
 
                 log.info("loading model %s (%s) on %s", self.model_cfg.get("name"), self.model_key, self.device)
-                bc = BuildContext(device=self.device, cache_dir=self.store.root, dataset=to_plain(self.cfg.dataset),
+                bc = BuildContext(device=self.device, cache=self.store.fit_cache(), dataset=to_plain(self.cfg.dataset),
                                   allow_download=bool(self.model_cfg.get("download", False)))
                 _MODELS.clear()  # keep one model in memory
                 from hydra.errors import InstantiationException
@@ -129,9 +117,6 @@ class StageContext:
 
         return Progress(total, desc, unit, initial, enabled=bool(self.cfg.progress))
 
-    def noises(self, seeds: Iterable[int]) -> torch.Tensor:
-        return noise_for_seeds(seeds, tuple(self.model.shape), self.device, self.model.dtype)
-
 
 def hydra_overrides() -> list[str]:
     """The task overrides of the running Hydra job (empty outside Hydra)."""
@@ -154,7 +139,3 @@ def configure_torch(cfg: DictConfig) -> None:
     threads = os.environ.get("LD3_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-
-
-def plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

@@ -18,18 +18,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..export import ExportSchedule, integer_timesteps, parse_formats, write_export
+from .artifacts import baseline_options, learned_schedule, load_schedule, schedule_for
 from .context import StageContext
-from .sample import baseline_options, schedule_for
-
-
-def solver_tag(ctx: StageContext) -> str:
-    """``unipc3`` (the solver and its order, if it has one), for default file names."""
-    order = ctx.solver_options.get("order")
-    return f"{ctx.solver_name}{order}" if order is not None else ctx.solver_name
 
 
 def default_out(ctx: StageContext, name: str, key: str | None) -> Path:
-    leaf = f"{name}-{solver_tag(ctx)}-nfe{ctx.nfe}" + (f"-{key}" if key else "")
+    leaf = f"{name}-{ctx.solver_tag}-nfe{ctx.nfe}" + (f"-{key}" if key else "")
     return ctx.store.root / "exports" / ctx.model_key / leaf
 
 
@@ -37,8 +31,6 @@ def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
     """The schedule ``name`` for the current model / solver / NFE, with its provenance."""
     art = None
     if name == "ld3":
-        from .train import learned_schedule, load_schedule
-
         art = learned_schedule(ctx)  # fails fast, before the model is built, when there is none
         sig, ev = load_schedule(art, ctx.model.schedule)
     else:

@@ -13,87 +13,35 @@ only replaced with ``fid_ref.overwrite=true``.
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from omegaconf.errors import MissingMandatoryValue
-
+from ..data.datasets import dataset_images
+from ..data.images import count_images
 from ..errors import ConfigError, MissingFileError
+from ..store import to_plain
 from .context import StageContext
 
 log = logging.getLogger("ld3")
 DATASET = "dataset"
 
 
-def _npz_count(path: Path) -> int:
-    """Number of images in an ``.npz`` (read from the array header, without loading it); 0 if unknown."""
-    from ..metrics.reference import NPZ_IMAGE_KEYS
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            for key in NPZ_IMAGE_KEYS:
-                if f"{key}.npy" in names:
-                    with z.open(f"{key}.npy") as f:
-                        version = np.lib.format.read_magic(f)
-                        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                else np.lib.format.read_array_header_2_0)
-                        shape = read(f)[0]
-                        return int(shape[0]) if shape else 0
-    except (OSError, ValueError, zipfile.BadZipFile):
-        pass
-    return 0
-
-
-def _folder_count(path: Path) -> int:
-    from ..metrics.reference import IMAGE_SUFFIXES
-
-    return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _dataset_source(ctx: StageContext) -> tuple[Any, str, str, int]:
-    """:func:`resolve_source` for ``fid_ref.source=dataset``: the images of the current dataset config."""
-    ds = ctx.cfg.dataset
-    kind = str(ds.get("kind"))
-    if kind == "mnist5k":
-        from ..data.mnist5k import load_mnist5k_uint8
-
-        images = load_mnist5k_uint8()
-        return images, "the MNIST-5k digits (dataset mnist5k)", str(ds.name), len(images)
-    if kind == "image_folder":
-        try:
-            folder = ds.path
-        except MissingMandatoryValue:
-            raise ConfigError("dataset=image_folder needs the folder: add dataset.path=/your/images "
-                              "(or give fid_ref.source=/your/images)") from None
-        path = Path(str(folder)).expanduser()
-        if not path.is_dir():
-            raise MissingFileError(f"dataset.path {path} is not a folder; point dataset.path at your image "
-                                   "folder (png/jpg)")
-        return path, f"the images under {path} (dataset {ds.name})", str(ds.name), _folder_count(path)
-    url = ds.get("fid_ref_url")
-    hint = f"download its statistics from {url}, or " if url else ""
-    raise ConfigError(f"dataset {ds.get('name')} (kind {kind}) has no images here to compute statistics from; "
-                      f"{hint}give fid_ref.source=/path/to/images (a folder or an .npz of uint8 images)")
-
-
 def resolve_source(ctx: StageContext) -> tuple[Any, str, str, int]:
     """``(source for compute_reference_stats, description, default file stem, image count or 0)``."""
     spec = ctx.cfg.fid_ref.get("source", DATASET)
     if spec in (None, "", DATASET):
-        return _dataset_source(ctx)
+        found = dataset_images(to_plain(ctx.cfg.dataset))
+        return found.source, found.description, str(ctx.cfg.dataset.name), found.count
     path = Path(str(spec)).expanduser()
     if not path.exists():
         raise MissingFileError(f"fid_ref.source {path} not found; give an image folder, an .npz of uint8 images "
                                "[N, H, W, C] (key x), or fid_ref.source=dataset")
     if path.is_dir():
-        return path, f"the images under {path}", path.name, _folder_count(path)
+        return path, f"the images under {path}", path.name, count_images(path)
     if path.suffix.lower() != ".npz":
         raise ConfigError(f"fid_ref.source {path} is neither a folder nor an .npz; give an image folder or an .npz "
                           "of uint8 images [N, H, W, C] (key x)")
-    return path, f"the images in {path}", path.stem, _npz_count(path)
+    return path, f"the images in {path}", path.stem, count_images(path)
 
 
 def resolve_out(ctx: StageContext, stem: str) -> Path:

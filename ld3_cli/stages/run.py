@@ -8,29 +8,31 @@ from __future__ import annotations
 import logging
 import time
 
-from . import evaluate, teacher_sample, train
+from .artifacts import samples_artifact, teacher_artifact
 from .context import StageContext
+from .evaluation import check_inputs, evaluate
+from .training import report, train_schedule
 
 log = logging.getLogger("ld3")
 
 
 def run(ctx: StageContext) -> list[dict]:
+    """Stage entry point: the whole pipeline; returns the evaluation table."""
     t0 = time.perf_counter()
-    evaluate.check_inputs(ctx)  # a bad FID reference is reported before hours of teacher sampling and training
-    teacher = teacher_sample.teacher_artifact(ctx)
+    check_inputs(ctx)  # a bad FID reference is reported before hours of teacher sampling and training
+    teacher = teacher_artifact(ctx)
     print(f"[1/3] teacher samples: {teacher.path}")
-    sched = train.run(ctx)
+    sched = train_schedule(ctx)
+    report(sched)
     print(f"[2/3] learned schedule: {sched.path}")
     print("[3/3] sampling and evaluating", ", ".join(str(s) for s in ctx.cfg.eval.compare))
-    table = evaluate.run(ctx)
+    table = evaluate(ctx)
     print()
     print("artifacts:")
     print(f"  teacher   {teacher.path}")
     print(f"  schedule  {sched.path / 'schedule.json'}")
     if (sched.path / "schedule.png").is_file():
         print(f"  plot      {sched.path / 'schedule.png'}")
-    from .sample import samples_artifact
-
     ld3_samples = samples_artifact(ctx, "ld3")
     print(f"  samples   {ld3_samples.path} (grid.png, teacher_vs_student.png)")
     print(f"  results   {ctx.store.root / 'results.csv'}")

@@ -22,9 +22,8 @@ import torch
 from ..errors import ConfigError, MissingArtifactError
 from ..schedules import available
 from ..store import atomic_write_bytes
+from .artifacts import learned_schedule, schedule_for
 from .context import StageContext
-from .export import solver_tag
-from .sample import schedule_for
 
 PREFERRED_ORDER = ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm", "ays", "dmn", "gits"]
 NEEDS_VALUES = {"custom"}
@@ -58,8 +57,6 @@ def skip_reason(ctx: StageContext, name: str) -> Optional[str]:
     if name == "ays" and not ctx.model_cfg.get("ays_family"):
         return "no AYS list for this model: model.ays_family is unset"
     if name == "ld3":
-        from .train import learned_schedule
-
         try:
             learned_schedule(ctx)
         except MissingArtifactError:
@@ -70,8 +67,6 @@ def skip_reason(ctx: StageContext, name: str) -> Optional[str]:
 def collect(ctx: StageContext, names: list[str], explicit: bool) -> tuple[dict, dict]:
     """``({name: (sigmas, sigmas_eval)}, {name: reason skipped})``; explicit requests fail loudly."""
     if explicit and "ld3" in names:
-        from .train import learned_schedule
-
         learned_schedule(ctx)  # a clear MissingArtifactError before any model work
     out, skipped = {}, {}
     for name in names:
@@ -111,7 +106,7 @@ def table(title: str, labeled: list[tuple[str, list[float]]]) -> str:
 
 
 def default_out(ctx: StageContext) -> Path:
-    return ctx.store.root / "plots" / ctx.model_key / f"schedules-{solver_tag(ctx)}-nfe{ctx.nfe}.png"
+    return ctx.store.root / "plots" / ctx.model_key / f"schedules-{ctx.solver_tag}-nfe{ctx.nfe}.png"
 
 
 def run(ctx: StageContext) -> dict:

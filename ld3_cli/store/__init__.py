@@ -1,6 +1,6 @@
 """The on-disk artifact store (see :mod:`ld3_cli.store.artifact` for layout and guarantees)."""
-from .artifact import (Artifact, Store, atomic_write_bytes, atomic_write_text, current_command, load_tensors,
-                       read_metadata, save_tensors)
+from .artifact import Artifact, Store, current_command
+from .files import atomic_write_bytes, atomic_write_text, load_tensors, read_metadata, save_tensors
 from .keys import canonical_json, make_key, to_plain
 
 __all__ = ["Artifact", "Store", "atomic_write_bytes", "atomic_write_text", "load_tensors", "read_metadata",

@@ -30,15 +30,18 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
 from ..errors import CorruptArtifactError, MissingArtifactError
+from .files import atomic_write_bytes, atomic_write_text, load_tensors, save_tensors
 from .keys import make_key, to_plain
 
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
+FIT_KIND = "fit"
+FIT_COMMAND = "(fitted automatically at load)"
 
 
 def package_versions() -> dict:
@@ -58,83 +61,6 @@ def package_versions() -> dict:
     return versions
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace`` (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # e.g. ENOSPC from write()
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Optional[dict] = None) -> None:
-    """Atomically write tensors as safetensors (contiguous CPU copies)."""
-    from safetensors.torch import save
-
-    seen: set = set()
-    plain = {}
-    for k, v in tensors.items():
-        v = v.detach().to("cpu").contiguous()
-        if v.data_ptr() in seen:  # safetensors refuses tensors that share memory
-            v = v.clone()
-        seen.add(v.data_ptr())
-        plain[k] = v
-    data = save(plain,
-                metadata={k: str(v) for k, v in (metadata or {}).items()})
-    atomic_write_bytes(path, data)
-
-
-def load_tensors(path: Path, expected: Optional[Mapping[str, tuple]] = None, rebuild: str = "") -> dict:
-    """Load a safetensors file; ``expected`` maps names to shapes (``None`` entries match anything)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    # the whole directory goes: a finished artifact whose manifest is intact would otherwise be reused
-    hint = f"; delete {path.parent} and rerun `{rebuild or 'the stage that made it'}`"
-    try:
-        tensors = load_file(str(path))
-    except FileNotFoundError:
-        raise CorruptArtifactError(f"missing tensor file {path}{hint}") from None
-    except Exception as e:  # safetensors raises its own error types for truncated / invalid files
-        raise CorruptArtifactError(f"unreadable tensor file {path} ({type(e).__name__}: {e}){hint}") from None
-    for name, shape in (expected or {}).items():
-        if name not in tensors:
-            raise CorruptArtifactError(f"{path} lacks tensor '{name}'{hint}")
-        got = tuple(tensors[name].shape)
-        if shape is not None and (len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got))):
-            raise CorruptArtifactError(f"{path}: tensor '{name}' has shape {list(got)}, expected {list(shape)}{hint}")
-        if tensors[name].is_floating_point() and not bool(torch.isfinite(tensors[name]).all()):
-            raise CorruptArtifactError(f"{path}: tensor '{name}' holds NaN/Inf{hint}")
-    return tensors
-
-
-def read_metadata(path: Path) -> dict:
-    """The string metadata of a safetensors file (read from its header only)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except FileNotFoundError:
-        raise CorruptArtifactError(f"missing tensor file {path}") from None
-    except Exception as e:  # noqa: BLE001 - safetensors' own error types for damaged headers
-        raise CorruptArtifactError(f"unreadable tensor file {path} ({type(e).__name__}: {e})") from None
-
-
 class Artifact:
     """A finished store entry: its directory and validated manifest.
 
@@ -147,6 +73,7 @@ class Artifact:
         self.path = Path(path)
         self.manifest = manifest
         self.rebuild = producer or manifest.get("command") or "the stage that made it"
+        self.made = False  # True when :meth:`Store.get_or_make` produced it in this call
 
     @property
     def key(self) -> str:
@@ -216,7 +143,44 @@ class Store:
             return []
         return sorted(p for p in d.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
 
-    # -- writing ----------------------------------------------------------------------------
+    # -- producing ---------------------------------------------------------------------------
+    def get_or_make(self, model_key: str, kind: str, fields: Mapping[str, Any], make: Callable[[], Mapping[str, Any]],
+                    *, producer: str = "", prepare: Optional[Callable[[], Any]] = None) -> Artifact:
+        """The artifact of ``fields``, made at most once however many processes ask for it.
+
+        An existing artifact is opened (validated; ``producer`` is the command errors name to rebuild
+        it).  A missing one: ``prepare()`` runs first (what must fail before anything is written, e.g.
+        loading the model); then, holding the key's lock, the store looks again (another process may
+        have made it meanwhile) and otherwise calls ``make()``, which returns the keyword arguments of
+        :meth:`write` (``tensors``, ``files``, ``inputs``, ``info``, ``from_dir``).  The artifact is
+        published with ``producer`` as its command, the key's work-in-progress directory
+        (:meth:`partial_path`) is removed, and the returned artifact has ``made = True``.
+        """
+        fields = to_plain(dict(fields))
+        key = make_key(fields)
+        if not self.exists(model_key, kind, key):
+            if prepare is not None:
+                prepare()
+            with self.lock(model_key, kind, key):
+                if not self.exists(model_key, kind, key):
+                    art = self.write(model_key, kind, fields, command=producer or None, **make())
+                    shutil.rmtree(self.partial_path(model_key, kind, key), ignore_errors=True)
+                    art.made = True
+                    return art
+        return self.open(model_key, kind, key, producer=producer)
+
+    def fit_cache(self) -> Callable[..., dict]:
+        """A cache for data a model builder derives (e.g. a mixture's fit), as the builder receives it.
+
+        ``cache(owner, fields, compute, expected=None) -> tensors``: the tensors ``compute()``
+        returns, made once under ``<root>/<owner>/fit/<key of fields>/`` and read back validated
+        (``expected`` shapes, as for :meth:`Artifact.tensors`).
+        """
+        def cache(owner: str, fields: Mapping[str, Any], compute: Callable[[], dict], expected=None) -> dict:
+            art = self.get_or_make(owner, FIT_KIND, fields, lambda: {"tensors": compute()}, producer=FIT_COMMAND)
+            return art.tensors(expected)
+        return cache
+
     @contextlib.contextmanager
     def lock(self, model_key: str, kind: str, key: str) -> Iterator[None]:
         """Exclusive inter-process lock for producing one artifact (blocks until free)."""
@@ -229,6 +193,7 @@ class Store:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    # -- writing ----------------------------------------------------------------------------
     def write(self, model_key: str, kind: str, config: Mapping[str, Any], *,
               tensors: Optional[Mapping[str, torch.Tensor]] = None,
               files: Optional[Mapping[str, bytes | str]] = None,
@@ -259,36 +224,12 @@ class Store:
                 save_tensors(tmp / TENSORS, tensors)
             for name, data in (files or {}).items():
                 atomic_write_bytes(tmp / name, data.encode() if isinstance(data, str) else data)
-            manifest = {
-                "key": key,
-                "kind": kind,
-                "model_key": model_key,
-                "config": config,
-                "inputs": dict(inputs or {}),
-                "info": to_plain(dict(info or {})),
-                "command": command if command is not None else current_command(),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "versions": package_versions(),
-            }
+            manifest = _manifest(key, kind, model_key, config, inputs, info, command)
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if (final / MANIFEST).is_file():  # another producer won the race: keep theirs
-                    shutil.rmtree(tmp, ignore_errors=True)
-                elif final.exists():  # a stale broken directory: replace it
-                    shutil.rmtree(final)
-                    os.rename(tmp, final)
-                else:
-                    raise
+            _rename_into_place(tmp, final)
         except BaseException:
             if moved and tmp.is_dir() and not Path(from_dir).exists():
-                ours = [MANIFEST, *(files or {})] + ([TENSORS] if tensors else [])
-                for name in ours:  # give back exactly what the caller handed over
-                    with contextlib.suppress(FileNotFoundError):
-                        (tmp / name).unlink()
-                with contextlib.suppress(OSError):
-                    os.rename(tmp, from_dir)
+                _give_back(tmp, from_dir, [MANIFEST, *(files or {})] + ([TENSORS] if tensors else []))
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -296,6 +237,43 @@ class Store:
 
     def remove(self, model_key: str, kind: str, key: str) -> None:
         shutil.rmtree(self.path(model_key, kind, key), ignore_errors=True)
+
+
+def _manifest(key: str, kind: str, model_key: str, config: dict, inputs, info, command: Optional[str]) -> dict:
+    return {
+        "key": key,
+        "kind": kind,
+        "model_key": model_key,
+        "config": config,
+        "inputs": dict(inputs or {}),
+        "info": to_plain(dict(info or {})),
+        "command": command if command is not None else current_command(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+    }
+
+
+def _rename_into_place(tmp: Path, final: Path) -> None:
+    """Publish ``tmp`` as ``final``; another producer's finished copy wins, a broken leftover is replaced."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if (final / MANIFEST).is_file():  # another producer won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif final.exists():  # a stale broken directory: replace it
+            shutil.rmtree(final)
+            os.rename(tmp, final)
+        else:
+            raise
+
+
+def _give_back(tmp: Path, from_dir: Path, ours: list[str]) -> None:
+    """Move a failed publication's directory back to ``from_dir`` without the files the store added."""
+    for name in ours:  # give back exactly what the caller handed over
+        with contextlib.suppress(FileNotFoundError):
+            (tmp / name).unlink()
+    with contextlib.suppress(OSError):
+        os.rename(tmp, from_dir)
 
 
 def current_command() -> str:

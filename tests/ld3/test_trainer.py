@@ -4,20 +4,21 @@ import json
 import pytest
 import torch
 
+from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.errors import ConfigError, NumericalError
 from ld3_cli.ld3 import learn_schedule
 from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
 from ld3_cli.schedules import discretize
 from ld3_cli.solvers import solve
-from ld3_cli.stages.context import noise_for_seeds
+from ld3_cli.store import Store
 
 FAST = dict(batch_size=10, iters_phase1=15, iters_phase2=15)
 
 
 @pytest.fixture(scope="module")
 def setup(fitted_cache):
-    model = GaussianMixtureDenoiser(load_or_fit(128, fitted_cache)).requires_grad_(False)
+    model = GaussianMixtureDenoiser(load_or_fit(128, Store(fitted_cache).fit_cache())).requires_grad_(False)
 
     def teacher(eps):
         with torch.no_grad():

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
+from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.ld3 import learn_schedule
 from ld3_cli.models.mnist_ddpm import MnistDDPM, load_state_dict
 from ld3_cli.schedules import discretize
 from ld3_cli.solvers import solve
-from ld3_cli.stages.context import noise_for_seeds
 
 
 @pytest.mark.parametrize("solver,opts,nfe", [("unipc", {"order": 3}, 5)])

@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ld3_cli.data.images import iter_image_batches
 from ld3_cli.errors import ConfigError, MissingFileError
 from ld3_cli.metrics import (
     compute_reference_stats,
     fd_pixels,
-    iter_image_batches,
     load_reference_stats,
     pixel_features,
     save_reference_stats,

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, fit_mixture, load_or_fit
+from ld3_cli.store import Store
 
 
 def brute_force_posterior_mean(model, x, sigma, labels=None):
@@ -48,7 +49,7 @@ def test_matches_brute_force(small_mixture, sigma):
 
 @pytest.fixture(scope="module")
 def mnist_mixture(fitted_cache):
-    return GaussianMixtureDenoiser(load_or_fit(128, fitted_cache), dtype=torch.float64), fitted_cache
+    return GaussianMixtureDenoiser(load_or_fit(128, Store(fitted_cache).fit_cache()), dtype=torch.float64), fitted_cache
 
 
 def test_mnist_mixture_matches_brute_force_in_784_dims(mnist_mixture):
@@ -92,7 +93,7 @@ def test_fit_is_deterministic_and_cached_in_the_store(mnist_mixture):
     m, cache = mnist_mixture
     fits = list((cache / "mnist_gmm" / "fit").iterdir())
     assert len([p for p in fits if (p / "manifest.json").is_file()]) == 1
-    again = load_or_fit(128, cache)
+    again = load_or_fit(128, Store(cache).fit_cache())
     assert torch.equal(again["mu"], m.mu.double()) and torch.equal(again["U"], m.U.double())
     assert float(m.log_pi.exp().sum()) == pytest.approx(1.0)
     assert torch.all(m.lam[:, :-1] >= m.lam[:, 1:])  # eigenvalues sorted descending

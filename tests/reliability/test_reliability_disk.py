@@ -15,8 +15,8 @@ import json
 import pytest
 from reliability_testlib import artifacts, assert_same_shards, only_artifact, run_cli, run_refused
 
-import ld3_cli.store.artifact as artifact_module
-from ld3_cli.stages import train as train_stage
+import ld3_cli.store.files as files_module
+from ld3_cli.ld3 import checkpoint
 from ld3_cli.store import read_metadata
 
 
@@ -57,7 +57,7 @@ def disk_full(monkeypatch):
                     return _FullDisk(f)
             return f
 
-        monkeypatch.setattr(artifact_module, "open", fake_open, raising=False)  # undone after the test
+        monkeypatch.setattr(files_module, "open", fake_open, raising=False)  # undone after the test
         return seen
 
     return arm
@@ -69,7 +69,7 @@ def no_debris(cache):
 
 def rerun_after_freeing_space(stage, kind, cache, session_stores, monkeypatch):
     """The disk has space again: the same command completes with the tensors of a run that never failed."""
-    monkeypatch.delattr(artifact_module, "open")
+    monkeypatch.delattr(files_module, "open")
     assert run_cli(stage, cache=cache) == 0
     ref = only_artifact(session_stores(stage), kind)
     art = only_artifact(cache, kind)
@@ -95,7 +95,7 @@ def test_full_disk_while_writing_shards_keeps_finished_shards(store_copy, sessio
     assert (part / "shard_00000.npz").read_bytes() == first, "a finished shard was rewritten"
     assert artifacts(cache, "samples") == []
 
-    monkeypatch.delattr(artifact_module, "open")  # space freed
+    monkeypatch.delattr(files_module, "open")  # space freed
     assert run_cli("sample", cache=cache) == 0
     art = only_artifact(cache, "samples")
     assert art.name == ref.name and (art / "shard_00000.npz").read_bytes() == first
@@ -112,7 +112,7 @@ def test_full_disk_while_publishing_samples_keeps_every_shard(store_copy, disk_f
     assert len(shards) == 6 and artifacts(cache, "samples") == [] and no_debris(cache)
     inodes = {p.name: p.stat().st_ino for p in shards}
 
-    monkeypatch.delattr(artifact_module, "open")
+    monkeypatch.delattr(files_module, "open")
     assert run_cli("sample", cache=cache) == 0
     art = only_artifact(cache, "samples")
     assert {p.name: p.stat().st_ino for p in art.glob("shard_*.npz")} == inodes, "the shards were resampled"
@@ -132,7 +132,7 @@ def test_full_disk_while_teacher_sampling_keeps_finished_batches(store_copy, ses
 def test_full_disk_while_saving_training_state_keeps_the_last_state(store_copy, session_stores, disk_full,
                                                                     monkeypatch, capsys):
     cache = store_copy("teacher-sample")
-    monkeypatch.setattr(train_stage, "SAVE_EVERY_S", 0.0)  # save the state after every iteration
+    monkeypatch.setattr(checkpoint, "SAVE_EVERY_S", 0.0)  # save the state after every iteration
     writes = disk_full("state.safetensors", nth=4)
     assert "state.safetensors" in run_refused(capsys, "train", cache=cache)
     assert len(writes) == 5  # 3 states saved, the 4th failed, and so did the save on the way out

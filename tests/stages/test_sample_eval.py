@@ -11,13 +11,14 @@ import pytest
 import torch
 from ld3_test_helpers import random_fid_state_dict
 
+from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.cli.main import main
 from ld3_cli.metrics import InceptionFeatures, StatsAccumulator, frechet_distance, save_reference_stats
 from ld3_cli.metrics import inception as inception_module
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
 from ld3_cli.schedules import discretize
 from ld3_cli.solvers import solve
-from ld3_cli.stages.context import noise_for_seeds
+from ld3_cli.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["teacher.n=8", "teacher.nfe=12", "teacher.check_n=0", "progress=false", "sample.grids=false"]
@@ -50,7 +51,7 @@ def test_shards_hold_exactly_n_images_with_their_seeds(cache, tmp_path, monkeypa
     images = np.concatenate([s["images"] for s in shards])
     assert images.dtype == np.uint8 and images.shape == (50, 28, 28, 1)
     # image i depends only on its seed: regenerate a few directly and round as EDM does
-    model = GaussianMixtureDenoiser(load_or_fit(128, cache))
+    model = GaussianMixtureDenoiser(load_or_fit(128, Store(cache).fit_cache()))
     sig = discretize("edm", 5, model.schedule)
     with torch.no_grad():
         x = solve("unipc", model, noise_for_seeds([130, 160], (1, 28, 28)) * 80.0, sig, order=3, variant="bh2")

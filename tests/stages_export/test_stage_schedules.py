@@ -11,7 +11,7 @@ from stages_export_helpers import make_ctx
 
 from ld3_cli.errors import ConfigError, MissingArtifactError
 from ld3_cli.schedules import discretize
-from ld3_cli.stages import sample as sample_stage
+from ld3_cli.stages import artifacts
 from ld3_cli.stages import schedules as schedules_stage
 
 # GITS with a tiny warm-up so the test stays fast (the option enters the cache key, as any option does)
@@ -42,7 +42,7 @@ def _table(stdout: str, title_start: str) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def all_schedules(learned_store, tmp_path_factory):
     store, _ = learned_store
-    orig = sample_stage.baseline_options
+    orig = artifacts.baseline_options
 
     def options(ctx, name):
         return {**orig(ctx, name), **(GITS_TEST_OPTIONS if name == "gits" else {})}
@@ -50,7 +50,7 @@ def all_schedules(learned_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("plots") / "all.png"
     ctx = make_ctx("schedules", store, [f"schedules.out={out}"])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sample_stage, "baseline_options", options)
+        mp.setattr(artifacts, "baseline_options", options)
         res, stdout = _run(ctx)
     return ctx, res, stdout
 

@@ -88,3 +88,35 @@ def test_concurrent_producers_keep_one_artifact(tmp_path):
     assert a.path == b.path
     entries = os.listdir(tmp_path / "m" / "x")
     assert [e for e in entries if not e.endswith(".lock")] == [a.key]
+
+
+def test_get_or_make_makes_once_and_then_opens(tmp_path):
+    store = Store(tmp_path)
+    calls = []
+
+    def make():
+        calls.append("make")
+        part = store.partial_path("m", "refs", make_key({"k": 2}))
+        part.mkdir(parents=True)  # work in progress, removed once published
+        return {"tensors": {"x": torch.ones(3)}, "info": {"n": 3}}
+
+    art = store.get_or_make("m", "refs", {"k": 2}, make, producer="ld3 eval", prepare=lambda: calls.append("prep"))
+    assert calls == ["prep", "make"] and art.made and art.manifest["command"] == "ld3 eval"
+    assert torch.equal(art.tensors({"x": (3,)})["x"], torch.ones(3)) and art.manifest["info"] == {"n": 3}
+    assert not store.partial_path("m", "refs", art.key).exists()
+    again = store.get_or_make("m", "refs", {"k": 2}, make, producer="ld3 eval", prepare=lambda: calls.append("prep"))
+    assert calls == ["prep", "make"] and not again.made and again.path == art.path  # found: nothing runs
+
+
+def test_get_or_make_looks_again_under_the_lock(tmp_path, monkeypatch):
+    """A producer that waited for the lock finds the artifact another process made meanwhile."""
+    store = Store(tmp_path)
+    real_lock = store.lock
+
+    def lock_after_another_made_it(*args):
+        store.write("m", "refs", {"k": 3}, tensors={"x": torch.zeros(1)}, command="other")
+        return real_lock(*args)
+
+    monkeypatch.setattr(store, "lock", lock_after_another_made_it)
+    art = store.get_or_make("m", "refs", {"k": 3}, lambda: pytest.fail("made twice"), producer="ld3 eval")
+    assert not art.made and art.manifest["command"] == "other" and art.rebuild == "ld3 eval"

@@ -1,0 +1,63 @@
+"""The trainer's resumable state in one file: ``state.safetensors`` (tensors, and the plain data as JSON metadata).
+
+``capture`` (the trainer's checkpoint callback, called between iterations) keeps a copy of the
+state and writes it after the first iteration and then whenever ``every_s`` seconds have passed
+since the last write; ``write`` writes the last captured copy (used on interrupts and failures,
+when the live state may be half-way through an iteration).  Tensors and plain data share one
+file, replaced atomically, so they always match.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..store import load_tensors, read_metadata, save_tensors, to_plain
+
+log = logging.getLogger("ld3")
+SAVE_EVERY_S = 5.0
+STATE_FILE = "state.safetensors"
+STATE_META = "ld3_train_state"
+
+
+class TrainState:
+    """The state of an :class:`~ld3_cli.ld3.trainer.LD3Trainer` saved in ``<directory>/state.safetensors``."""
+
+    def __init__(self, directory: Path, every_s: Optional[float] = None):
+        self.directory, self.every_s = Path(directory), float(SAVE_EVERY_S if every_s is None else every_s)
+        self.snapshot = None
+        self.last_write = float("-inf")
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def capture(self, trainer) -> None:
+        tensors = {k: v.detach().clone() for k, v in trainer.state_tensors().items()}
+        info = dict(trainer.state_info())
+        info["history"] = list(info.get("history", []))
+        self.snapshot = (tensors, info)
+        if time.monotonic() - self.last_write >= self.every_s:
+            self.write()
+
+    def write(self) -> None:
+        if self.snapshot is None:
+            return
+        tensors, info = self.snapshot
+        self.directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(self.path, tensors, metadata={STATE_META: json.dumps(to_plain(info))})
+        self.last_write = time.monotonic()
+
+    def restore(self, trainer) -> bool:
+        """Load a saved state into ``trainer``; False (and a warning) when there is none or it is unusable."""
+        if not self.path.is_file():
+            return False
+        try:
+            info = json.loads(read_metadata(self.path)[STATE_META])
+            trainer.load_state(load_tensors(self.path), info)
+        except Exception as e:  # noqa: BLE001 - a damaged state restarts training cleanly
+            log.warning("ignoring unreadable training state %s (%s); starting over", self.path, e)
+            return False
+        return True

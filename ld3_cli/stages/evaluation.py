@@ -1,0 +1,182 @@
+"""Scoring schedules (``ld3 eval``, ``ld3 run``): the learned schedule and the baselines, one table.
+
+For each schedule in ``eval.compare`` (sampling whatever is missing) the metric suite
+``eval.metrics`` (:mod:`ld3_cli.metrics.suite`: ``fid`` against ``dataset.fid_ref``, or the pixel
+Frechet distances ``fd_exact`` / ``fd_data``) plus the teacher distances on ``eval.heldout_n``
+held-out noises (seeds ``sample.seed_offset + i``, never used in training;
+:mod:`ld3_cli.metrics.teacher_distances`).  Each (samples, metrics) result is an ``eval`` artifact
+(``metrics.json``); the pixel statistics of the references are ``refs`` artifacts, computed once.
+Every run prints one table and appends its rows to ``<cache>/results.csv`` (:mod:`ld3_cli.store.results`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..data.datasets import embedded_images
+from ..errors import ConfigError
+from ..metrics.fid import fid, fid_reference
+from ..metrics.frechet import frechet_distance
+from ..metrics.pixel_fd import exact_sample_images, pixel_statistics
+from ..metrics.suite import DETECTORS, TABLE_METRICS, metric_suite
+from ..metrics.table import format_table
+from ..metrics.teacher_distances import teacher_distances
+from ..store import Artifact, to_plain
+from ..store.results import append_results
+from ..store.shards import iter_images
+from .artifacts import samples_artifact, schedule_for, teacher_artifact
+from .context import StageContext
+from .inference import student_images
+from .keys import eval_fields, reference_identity
+
+log = logging.getLogger("ld3")
+KIND = "eval"
+
+
+def suite(ctx: StageContext) -> str:
+    """``fid`` or ``fd_pixels`` for this config (``eval.metrics``, ``auto`` resolved for the model's images)."""
+    return metric_suite(str(ctx.cfg.eval.metrics), lambda: ctx.model.image_shape, bool(ctx.cfg.dataset.get("fid_ref")))
+
+
+def check_inputs(ctx: StageContext) -> None:
+    """Validate what the metrics read (metric choice, FID reference and weights) before anything is sampled."""
+    if suite(ctx) == "fid":
+        from ..metrics.inception import resolve_inception_weights
+
+        fid_reference(ctx.cfg.dataset.get("fid_ref"), ctx.cfg.dataset.get("fid_ref_url"))
+        resolve_inception_weights(ctx.cfg.eval.inception_weights)
+
+
+# -- reference statistics (pixels) ----------------------------------------------------------------
+def _pixel_reference(ctx: StageContext, fields: dict, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel statistics (``mu [d]``, ``sigma [d, d]``) of ``batches()`` from the store, computed once."""
+    def compute() -> dict:
+        mu, sigma, n = pixel_statistics(batches())
+        return {"tensors": {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, "info": {"n": n}}
+
+    d = math.prod(ctx.model.image_shape)
+    art = ctx.store.get_or_make(ctx.model_key, "refs", fields, compute, producer=ctx.command("eval"))
+    t = art.tensors({"mu": (d,), "sigma": (d, d)})
+    return t["mu"].numpy(), t["sigma"].numpy()
+
+
+def exact_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Statistics of ``eval.exact_n`` exact samples of the model (None when it cannot draw them)."""
+    if not hasattr(ctx.model, "sample_exact"):
+        return None
+    n, seed = int(ctx.cfg.eval.exact_n), int(ctx.cfg.seed)
+    return _pixel_reference(ctx, {"kind": "exact_pixels", "n": n, "seed": seed},
+                            lambda: exact_sample_images(ctx.model, n, seed))
+
+
+def dataset_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Statistics of the dataset's images, for embedded datasets of the model's image shape (else None)."""
+    found = embedded_images(to_plain(ctx.cfg.dataset))
+    if found is None:
+        return None
+    images, shape = found
+    if tuple(ctx.model.image_shape) != shape:
+        log.info("fd_data skipped: the model's images %s are not the dataset's %s", tuple(ctx.model.image_shape),
+                 shape)
+        return None
+    return _pixel_reference(ctx, {"kind": "dataset_pixels", "dataset": str(ctx.cfg.dataset.kind)}, lambda: [images])
+
+
+# -- one schedule ----------------------------------------------------------------------------------
+def heldout_distances(ctx: StageContext, name: str) -> dict:
+    """Teacher distances of schedule ``name`` on the held-out noises."""
+    n, off = int(ctx.cfg.eval.heldout_n), int(ctx.cfg.sample.seed_offset)
+    held = teacher_artifact(ctx, seed_start=off, n=n)
+    target = held.tensors({"images": (n, None, None, None)})["images"].to(ctx.device).float()
+    sig, ev, _ = schedule_for(ctx, name)
+    bs = max(1, int(ctx.cfg.sample.batch_size))
+    seeds = list(range(off, off + n))
+    out = torch.cat([student_images(ctx, seeds[i:i + bs], sig, ev).float() for i in range(0, n, bs)])
+    return teacher_distances(out, target, bs)
+
+
+def sample_metrics(ctx: StageContext, kind: str, samples: Artifact) -> dict:
+    """The suite's metrics of a samples artifact: ``fid``, or ``fd_exact`` / ``fd_data``."""
+    if kind == "fid":
+        from ..metrics import InceptionFeatures
+
+        batch = int(ctx.cfg.eval.fid_batch_size)
+        features = InceptionFeatures(weights_path=ctx.cfg.eval.inception_weights, device=ctx.device, batch_size=batch)
+        bar = ctx.progress(int(samples.manifest["info"]["n"]), "FID features", "img")
+        try:
+            ref = fid_reference(ctx.cfg.dataset.get("fid_ref"), ctx.cfg.dataset.get("fid_ref_url"))
+            return {"fid": fid(iter_images(samples, batch=batch), ref, features, ctx.device, bar.update)}
+        finally:
+            bar.close()
+    mu, sigma, _ = pixel_statistics(iter_images(samples))
+    res = {}
+    for metric, ref in (("fd_exact", exact_reference(ctx)), ("fd_data", dataset_reference(ctx))):
+        if ref is not None:
+            res[metric] = frechet_distance(mu, sigma, *ref)
+    return res
+
+
+def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
+    """Metrics for one schedule (an eval artifact, made once)."""
+    samples = samples_artifact(ctx, name)
+    kind = suite(ctx)
+    held_key = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=int(ctx.cfg.eval.heldout_n)).key
+    desc = {"kind": kind, "heldout_teacher": held_key, "exact_n": int(ctx.cfg.eval.exact_n),
+            "ref": reference_identity(ctx.cfg.dataset.get("fid_ref")) if kind == "fid" else ctx.cfg.dataset.name,
+            "detector": DETECTORS[kind]}
+
+    def measure() -> dict:
+        metrics = {**heldout_distances(ctx, name), **sample_metrics(ctx, kind, samples)}
+        metrics = {k: float(v) for k, v in metrics.items()}
+        return {"files": {"metrics.json": json.dumps(to_plain(metrics), indent=2)},
+                "info": {"metrics": metrics, "schedule": name, "n": samples.manifest["info"]["n"]},
+                "inputs": {"samples": samples.key, "heldout_teacher": held_key}}
+
+    art = ctx.store.get_or_make(ctx.model_key, KIND, eval_fields(samples.key, desc), measure,
+                                producer=ctx.command("eval"))
+    return art.json("metrics.json"), art
+
+
+# -- every schedule ------------------------------------------------------------------------------------
+def evaluate(ctx: StageContext) -> list[dict]:
+    """Evaluate every schedule in ``eval.compare`` for this solver and NFE; print the table, append the results."""
+    table, csv_rows = [], []
+    date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    order = ctx.solver_options.get("order", "")
+    for name in list(ctx.cfg.eval.compare):
+        try:
+            metrics, art = evaluate_schedule(ctx, name)
+        except ConfigError as e:
+            if name == "ld3":
+                raise
+            log.warning("skipping %s: %s", name, e)
+            continue
+        table.append({"schedule": name, "nfe": ctx.nfe, **metrics})
+        csv_rows += [{"date": date, "model": ctx.model_cfg.get("name"), "dataset": ctx.cfg.dataset.name,
+                      "solver": ctx.solver_name, "order": order, "nfe": ctx.nfe, "schedule": name, "metric": metric,
+                      "value": f"{value:.6g}", "n": art.manifest["info"]["n"], "samples_key": art.config["samples"],
+                      "eval_key": art.key, "schedule_key": art.config.get("schedule_key", ""),
+                      "detector": art.config["metrics"]["detector"]} for metric, value in metrics.items()]
+    _print_table(ctx, table, order)
+    path = append_results(ctx.store, csv_rows)
+    print(f"results appended to {path} (and results.md)")
+    if any(math.isnan(r.get("rmse", 0.0)) for r in table):
+        log.warning("some metrics are NaN")
+    return table
+
+
+def _print_table(ctx: StageContext, table: list[dict], order) -> None:
+    print()
+    print(f"{ctx.model_cfg.get('name')} / {ctx.cfg.dataset.name}: {ctx.solver_name} (order {order}) "
+          f"NFE {ctx.nfe}, n = {int(ctx.cfg.sample.n)}; held-out teacher distances on "
+          f"{int(ctx.cfg.eval.heldout_n)} noises")
+    print(format_table(table, [m for m in TABLE_METRICS if any(m in r for r in table)]))
+    if any("fd_exact" in r or "fd_data" in r for r in table):
+        print("fd_* = Frechet distance in pixel space (not FID); fd_exact vs exact model samples, fd_data vs the "
+              "dataset.  * = best")

@@ -1,0 +1,130 @@
+"""Learning the LD3 schedule for the current solver and NFE, in the store (``ld3 train``, ``ld3 run``).
+
+Reads the teacher pairs from the store (``ld3 teacher-sample`` makes them), trains with
+:class:`~ld3_cli.ld3.trainer.LD3Trainer`, saving its state to ``<key>.partial/state.safetensors``
+(:class:`~ld3_cli.ld3.checkpoint.TrainState`: at most every few seconds, and on Ctrl-C / SIGTERM /
+any failure), so rerunning the same command resumes exactly where it stopped, mid-epoch included.
+Only states taken between iterations are saved (an interrupt mid-iteration saves the state before
+that iteration).  The artifact holds
+
+    tensors.safetensors  sigmas, sigmas_eval, t, t_eval (native time), lambdas, lambdas_eval
+    schedule.json        the same as lists + NFE, solver, options, parameterization, loss
+    summary.json         init, validation loss of the learned schedule and of every baseline
+    train_log.jsonl      one line per iteration (loss, accepted noise moves, lr, val)
+    schedule.png         (a) log-SNR vs step for learned and baseline schedules, (b) validation loss
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from ..errors import NumericalError
+from ..ld3.checkpoint import TrainState
+from ..ld3.trainer import LD3Trainer, LearnedSchedule, TrainOptions
+from ..store import Artifact, atomic_write_text, make_key, to_plain
+from .artifacts import teacher_artifact
+from .context import StageContext
+from .keys import schedule_fields
+
+log = logging.getLogger("ld3")
+KIND = "schedules"
+
+
+def train_schedule(ctx: StageContext) -> Artifact:
+    """The learned schedule for this config, trained when missing (MissingArtifactError without teacher pairs)."""
+    teacher = teacher_artifact(ctx, produce=False)
+    fields = schedule_fields(ctx.cfg, teacher.key)
+    # a model that cannot be loaded fails in `prepare`, before anything is written
+    art = ctx.store.get_or_make(ctx.model_key, KIND, fields, lambda: _train(ctx, teacher, make_key(fields)),
+                                producer=ctx.command("train"), prepare=lambda: ctx.model)
+    return art
+
+
+def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
+    """Train (resuming a saved state) and return the artifact's contents."""
+    n = int(teacher.config["n"])
+    tt = teacher.tensors({"noises": (n, *tuple(ctx.model.shape)), "images": (n, None, None, None)})
+    opts = TrainOptions.from_dict(to_plain(ctx.cfg.train))
+    trainer = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, tt["noises"], tt["images"],
+                         tt.get("cond"), opts)
+    part = ctx.store.partial_path(ctx.model_key, KIND, key)
+    state = TrainState(part)
+    if state.restore(trainer):
+        log.info("resuming training at iteration %d (phase %d) from %s", trainer.iteration, trainer.phase, part)
+    log.info("training LD3: solver=%s order=%s NFE=%d (%d steps), init=%s, loss=%s, r=%.4g, %d train / %d val, "
+             "batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe, trainer.n_steps,
+             trainer.init_name, trainer.loss_name, trainer.radius, trainer.n_train, trainer.eps_val.shape[0],
+             opts.batch_size, "on" if trainer.grad_checkpoint else "off")
+    total = opts.iters_phase1 + (opts.iters_phase2 if opts.decoupled else 0)
+    bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
+
+    def on_iter(rec):
+        bar.update(1)
+        if "val" in rec:
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", val=f"{rec['val']:.4g}", best=f"{rec['best_val']:.4g}")
+
+    trainer.progress = on_iter
+    try:
+        contents = _contents(ctx, trainer, trainer.run(checkpoint=state.capture), teacher)
+        state.write()  # the finished state: should publishing fail, a rerun trains no further
+        return contents
+    except NumericalError as e:
+        bar.close()
+        path = part / "best_schedule.json"
+        sig, ev = trainer.best_values()
+        part.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"sigmas": sig.tolist(), "sigmas_eval": ev.tolist(),
+                                            "best_val": trainer.best_val, "iteration": trainer.iteration}, indent=2))
+        raise NumericalError(f"{e}; the best schedule so far (validation {trainer.best_val:.5g}) is kept in "
+                             f"{path}") from None
+    except BaseException:
+        try:
+            state.write()  # the last state between iterations (the live one may be mid-iteration)
+        except OSError as e:  # e.g. the disk is full: the state saved before stays as it is
+            log.warning("could not save the training state (%s); the one saved before is kept", e)
+        raise
+    finally:
+        bar.close()
+
+
+def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teacher: Artifact) -> dict:
+    """The learned schedule's artifact: tensors, schedule.json, summary.json, train_log.jsonl, schedule.png."""
+    sched = ctx.model.schedule
+    sig, ev = res.sigmas, res.sigmas_eval
+    tensors = {"sigmas": sig, "sigmas_eval": ev, "t": sched.t(sig), "t_eval": sched.t(ev),
+               "lambdas": -torch.log(sig), "lambdas_eval": -torch.log(ev)}
+    schedule_json = {"sigmas": sig.tolist(), "sigmas_eval": ev.tolist(), "t": tensors["t"].tolist(),
+                     "t_eval": tensors["t_eval"].tolist(), "lambdas": tensors["lambdas"].tolist(), "nfe": res.nfe,
+                     "steps": trainer.n_steps, "solver": ctx.solver_name, "solver_options": ctx.solver_options,
+                     "param": res.param, "noise_schedule": sched.to_dict(), "model": ctx.model_cfg.get("name")}
+    summary = res.summary()
+    summary.update({"teacher_check": teacher.manifest["info"].get("teacher_check"), "n_train": trainer.n_train,
+                    "n_val": int(trainer.eps_val.shape[0]), "grad_checkpoint": trainer.grad_checkpoint})
+    log_lines = "".join(json.dumps(to_plain(r)) + "\n" for r in res.history)
+    files = {"schedule.json": json.dumps(schedule_json, indent=2),
+             "summary.json": json.dumps(to_plain(summary), indent=2), "train_log.jsonl": log_lines}
+    try:
+        from ..utils.plots import schedule_plot
+
+        files["schedule.png"] = schedule_plot(res, trainer.baselines, sched)
+    except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
+        log.warning("could not draw schedule.png: %s", e)
+    info = {"best_val": res.best_val, "init": res.init, "init_val": res.init_val, "loss": res.loss,
+            "iterations": res.iterations, "seconds": res.seconds, "radius": res.radius,
+            "baselines": {k: v["val"] for k, v in res.baselines.items()}}
+    return {"tensors": tensors, "files": files, "info": info, "inputs": {"teacher": teacher.key}}
+
+
+def report(art: Artifact) -> None:
+    """Print where the learned schedule is and how it did (validation loss, the baselines'); briefly when reused."""
+    if not art.made:
+        print(f"learned schedule (already trained): {art.path}")
+        return
+    info = art.manifest["info"]
+    print(f"learned schedule: {art.path}")
+    print(f"  validation {info['loss']}: {info['best_val']:.5g} (init {info['init']}: {info['init_val']:.5g}); "
+          f"{info['iterations']} iterations in {info['seconds']:.1f}s")
+    base = ", ".join(f"{k} {v:.4g}" for k, v in sorted(info["baselines"].items(), key=lambda kv: kv[1]))
+    print(f"  baselines (validation): {base}")
