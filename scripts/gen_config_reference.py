@@ -20,11 +20,13 @@ from typing import Any, Optional
 
 import yaml
 
+from ld3_cli.stages.table import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 OUT = REPO / "docs" / "config-reference.md"
 GROUPS = ("dataset", "model", "solver", "teacher", "train", "sample", "eval")
-STAGE_FILES = ("teacher_sample", "train", "sample", "eval", "run", "export", "schedules", "fid_ref")
+STAGE_FILES = tuple(stage.config for stage in STAGES.values())
 SKIP_SECTIONS = {"hydra", "defaults"}
 # Descriptions for keys the config files leave uncommented (a comment in the file always wins).
 GLOSSARY = {

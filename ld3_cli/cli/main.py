@@ -17,20 +17,8 @@ import sys
 from typing import Optional
 
 from ..errors import EXIT_USER_ERROR
+from ..stages.table import ALIASES, STAGES
 
-# stage -> (config name, one-line description)
-STAGES = {
-    "teacher-sample": ("teacher_sample", "draw training noises and run the many-step teacher"),
-    "train": ("train", "learn the LD3 time discretization for a solver and NFE"),
-    "sample": ("sample", "sample with a learned or baseline schedule into npz shards"),
-    "eval": ("eval", "evaluate schedules (FID / pixel Frechet distance / teacher distances)"),
-    "run": ("run", "teacher-sample, train, sample and eval in order (the embedded default demo)"),
-    "export": ("export", "write a schedule for diffusers, k-diffusion, ComfyUI or as JSON"),
-    "schedules": ("schedules", "print and plot every baseline schedule for this model, solver, NFE"),
-    "fid-ref": ("fid_ref", "compute FID reference statistics from images or a dataset"),
-}
-ALIASES = {"train-discretization": "train", "sample-student": "sample", "evaluate-fid": "eval",
-           "teacher": "teacher-sample", "fid_ref": "fid-ref", "teacher_sample": "teacher-sample"}
 SUGAR = {"--nfe": "nfe", "--solver": "solver", "--model": "model", "--dataset": "dataset", "--schedule": "schedule",
          "--seed": "seed", "--device": "device", "--cache-dir": "cache_dir", "--order": "solver.order"}
 # Hydra's own flags: name -> takes a value
@@ -48,10 +36,10 @@ def usage() -> str:
     lines = [f"ld3 {__version__}: learn the time steps of diffusion-ODE samplers (LD3, Tong et al., ICLR 2025)", "",
              "usage: ld3 <stage> [overrides key=value ...] [--nfe N --solver S --model M --dataset D] [-m] [--cfg job]",
              "", "stages:"]
-    for name, (_, desc) in STAGES.items():
-        alias = [a for a, s in ALIASES.items() if s == name and "-" in a and a != name]
+    for name, stage in STAGES.items():
+        alias = [a for a in stage.aliases if "-" in a]
         extra = f"  (alias: {', '.join(alias)})" if alias else ""
-        lines.append(f"  {name:<15} {desc}{extra}")
+        lines.append(f"  {name:<15} {stage.summary}{extra}")
     lines += ["", "examples:", "  ld3 run                              the whole pipeline on the embedded default",
               "  ld3 train solver=unipc nfe=5", "  ld3 eval --nfe 5",
               "  ld3 train -m solver=dpmpp,unipc,ipndm nfe=4,5,6   (a sweep)",
@@ -135,11 +123,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     stage = resolve_stage(argv[0])
     if stage is None:
-        valid = sorted(set(STAGES) | {a for a in ALIASES if "-" in a})
-        near = difflib.get_close_matches(argv[0], valid, n=1)
+        dashed = [a for a in ALIASES if "-" in a]
+        near = difflib.get_close_matches(argv[0], sorted(set(STAGES) | set(dashed)), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         return fail(f"unknown stage '{argv[0]}'{hint}; valid stages: {', '.join(STAGES)} "
-                    "(aliases: train-discretization, sample-student, evaluate-fid)")
+                    f"(aliases: {', '.join(dashed)})")
     hargs, err = desugar(argv[1:])
     if err:
         return fail(err, stage)
@@ -147,12 +135,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not (set(f.partition("=")[0] for f in flags) & NO_PREFLIGHT):
         from .preflight import check_overrides
 
-        err = check_overrides(STAGES[stage][0], overrides, multirun=bool({"-m", "--multirun"} & set(flags)))
+        err = check_overrides(STAGES[stage].config, overrides, multirun=bool({"-m", "--multirun"} & set(flags)))
         if err:
             return fail(err, stage)
     from .apps import run_app
 
-    return run_app(stage, STAGES[stage][0], hargs)
+    return run_app(stage, STAGES[stage].config, hargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,16 @@ pulls in the compiler stack (seconds of start-up on a CPU machine).
 * :class:`RMSpropMomentum` (``torch.optim.RMSprop`` with ``momentum``, ``centered=False``):
   ``v <- a v + (1 - a) g^2``;  ``b <- m b + g / (sqrt(v) + eps)``;  ``p <- p - lr b``.
 * :class:`SGD` (plain): ``p <- p - lr g``.
+
+``train.offsets_optimizer`` picks the optimiser of the decoupled offsets: one of
+:data:`OFFSET_OPTIMIZERS` (``rmsprop``: :class:`RMSpropMomentum` at ``lr_offsets``; ``sgd``:
+:class:`SGD` at ``lr_offsets / NFE``, the paper's code).
 """
 from __future__ import annotations
 
 import torch
+
+OFFSET_OPTIMIZERS = ("rmsprop", "sgd")
 
 
 class RMSpropMomentum:

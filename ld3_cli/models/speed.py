@@ -33,6 +33,7 @@ from .base import Denoiser
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                    "float16": torch.float16}
+AUTOCAST_CHOICES = ("bf16", "fp16")  # the values of the config's speed.autocast besides null
 
 
 def _autocast_dtype(autocast: Any) -> Optional[torch.dtype]:

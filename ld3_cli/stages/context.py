@@ -17,10 +17,10 @@ from ..store import Store, to_plain
 from ..utils.devices import resolve_device
 from .checks import solver_options, steps_for
 from .keys import model_key
+from .table import STAGE_SECTIONS, STAGES
 
 log = logging.getLogger("ld3")
 _MODELS: dict[tuple, Any] = {}  # (model key, device, speed options) -> model, reused across a multirun's jobs
-STAGE_SECTIONS = {"export", "schedules", "fid_ref"}  # config sections owned by one stage
 
 
 # What reading a damaged or wrong-format weights file raises below a model builder's own checks.
@@ -98,7 +98,7 @@ class StageContext:
         ``extra`` overrides replace this job's override of the same key in place, or are appended.
         """
         stage = stage or self.stage
-        own = stage.replace("-", "_")
+        own = STAGES[stage].section
 
         def key(o: str) -> str:
             return o.lstrip("+~").split("=")[0]

@@ -14,19 +14,10 @@ import signal
 import sys
 
 from ..errors import EXIT_USER_ERROR, Ld3Error
+from .table import STAGES
 
 log = logging.getLogger("ld3")
 
-STAGE_MODULES = {
-    "teacher-sample": "teacher_sample",
-    "train": "train",
-    "sample": "sample",
-    "eval": "evaluate",
-    "run": "run",
-    "export": "export",
-    "schedules": "schedules",
-    "fid-ref": "fid_ref",
-}
 EXIT_INTERRUPTED = 130
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
@@ -54,7 +45,7 @@ def run_stage(stage: str, cfg):
         if msg:
             raise Ld3Error(msg)
         configure_torch(cfg)
-        module = importlib.import_module(f"ld3_cli.stages.{STAGE_MODULES[stage]}")
+        module = importlib.import_module(f"ld3_cli.stages.{STAGES[stage].module}")
         ctx = StageContext(cfg, stage, hydra_overrides())
         return module.run(ctx)
     except Ld3Error as e:

@@ -22,6 +22,17 @@ def test_every_stage_has_hydra_help(stage, capsys):
     assert "solver: " in out and "model: " in out  # the config groups are listed
 
 
+def test_every_stage_row_names_its_module_and_config():
+    """The stage table is the one list of stages: each row's module runs it and its config file composes it."""
+    import importlib
+
+    from ld3_cli.cli.apps import config_dir
+
+    for stage in STAGES.values():
+        assert callable(importlib.import_module(f"ld3_cli.stages.{stage.module}").run), stage
+        assert (config_dir() / f"{stage.config}.yaml").is_file(), stage
+
+
 def test_unknown_stage_is_exit_2_with_choices(capsys):
     assert main(["trian"]) == 2
     err = capsys.readouterr().err

@@ -46,7 +46,7 @@ def test_ld3_command_composes_and_passes_preflight(cmd, capsys):
         assert "ld3 " in capsys.readouterr().out
         return
     if multirun or "--cfg" in flags:
-        err = check_overrides(STAGES[stage][0], [_ends_of_nfe_sweep(o) for o in overrides], multirun=multirun)
+        err = check_overrides(STAGES[stage].config, [_ends_of_nfe_sweep(o) for o in overrides], multirun=multirun)
         assert err is None, f"{cmd}: {err}"
         return
     # main() runs the same preflight, then Hydra composes and prints the job's config
@@ -69,7 +69,7 @@ def _ends_of_nfe_sweep(override: str) -> str:
 def test_full_sweeps_pass_preflight(cmd):
     """(slow) every NFE of every documented sweep; the fast test checks each sweep's first and last NFE."""
     stage_word, _, overrides, _ = split_ld3(cmd.argv)
-    assert check_overrides(STAGES[resolve_stage(stage_word)][0], overrides, multirun=True) is None, str(cmd)
+    assert check_overrides(STAGES[resolve_stage(stage_word)].config, overrides, multirun=True) is None, str(cmd)
 
 
 def _overrides_with(argv, extra):

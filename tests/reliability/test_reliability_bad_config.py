@@ -29,6 +29,11 @@ from ld3_cli.cli.main import main
     ("sample", ["dataset=nope"], ["unknown dataset 'nope'", "choose one of:", "mnist5k"]),
     ("sample", ["schedule=fancy"], ["schedule 'fancy' is unknown", "use ld3 or one of"]),
     ("eval", ["eval.metrics=is"], ["eval.metrics must be auto, fid or fd_pixels; got 'is'"]),
+    ("train", ["train.offsets_optimizer=adam"], ["train.offsets_optimizer must be rmsprop or sgd, got 'adam'"]),
+    ("train", ["+train.lrr=1"], ["unknown train option(s) ['lrr']"]),
+    ("run", ["train.init_candidates=[edm,nope]"], ["train.init_candidates must be a non-empty list of"]),
+    ("sample", ["solver.variant=bh3"], ["unipc variant must be 'bh1' or 'bh2', got 'bh3'"]),
+    ("teacher-sample", ["teacher.solver.variant=bh9"], ["unipc variant must be 'bh1' or 'bh2', got 'bh9'"]),
 ])
 def test_impossible_settings_are_refused_before_anything_runs(stage, args, needles, tmp_path, capsys):
     cache = tmp_path / "cache"

@@ -26,5 +26,5 @@ def make_ctx(stage: str, store, overrides=()):
     from ld3_cli.cli.main import STAGES
     from ld3_cli.stages.context import StageContext
 
-    cfg = compose(STAGES[stage][0], [f"cache_dir={store}", *TINY, *overrides])
+    cfg = compose(STAGES[stage].config, [f"cache_dir={store}", *TINY, *overrides])
     return StageContext(cfg, stage, list(overrides))
