@@ -80,14 +80,19 @@ def desugar(args: list[str]) -> tuple[list[str], Optional[str]]:
                 near = difflib.get_close_matches(flag, choices, n=1)
                 hint = f" (did you mean {near[0]}?)" if near else ""
                 return out, f"unknown option {flag}{hint}; valid options: {', '.join(choices)}"
-            out.append(a)
-            if HYDRA_FLAGS[flag] and not eq and i + 1 < len(args):
-                out.append(args[i + 1])
-                i += 1
+            words = _flag_words(args, i)
+            out += words
+            i += len(words) - 1
         else:
             out.append(a)
         i += 1
     return out, None
+
+
+def _flag_words(args: list[str], i: int) -> list[str]:
+    """The Hydra flag ``args[i]``, with the next word when the flag takes a value not given as ``--flag=value``."""
+    name, eq, _ = args[i].partition("=")
+    return args[i:i + 2] if HYDRA_FLAGS[name] and not eq and i + 1 < len(args) else args[i:i + 1]
 
 
 def split_overrides(hargs: list[str]) -> tuple[list[str], list[str]]:
@@ -98,10 +103,9 @@ def split_overrides(hargs: list[str]) -> tuple[list[str], list[str]]:
         a = hargs[i]
         name = a.partition("=")[0]
         if a.startswith("-") and name in HYDRA_FLAGS:
-            flags.append(a)
-            if HYDRA_FLAGS[name] and "=" not in a and i + 1 < len(hargs):
-                flags.append(hargs[i + 1])
-                i += 1
+            words = _flag_words(hargs, i)
+            flags += words
+            i += len(words) - 1
         else:
             overrides.append(a)
         i += 1

@@ -196,70 +196,52 @@ def _constants(es: ExportSchedule, model_path: Optional[str]) -> list[str]:
     return lines
 
 
+def _builder(constant: list[str], signature: str, doc: str, body: list[str]) -> list[str]:
+    """One section of the snippet: a constant (comment lines and the assignment; may be empty), then a
+    function ``signature`` with docstring ``doc`` that runs ``body`` and returns ``scheduler``."""
+    lines = ["", ""] + (constant + ["", ""] if constant else [])
+    return lines + [f"def {signature}:", f'    """{doc}"""', *(f"    {line}" for line in body), "    return scheduler"]
+
+
 def _euler_section() -> list[str]:
-    return [
-        "",
-        "",
-        "def euler_scheduler(end_at_zero=END_AT_ZERO):",
-        '    """EulerDiscreteScheduler on SIGMAS (its `sigmas` equal SIGMAS in float32, plus 0 with end_at_zero)."""',
-        "    scheduler = EulerDiscreteScheduler(**BETAS)",
-        "    scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero else []))",
-        "    return scheduler",
-    ]
+    return _builder([], "euler_scheduler(end_at_zero=END_AT_ZERO)",
+                    "EulerDiscreteScheduler on SIGMAS (its `sigmas` equal SIGMAS in float32, plus 0 with end_at_zero).",
+                    ["scheduler = EulerDiscreteScheduler(**BETAS)",
+                     "scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero else []))"])
 
 
 def _edm_section(es: ExportSchedule) -> list[str]:
     lo, hi = es.noise_schedule.sigma_min, es.noise_schedule.sigma_max
-    return [
-        "",
-        "",
-        "# EDMEulerScheduler reads `sigmas` as a ramp in [0, 1] through the Karras formula; this ramp",
-        f"# inverts it (rho = {KARRAS_RHO:g}, sigma_min / sigma_max of the scheduler below)",
-        f"EDM_RAMP = {float_list(karras_ramp(es.sigmas.tolist(), lo, hi))}",
-        "",
-        "",
-        "def edm_euler_scheduler():",
-        '    """EDMEulerScheduler whose `sigmas` are SIGMAS (float32) followed by its terminal 0."""',
-        f"    scheduler = EDMEulerScheduler(sigma_min={py_float(lo)}, sigma_max={py_float(hi)}, "
-        f"rho={py_float(KARRAS_RHO)}, final_sigmas_type=\"zero\")",
-        "    scheduler.set_timesteps(num_inference_steps=len(EDM_RAMP), sigmas=torch.tensor(EDM_RAMP, "
-        "dtype=torch.float64))",
-        "    return scheduler",
-    ]
+    return _builder(
+        ["# EDMEulerScheduler reads `sigmas` as a ramp in [0, 1] through the Karras formula; this ramp",
+         f"# inverts it (rho = {KARRAS_RHO:g}, sigma_min / sigma_max of the scheduler below)",
+         f"EDM_RAMP = {float_list(karras_ramp(es.sigmas.tolist(), lo, hi))}"],
+        "edm_euler_scheduler()", "EDMEulerScheduler whose `sigmas` are SIGMAS (float32) followed by its terminal 0.",
+        [f"scheduler = EDMEulerScheduler(sigma_min={py_float(lo)}, sigma_max={py_float(hi)}, "
+         f"rho={py_float(KARRAS_RHO)}, final_sigmas_type=\"zero\")",
+         "scheduler.set_timesteps(num_inference_steps=len(EDM_RAMP), sigmas=torch.tensor(EDM_RAMP, "
+         "dtype=torch.float64))"])
 
 
 def _flow_section(es: ExportSchedule) -> list[str]:
-    return [
-        "",
-        "",
-        "# flow times t = sigma / (1 + sigma): what flow-matching schedulers call sigmas",
-        f"FLOW_T = {float_list(es.t.tolist())}",
-        "",
-        "",
-        "def flow_match_scheduler():",
-        '    """FlowMatchEulerDiscreteScheduler whose `sigmas` are FLOW_T (float32) followed by its terminal 0."""',
-        "    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)",
-        "    scheduler.set_timesteps(sigmas=FLOW_T)",
-        "    return scheduler",
-    ]
+    return _builder(
+        ["# flow times t = sigma / (1 + sigma): what flow-matching schedulers call sigmas",
+         f"FLOW_T = {float_list(es.t.tolist())}"],
+        "flow_match_scheduler()",
+        "FlowMatchEulerDiscreteScheduler whose `sigmas` are FLOW_T (float32) followed by its terminal 0.",
+        ["scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)", "scheduler.set_timesteps(sigmas=FLOW_T)"])
 
 
 def _dpm_section(es: ExportSchedule, rep: dict) -> list[str]:
     order = int(es.solver_options.get("order", 2)) if es.solver == "dpmpp" else 2
-    return [
-        "",
-        "",
-        "# ld3's native times rounded to training steps (see the table above)",
-        f"INTEGER_TIMESTEPS = {rep['timesteps']}",
-        "",
-        "",
-        "def dpm_solver_scheduler():",
-        '    """DPM-Solver++ on INTEGER_TIMESTEPS (approximate: rounded times), ending at sigma(step 0)."""',
-        f"    scheduler = DPMSolverMultistepScheduler(**BETAS, algorithm_type=\"dpmsolver++\", "
-        f"solver_order={min(max(order, 1), 3)}, final_sigmas_type=\"sigma_min\")",
-        "    scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)",
-        "    return scheduler",
-    ]
+    return _builder(
+        ["# ld3's native times rounded to training steps (see the table above)",
+         f"INTEGER_TIMESTEPS = {rep['timesteps']}"],
+        "dpm_solver_scheduler()",
+        "DPM-Solver++ on INTEGER_TIMESTEPS (approximate: rounded times), ending at sigma(step 0).",
+        [f"scheduler = DPMSolverMultistepScheduler(**BETAS, algorithm_type=\"dpmsolver++\", "
+         f"solver_order={min(max(order, 1), 3)}, final_sigmas_type=\"sigma_min\")",
+         "scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)"])
 
 
 def _footer(recommended: str) -> list[str]:
