@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..errors import EXIT_USER_ERROR
 from ..stages.table import ALIASES, STAGES
@@ -59,56 +59,44 @@ def resolve_stage(word: str) -> Optional[str]:
     return word if word in STAGES else None
 
 
+def _word_groups(args: list[str], sugar: bool) -> Iterator[list[str]]:
+    """``args`` in groups: a flag that takes a value (a Hydra flag such as ``--cfg``, or with ``sugar`` a
+    sugar flag) together with the next word unless given as ``flag=value``; any other word alone."""
+    i = 0
+    while i < len(args):
+        name, eq, _ = args[i].partition("=")
+        takes = args[i].startswith("-") and not eq and (HYDRA_FLAGS.get(name, False) or (sugar and name in SUGAR))
+        n = 2 if takes and i + 1 < len(args) else 1
+        yield args[i:i + n]
+        i += n
+
+
 def desugar(args: list[str]) -> tuple[list[str], Optional[str]]:
     """Translate sugar flags; return (hydra argv, error message or None)."""
     out: list[str] = []
-    i = 0
-    while i < len(args):
-        a = args[i]
+    for group in _word_groups(args, sugar=True):
+        a = group[0]
         name, eq, val = a.partition("=")
         if name in SUGAR:
-            if not eq:
-                if i + 1 >= len(args):
-                    return out, f"{name} needs a value (e.g. {name} 5)"
-                val = args[i + 1]
-                i += 1
-            out.append(f"{SUGAR[name]}={val}")
-        elif a.startswith("-") and not a.lstrip("-")[:1].isdigit():
-            flag = name
-            if flag not in HYDRA_FLAGS:
-                choices = sorted(set(SUGAR) | {f for f in HYDRA_FLAGS if f.startswith("--")})
-                near = difflib.get_close_matches(flag, choices, n=1)
-                hint = f" (did you mean {near[0]}?)" if near else ""
-                return out, f"unknown option {flag}{hint}; valid options: {', '.join(choices)}"
-            words = _flag_words(args, i)
-            out += words
-            i += len(words) - 1
+            if not eq and len(group) < 2:
+                return out, f"{name} needs a value (e.g. {name} 5)"
+            out.append(f"{SUGAR[name]}={val if eq else group[1]}")
+        elif a.startswith("-") and not a.lstrip("-")[:1].isdigit() and name not in HYDRA_FLAGS:
+            choices = sorted(set(SUGAR) | {f for f in HYDRA_FLAGS if f.startswith("--")})
+            near = difflib.get_close_matches(name, choices, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            return out, f"unknown option {name}{hint}; valid options: {', '.join(choices)}"
         else:
-            out.append(a)
-        i += 1
+            out += group
     return out, None
-
-
-def _flag_words(args: list[str], i: int) -> list[str]:
-    """The Hydra flag ``args[i]``, with the next word when the flag takes a value not given as ``--flag=value``."""
-    name, eq, _ = args[i].partition("=")
-    return args[i:i + 2] if HYDRA_FLAGS[name] and not eq and i + 1 < len(args) else args[i:i + 1]
 
 
 def split_overrides(hargs: list[str]) -> tuple[list[str], list[str]]:
     """Separate Hydra flags (and their values) from overrides."""
     flags, overrides = [], []
-    i = 0
-    while i < len(hargs):
-        a = hargs[i]
-        name = a.partition("=")[0]
-        if a.startswith("-") and name in HYDRA_FLAGS:
-            words = _flag_words(hargs, i)
-            flags += words
-            i += len(words) - 1
-        else:
-            overrides.append(a)
-        i += 1
+    for group in _word_groups(hargs, sugar=False):
+        is_flag = group[0].startswith("-") and group[0].partition("=")[0] in HYDRA_FLAGS
+        (flags if is_flag else overrides).extend(group)
     return flags, overrides
 
 
