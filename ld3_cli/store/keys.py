@@ -10,32 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 from typing import Any
 
+from ..utils.plain import to_plain
+
 KEY_LENGTH = 12
-
-
-def to_plain(obj: Any) -> Any:
-    """Recursively convert OmegaConf containers, tuples, paths and numpy/torch scalars to JSON data."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
-    if hasattr(obj, "tolist") and callable(obj.tolist):
-        return obj.tolist()
-    return obj
 
 
 def canonical_json(obj: Any) -> str:

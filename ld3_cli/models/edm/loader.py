@@ -21,13 +21,13 @@ import logging
 import os
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ...errors import ConfigError, MissingFileError
+from ...utils.plain import to_plain
 from ..registry import BuildContext
 from .layers import skip_init
 from .networks import NETWORKS
@@ -140,22 +140,6 @@ def random_network(precond: str, init_kwargs: Mapping, seed: int = 0,
 # config -> file
 
 
-def _plain(v: Any) -> Any:
-    """OmegaConf containers / mappings / sequences -> dicts and lists (recursively)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(v):
-            return OmegaConf.to_container(v, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        pass
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, Sequence) and not isinstance(v, (str, bytes)):
-        return [_plain(x) for x in v]
-    return v
-
-
 def checkpoint_path(cfg: Mapping) -> Path:
     """Where the config expects the checkpoint: ``path`` (a file, or a folder + ``file_name``) or ``file_name``."""
     path, file_name = cfg.get("path"), cfg.get("file_name")
@@ -208,7 +192,7 @@ def ensure_checkpoint(cfg: Mapping, ctx: BuildContext) -> Path:
 
 def build(cfg: Mapping, ctx: BuildContext) -> EDMPrecondBase:
     """Model-registry builder for ``kind: edm`` (see the module docstring for the keys)."""
-    cfg = _plain(cfg)
+    cfg = to_plain(cfg)
     use_fp16 = cfg.get("use_fp16")
     if cfg.get("random_init"):
         init_kwargs = dict(cfg.get("init_kwargs") or {})
