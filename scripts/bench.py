@@ -28,7 +28,7 @@ Usage::
     python scripts/bench.py --n 4 --batch 2 --iters 2 --sample-batch 4   # a small CPU run
     python scripts/bench.py model=edm_cifar10_random model.init_kwargs.model_channels=32 ...
 
-``model=NAME`` picks ``configs/model/NAME.yaml``; ``model.KEY=VALUE`` overrides a key of it.
+``model=<name>`` picks ``configs/model/<name>.yaml``; ``model.KEY=VALUE`` overrides a key of it.
 Timings are wall-clock; on CUDA every measurement is bracketed by ``torch.cuda.synchronize``.
 """
 from __future__ import annotations
@@ -79,7 +79,8 @@ CLI_TARGETS_S = {"train_nfe5": 60.0, "run": 180.0}  # (d): wall-clock targets of
 def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, str, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="model=NAME picks configs/model/NAME.yaml; model.KEY=VALUE overrides its keys")
+                                epilog="model=<name> picks configs/model/<name>.yaml; model.KEY=VALUE overrides "
+                                       "its keys")
     p.add_argument("overrides", nargs="*", help="model=NAME and model.KEY=VALUE")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
     p.add_argument("--batch", type=int, default=None,

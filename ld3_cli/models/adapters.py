@@ -71,8 +71,6 @@ class NetworkDenoiser(torch.nn.Module):
         prediction: one of :data:`PREDICTIONS`.
         time_input: one of :data:`TIME_INPUTS`.
         time_scale: divisor for ``time_input="t/T"``.
-        in_scale: multiply ``x_t`` by this before the network (e.g. EDM's c_in is handled by
-            the EDM wrapper itself; leave 1 for VP models).
         call: optional ``call(net, x_t, t_in, cond)`` for networks with other signatures.
     """
 

@@ -14,7 +14,7 @@ With ``lambda = -log sigma`` and ``h = lambda_{i+1} - lambda_i``, ``phi1 = expm1
   Since ``D2 ~ h^2 D''/2`` while the exact integral of the Taylor term is ``-h^2 phi3 D''``,
   that weight is half the Taylor coefficient and the method is second-order accurate (with a
   smaller constant than 2M).  ``coefficients="exact"`` uses ``c = 2`` and is third order;
-  tests/test_solver_convergence.py measures both.
+  tests/solvers/test_solver_convergence.py measures both.
 
 Step i uses order ``min(order, i + 1)`` and, with ``lower_order_final``, at most ``N - i``.
 NFE = N (one evaluation per step).  Global order: ``order`` (order 3: see ``coefficients``).
