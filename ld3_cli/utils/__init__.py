@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: plain data, devices, torchrun ranks, plots, progress bars, benchmarks."""
