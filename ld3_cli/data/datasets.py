@@ -15,18 +15,20 @@ import numpy as np
 
 from ..errors import ConfigError, MissingFileError
 from .images import count_images
+from .mnist5k import SHAPE as MNIST_SHAPE
+from .mnist5k import load_mnist5k_uint8
 
 
-def _mnist5k() -> np.ndarray:
-    from .mnist5k import load_mnist5k_uint8
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """A dataset shipped with ld3's dependencies: no file to fetch."""
 
-    return load_mnist5k_uint8()
+    description: str                     # "the MNIST-5k digits"
+    load: Callable[[], np.ndarray]       # -> uint8 [N, H, W, C]
+    image_shape: tuple[int, int, int]    # (C, H, W)
 
 
-# kind -> (what it is, uint8 [N, H, W, C] loader, image shape [C, H, W])
-EMBEDDED: dict[str, tuple[str, Callable[[], np.ndarray], tuple[int, int, int]]] = {
-    "mnist5k": ("the MNIST-5k digits", _mnist5k, (1, 28, 28)),
-}
+EMBEDDED = {"mnist5k": EmbeddedDataset("the MNIST-5k digits", load_mnist5k_uint8, MNIST_SHAPE)}
 
 
 @dataclass
@@ -38,19 +40,18 @@ class DatasetImages:
     count: int           # how many (0 when unknown)
 
 
-def embedded_images(dataset_cfg) -> Optional[tuple[np.ndarray, tuple[int, int, int]]]:
-    """``(uint8 [N, H, W, C] images, image shape [C, H, W])`` of an embedded dataset; None for others."""
-    entry = EMBEDDED.get(str(dataset_cfg.get("kind")))
-    return None if entry is None else (entry[1](), entry[2])
+def embedded_dataset(dataset_cfg) -> Optional[EmbeddedDataset]:
+    """The embedded dataset a dataset config (plain data) names, or None."""
+    return EMBEDDED.get(str(dataset_cfg.get("kind")))
 
 
 def dataset_images(dataset_cfg) -> DatasetImages:
-    """The images of the dataset config; ConfigError / MissingFileError (naming the fix) when there are none."""
+    """The images of a dataset config (plain data; ``???`` = unset); ConfigError / MissingFileError (naming
+    the fix) when there are none here."""
     kind, name = str(dataset_cfg.get("kind")), dataset_cfg.get("name")
     if kind in EMBEDDED:
-        what, load, _ = EMBEDDED[kind]
-        images = load()
-        return DatasetImages(images, f"{what} (dataset {kind})", len(images))
+        images = EMBEDDED[kind].load()
+        return DatasetImages(images, f"{EMBEDDED[kind].description} (dataset {kind})", len(images))
     if kind == "image_folder":
         folder = dataset_cfg.get("path")
         if folder in (None, "", "???"):

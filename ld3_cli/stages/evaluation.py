@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..data.datasets import embedded_images
+from ..data.datasets import embedded_dataset
 from ..errors import ConfigError
 from ..metrics.fid import fid, fid_reference
 from ..metrics.frechet import frechet_distance
@@ -77,15 +77,15 @@ def exact_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]
 
 def dataset_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """Statistics of the dataset's images, for embedded datasets of the model's image shape (else None)."""
-    found = embedded_images(to_plain(ctx.cfg.dataset))
-    if found is None:
+    dataset = embedded_dataset(to_plain(ctx.cfg.dataset))
+    if dataset is None:
         return None
-    images, shape = found
-    if tuple(ctx.model.image_shape) != shape:
+    if tuple(ctx.model.image_shape) != dataset.image_shape:
         log.info("fd_data skipped: the model's images %s are not the dataset's %s", tuple(ctx.model.image_shape),
-                 shape)
+                 dataset.image_shape)
         return None
-    return _pixel_reference(ctx, {"kind": "dataset_pixels", "dataset": str(ctx.cfg.dataset.kind)}, lambda: [images])
+    fields = {"kind": "dataset_pixels", "dataset": str(ctx.cfg.dataset.kind)}
+    return _pixel_reference(ctx, fields, lambda: [dataset.load()])
 
 
 # -- one schedule ----------------------------------------------------------------------------------
