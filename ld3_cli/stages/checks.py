@@ -13,10 +13,26 @@ SOLVER_KEYS = ("name",)
 
 
 def solver_options(solver_cfg) -> dict:
-    """The solver config minus its name: the options passed to ``solve``."""
-    d = dict(solver_cfg)
-    d.pop("name", None)
-    return d
+    """The solver config minus its name: the options passed to ``solve``.
+
+    Keys that are another solver's options are dropped (an experiment config sets, e.g., UniPC's
+    ``variant`` for every solver of a sweep); a key that no solver takes is a ConfigError.
+    """
+    from ..solvers import SOLVERS, get_solver
+
+    d = {k: v for k, v in dict(solver_cfg).items() if k != "name"}
+    own = get_solver(str(solver_cfg.get("name"))).option_names()
+    known = frozenset().union(*(s.option_names() for s in SOLVERS.values()))
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"solver.{unknown[0]} is not an option of any solver; solver "
+                          f"'{solver_cfg.get('name')}' takes {sorted(own)}")
+    return {k: v for k, v in d.items() if k in own}
+
+
+def solver_fields(solver_cfg) -> dict:
+    """What a solver config contributes to store keys: its name and the options it takes."""
+    return {"name": str(solver_cfg.get("name")), **solver_options(solver_cfg)}
 
 
 def steps_for(solver_cfg, nfe) -> int:

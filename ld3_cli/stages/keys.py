@@ -18,6 +18,7 @@ from typing import Any
 
 from ..models.registry import MODEL_HINT_KEYS
 from ..store import make_key, to_plain
+from .checks import solver_fields
 
 TEACHER_VERSION = 1
 SCHEDULE_VERSION = 1
@@ -50,19 +51,19 @@ def model_key(model_cfg: Any, autocast: Any = None) -> str:
 
 def teacher_fields(cfg, seed_start: int, n: int) -> dict:
     t = to_plain(cfg.teacher)
-    return {"version": TEACHER_VERSION, "solver": t["solver"], "nfe": int(t["nfe"]),
+    return {"version": TEACHER_VERSION, "solver": solver_fields(cfg.teacher.solver), "nfe": int(t["nfe"]),
             "discretization": t["discretization"], "seed_start": int(seed_start), "n": int(n)}
 
 
 def schedule_fields(cfg, teacher_key: str) -> dict:
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS}
-    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe),
+    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver_fields(cfg.solver), "nfe": int(cfg.nfe),
             "train": train}
 
 
 def samples_fields(cfg, schedule_desc: dict) -> dict:
     s = cfg.sample
-    return {"version": SAMPLES_VERSION, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe), "schedule": schedule_desc,
+    return {"version": SAMPLES_VERSION, "solver": solver_fields(cfg.solver), "nfe": int(cfg.nfe), "schedule": schedule_desc,
             "n": int(s.n), "seed_offset": int(s.seed_offset), "shard_size": int(s.shard_size)}
 
 

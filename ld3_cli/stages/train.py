@@ -169,7 +169,7 @@ def _train(ctx: StageContext, teacher: Artifact, fields: dict, key: str) -> Arti
              trainer.init_name, trainer.loss_name, trainer.radius, trainer.n_train, trainer.eps_val.shape[0],
              opts.batch_size, "on" if trainer.grad_checkpoint else "off")
 
-    total = opts.iters_phase1 + (opts.iters_phase2 if opts.decoupled else 0)
+    total = opts.total_iterations()
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
 
     def on_iter(rec):

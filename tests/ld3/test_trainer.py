@@ -88,7 +88,7 @@ def test_ablations(setup):
     soft.run()
     moved = (soft.eps - soft.eps_orig).flatten(1).norm(dim=1)
     assert float(moved.max()) > 0 and bool(torch.all(moved <= soft.radius * (1 + 1e-5)))
-    no_phase2 = learn_schedule(model, "euler", 4, x, y, decoupled=False, **FAST)
+    no_phase2 = learn_schedule(model, "euler", 4, x, y, learn=["steps"], **FAST)
     assert torch.equal(no_phase2.sigmas, no_phase2.sigmas_eval)
     in_time = learn_schedule(model, "euler", 4, x, y, param="time", **FAST)
     assert in_time.param == "time" and bool(torch.all(in_time.sigmas[1:] < in_time.sigmas[:-1]))
