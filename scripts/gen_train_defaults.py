@@ -6,7 +6,7 @@
 The YAML keeps what only the config knows -- its comments (the options' documentation) and the
 settings other config groups may supply (``${oc.select:model.param,lambda}``: the model config's
 ``param``, else the default) -- and every default value comes from
-:class:`ld3_cli.ld3.trainer.TrainOptions`: a plain ``key: value`` line gets the field's default, an
+:class:`ld3_cli.ld3.options.TrainOptions`: a plain ``key: value`` line gets the field's default, an
 ``oc.select`` gets it as its fallback, and a plain interpolation (``seed: ${seed}``) is left to
 the config.  The file must list exactly the fields of TrainOptions, in any order.
 """
@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
-from ld3_cli.ld3.trainer import TrainOptions
+from ld3_cli.ld3.options import TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_YAML = REPO / "configs" / "train" / "default.yaml"

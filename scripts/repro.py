@@ -11,9 +11,10 @@ imagenet, sd15 (one GPU).  For each run of a setup:
    (``dataset.fid_ref``), the FID Inception weights and, for Stable Diffusion, the prompts file
    are looked up in the composed config.  If any is missing the script prints each one with where
    it goes and where it comes from, and exits with status 2 before computing anything.
-2. ``ld3 teacher-sample`` (the paper's teacher: UniPC, NFE 20 for the EDM / latent models);
-3. ``ld3 train -m solver=dpmpp,unipc,ipndm nfe=4,...,10`` (Hydra multirun; a solver with
-   setup-specific options, e.g. UniPC-bh1 on the EDM models, is its own sweep);
+2. ``ld3 teacher-sample +experiment=<setup>_paper`` (the paper's settings are configuration:
+   ``configs/experiment/<setup>_paper.yaml``, each value with its source in the official code);
+3. ``ld3 train -m solver=dpmpp,unipc,ipndm nfe=4,...,10`` (Hydra multirun; each solver takes the
+   experiment's solver options it knows, e.g. only UniPC takes ``variant``);
 4. ``ld3 eval -m`` over the same grid (learned schedule and the baselines of the setup);
 5. ``scripts/results_table.py``: the paper-style table (measured / published) and a PNG, written to
    ``<cache>/repro/<setup>.md`` and ``<cache>/repro/<setup>-<run>.png`` and printed.
@@ -29,7 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -44,9 +45,8 @@ class Run:
     """One model of a setup: a teacher, a train sweep and an eval sweep, then one table."""
 
     label: str
-    overrides: list[str]                                  # model=..., dataset=..., paper settings (every command)
-    compare: list[str]                                    # eval.compare
-    solver_overrides: dict = field(default_factory=dict)  # solver -> overrides for that solver's sweep only
+    overrides: list[str]                                  # +experiment=..., model=..., budgets (every command)
+    compare: Optional[list[str]] = None                   # eval.compare (None: the experiment config's)
     published: Optional[str] = None                       # dataset key in published_fid.csv
     default_schedule: Optional[str] = None                # our schedule shown beside the paper's "default"
     metrics: Optional[list[str]] = None                   # table metrics (None = the headline one)
@@ -65,15 +65,11 @@ class Setup:
     solvers: tuple = PAPER_SOLVERS
 
 
-# The EDM pixel models: LPIPS loss when its weights are present (train.loss=auto), teacher UniPC-3 NFE 20 on
-# log-SNR steps (configs' defaults for these models), the official configs' UniPC B(h) = bh1 variant, and the
-# paper's plain SGD on the decoupled offsets (lr 0.1 / NFE; ld3's own default is RMSprop).
-_EDM_TRAIN = ["teacher.solver.variant=bh1", "train.offsets_optimizer=sgd", "train.lr_offsets=0.1"]
-_EDM_SOLVER = {"unipc": ["solver.variant=bh1"]}
-# The latent models (official LDM configs): batch 1, 2 epochs of phase 1 and 3 of phase 2 over 50 training pairs,
-# SGD on the offsets with learning rate 1e-3 / NFE; UniPC bh2 (the default).
-_LATENT_SGD = ["train.offsets_optimizer=sgd", "train.lr_offsets=0.001"]
-_LATENT_TRAIN = ["train.batch_size=1", "train.iters_phase1=100", "train.iters_phase2=150", *_LATENT_SGD]
+# The paper's settings live in configs/experiment/<setup>_paper.yaml (each value with its source in the official
+# code); a run here only adds what the paper leaves open (the compare list, CPU budgets for mnist).
+def _paper(name: str) -> list[str]:
+    return [f"+experiment={name}_paper"]
+
 
 # CPU budgets of repro-mnist (documented in docs/reproduction.md).
 _MNIST_SMALL = ["sample.n=1000", "eval.exact_n=5000", "eval.heldout_n=100"]
@@ -90,33 +86,26 @@ SETUPS = {s.name: s for s in (
         [Run("mnist_gmm", ["model=mnist_gmm", "dataset=mnist5k", *_MNIST_SMALL],
              ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm"], metrics=["fd_exact", "rmse"],
              note="pixel-space Frechet distance to exact samples of the mixture (solver error only), not FID"),
-         Run("mnist_ddpm", ["model=mnist_ddpm", "dataset=mnist5k", *_MNIST_DDPM_SMALL],
+         Run("mnist_ddpm", [*_paper("mnist"), *_MNIST_DDPM_SMALL],
              ["ld3", "time_uniform", "logsnr", "edm"], metrics=["fd_data", "rmse"],
-             note="pixel-space Frechet distance to the 5,000 MNIST digits, not FID")],
+             note="the paper's pixel recipe (configs/experiment/mnist_paper.yaml) at CPU budgets; pixel-space "
+                  "Frechet distance to the 5,000 MNIST digits, not FID")],
         nfes=(4, 5, 6)),
     Setup("cifar10", "EDM CIFAR-10 32x32 unconditional (VP)",
-          [Run("edm_cifar10", ["model=edm_cifar10", "dataset=cifar10", *_EDM_TRAIN],
-               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "cifar10", "edm")]),
+          [Run("edm_cifar10", _paper("cifar10"), published="cifar10", default_schedule="edm")]),
     Setup("ffhq", "EDM FFHQ 64x64 unconditional (VP)",
-          [Run("edm_ffhq64", ["model=edm_ffhq64", "dataset=ffhq64", *_EDM_TRAIN],
-               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "ffhq64", "edm")]),
+          [Run("edm_ffhq64", _paper("ffhq"), published="ffhq64", default_schedule="edm")]),
     Setup("afhqv2", "EDM AFHQv2 64x64 unconditional (VP)",
-          [Run("edm_afhqv2", ["model=edm_afhqv2", "dataset=afhqv2", *_EDM_TRAIN],
-               ["ld3", "edm", "gits", "dmn"], _EDM_SOLVER, "afhqv2_64", "edm")]),
+          [Run("edm_afhqv2", _paper("afhqv2"), published="afhqv2_64", default_schedule="edm")]),
     Setup("lsun", "latent diffusion LSUN-Bedroom 256 (LDM-4)",
-          [Run("ldm_lsun_bedroom", ["model=ldm_lsun_bedroom", "dataset=lsun_bedroom", *_LATENT_TRAIN],
-               ["ld3", "time_uniform", "gits", "dmn"], {}, "lsun_bedroom256", "time_uniform",
+          [Run("ldm_lsun_bedroom", _paper("lsun"), published="lsun_bedroom256", default_schedule="time_uniform",
                ref_hint=_LSUN_REF)]),
     Setup("imagenet", "class-conditional ImageNet 256 latent model (DiT-XL/2 here; LDM-4 in the paper)",
-          [Run("dit_imagenet256", ["model=dit_imagenet256", "dataset=imagenet256", *_LATENT_TRAIN],
-               ["ld3", "time_uniform", "gits", "dmn"], {}, "imagenet256", "time_uniform",
+          [Run("dit_imagenet256", _paper("imagenet256"), published="imagenet256", default_schedule="time_uniform",
                note="the paper's numbers are for LDM-4 cin256-v2 (guidance 2.0), not DiT-XL/2: "
                     "compare trends, not values")]),
     Setup("sd15", "Stable Diffusion v1.5 on MS-COCO 2014 captions (guidance 7.5)",
-          [Run("sd15", ["model=sd15", "dataset=coco", "solver.order=2", "teacher.n=50", "train.batch_size=1",
-                        "train.iters_phase1=50", "train.iters_phase2=75", *_LATENT_SGD],
-               ["ld3", "time_uniform", "edm"], {}, None, None,
-               note="no published FID table for this setup")]),
+          [Run("sd15", _paper("sd15"), note="no published FID table for this setup")]),
 )}
 
 
@@ -196,18 +185,12 @@ def commands(setup: Setup, run: Run, nfes: tuple, solvers: tuple, extra: list[st
     """The ``ld3`` argument lists of one run, in order."""
     common = list(run.overrides) + ([f"cache_dir={cache}"] if cache else []) + list(extra)
     nfe_sweep = "nfe=" + ",".join(str(n) for n in nfes)
-    # (solvers, their own overrides): the plain solvers share one sweep, each one with own overrides has its own
-    plain = [s for s in solvers if not run.solver_overrides.get(s)]
-    groups = [(plain, [])] if plain else []
-    groups += [([s], run.solver_overrides[s]) for s in solvers if run.solver_overrides.get(s)]
     cmds = [["teacher-sample", *common]]
-    compare = "eval.compare=[" + ",".join(run.compare) + "]"
     for stage in ("train", "eval"):
-        for group, own in groups:
-            cmd = [stage, "-m", f"solver={','.join(group)}", *own, nfe_sweep, *common]
-            if stage == "eval":
-                cmd.append(compare)
-            cmds.append(cmd)
+        cmd = [stage, "-m", f"solver={','.join(solvers)}", nfe_sweep, *common]
+        if stage == "eval" and run.compare:
+            cmd.append("eval.compare=[" + ",".join(run.compare) + "]")
+        cmds.append(cmd)
     return cmds
 
 

@@ -124,10 +124,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if err:
         return fail(err, stage)
     flags, overrides = split_overrides(hargs)
-    if not (set(f.partition("=")[0] for f in flags) & NO_PREFLIGHT):
+    names = set(f.partition("=")[0] for f in flags)
+    if not names & NO_PREFLIGHT:
         from .preflight import check_overrides
 
-        err = check_overrides(STAGES[stage].config, overrides, multirun=bool({"-m", "--multirun"} & set(flags)))
+        # showing the config (--cfg) checks the values but not the files a run would need
+        err = check_overrides(STAGES[stage].config, overrides, multirun=bool({"-m", "--multirun"} & names),
+                              files=not names & {"--cfg", "-c"})
         if err:
             return fail(err, stage)
     from .apps import run_app

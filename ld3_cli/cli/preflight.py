@@ -56,8 +56,9 @@ def _one_line(msg: str) -> str:
     return " ".join(lines)
 
 
-def check_overrides(config_name: str, overrides: list[str], multirun: bool) -> Optional[str]:
-    """Return an error message, or None when every job of the command composes and checks out."""
+def check_overrides(config_name: str, overrides: list[str], multirun: bool, files: bool = True) -> Optional[str]:
+    """Return an error message, or None when every job of the command composes and checks out
+    (``files``: also the files a run needs, e.g. the LPIPS weights)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf.errors import OmegaConfBaseException
@@ -78,7 +79,7 @@ def check_overrides(config_name: str, overrides: list[str], multirun: bool) -> O
                 except Exception as e:  # Hydra and OmegaConf raise several exception types here
                     return _explain(e, probe)
                 try:
-                    msg = check_config(cfg)
+                    msg = check_config(cfg, files)
                 except OmegaConfBaseException as e:
                     return _explain(e, probe)
                 if msg:

@@ -40,6 +40,15 @@ class DatasetImages:
     count: int           # how many (0 when unknown)
 
 
+def dataset_channels(dataset_cfg) -> int:
+    """Image channels of a dataset config (plain data): an embedded dataset's own, ``channels`` when the config
+    gives it, else 3 (every other dataset ld3 knows is RGB)."""
+    embedded = embedded_dataset(dataset_cfg)
+    if embedded is not None:
+        return int(embedded.image_shape[0])
+    return int(dataset_cfg.get("channels") or 3)
+
+
 def embedded_dataset(dataset_cfg) -> Optional[EmbeddedDataset]:
     """The embedded dataset a dataset config (plain data) names, or None."""
     return EMBEDDED.get(str(dataset_cfg.get("kind")))

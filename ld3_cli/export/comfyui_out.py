@@ -47,7 +47,6 @@ def comfyui_text(es: ExportSchedule) -> str:
 
 def comfyui_json(es: ExportSchedule) -> str:
     values, space = comfyui_values(es)
-    gap = es.decoupled_gap()
     data = {
         "sigmas": values,
         "sigmas_to_zero": values + [0.0],
@@ -63,8 +62,8 @@ def comfyui_json(es: ExportSchedule) -> str:
              "so they are not shifted again)" if space == "flow_t" else
              "values are EDM sigmas (x = x0 + sigma * noise), ComfyUI's sigma for EDM and DDPM-type models"),
             "sigmas ends at sigma_min like ld3's solver; sigmas_to_zero adds ComfyUI's usual final 0 (one more step)",
-            (f"not expressible: ld3's decoupled evaluation times (up to {gap:.3g} relative from the grid)"
-             if gap > 0 else "no decoupled evaluation times: nothing of the grid is lost"),
+            *(["these sigmas carry the time steps only; not expressible: " + "; ".join(es.time_steps_only())]
+              if es.time_steps_only() else ["no decoupled evaluation times: nothing of the grid is lost"]),
         ],
         "exported_by": f"ld3 {__version__}",
     }

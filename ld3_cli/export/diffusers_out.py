@@ -137,10 +137,11 @@ def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
         lines += wrap("FlowMatchEulerDiscreteScheduler (for flow models) takes flow times t = sigma / (1 + sigma) "
                       "(FLOW_T) with shift=1 -- a pipeline's own shift must be set to 1, or it shifts them again -- "
                       "and appends 0: FLOW_T plus one step to t = 0, one network call more than ld3.")
-    lines += ["", "Not expressible in diffusers:"]
-    if gap > 0:
-        lines += wrap(f"* ld3's decoupled evaluation times SIGMAS_EVAL (up to {gap:.3g} relative from SIGMAS): "
-                      "diffusers evaluates the network on the grid points themselves.", indent="  ", hang="  ")
+    lines += ["", "Not expressible in diffusers (these schedulers carry the time steps only; schedule.json with "
+              "ld3_sampler.py runs all of it):"]
+    if gap > 0 or es.time_steps_only():
+        for part in es.time_steps_only():
+            lines += wrap(f"* {part}.", indent="  ", hang="  ")
     else:
         lines += wrap("* (no decoupled evaluation times here: SIGMAS_EVAL == SIGMAS, nothing lost there)",
                       indent="  ", hang="  ")

@@ -26,9 +26,9 @@ KDIFFUSION_SAMPLERS = {
 
 def kdiffusion_snippet(es: ExportSchedule) -> str:
     sampler = KDIFFUSION_SAMPLERS.get(es.solver, "none known")
-    gap = es.decoupled_gap()
-    lost = (f"the decoupled evaluation times sigmas_eval (up to {gap:.3g} relative from sigmas); k-diffusion "
-            "evaluates the network on the grid itself." if gap > 0 else
+    lost_parts = es.time_steps_only()
+    lost = ("this file carries the time steps only: " + "; ".join(lost_parts) + " (k-diffusion evaluates the "
+            "network on the grid itself; schedule.json with ld3_sampler.py runs all of it)." if lost_parts else
             "nothing of the grid (this schedule has no decoupled evaluation times).")
     lines = [f'"""k-diffusion sigmas for {es.model} ({es.model_key}).', ""]
     lines += wrap(es.made_for())

@@ -7,6 +7,10 @@ Conventions (those of the whole package):
 * ``sigmas_eval[0..N]``: where the solver evaluates the network at step ``i`` (LD3's decoupled
   times; equal to ``sigmas`` for a baseline).  Only ``sigmas_eval[0..N-1]`` are ever used.
 * ``t``: the model's native time (``NoiseSchedule.t``); ``lambda = -log(sigma)`` (log-SNR).
+* ``eval_scales[0..N]`` (optional): the state scale of each decoupled evaluation, and
+  ``coefficients``: the solver's multistep table (learned, or the solver's own) -- only
+  ``schedule.json`` (run by ``ld3_sampler.py``) carries them; the other formats carry the time
+  steps only and say so.
 
 Numbers are written with ``repr(float)`` (shortest text that reads back to the same float64),
 so every text format round-trips bit-exactly; :func:`decimal_text` gives the same without an
@@ -17,7 +21,7 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -25,9 +29,10 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule
+from ..solvers.multistep import MultistepCoefficients
 
 RECORD_FORMAT = "ld3-schedule"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: eval_scales, noise_estimate and the coefficient table
 
 
 def _finite(v: float) -> float:
@@ -70,6 +75,9 @@ class ExportSchedule:
         solver, solver_options, nfe: the sampler the schedule is meant for.
         model, model_key: the model's config name and store key.
         provenance: where the numbers come from (artifact key / path / command, ...).
+        eval_scales, noise_estimate: the decoupled evaluation (see :class:`~ld3_cli.solvers.base.Evaluator`).
+        coefficients: the multistep table the solver runs (``None`` for Heun); learned_coefficients: whether
+            it was learned (else it is the solver's own on ``sigmas``).
     """
 
     name: str
@@ -82,6 +90,10 @@ class ExportSchedule:
     model: str
     model_key: str
     provenance: dict = field(default_factory=dict)
+    eval_scales: Optional[torch.Tensor] = None
+    noise_estimate: str = "eval"
+    coefficients: Optional[MultistepCoefficients] = None
+    learned_coefficients: bool = False
 
     def __post_init__(self):
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten().cpu()
@@ -123,6 +135,20 @@ class ExportSchedule:
         """Largest relative difference ``|sigma_eval_i / sigma_i - 1|`` over the evaluated points ``i < N``."""
         return float((self.sigmas_eval[:-1] / self.sigmas[:-1] - 1).abs().max())
 
+    def time_steps_only(self) -> list[str]:
+        """What a format that carries only the time steps loses (empty: nothing), one sentence each."""
+        out = []
+        gap = self.decoupled_gap()
+        if gap > 0:
+            out.append(f"ld3's decoupled evaluation times sigmas_eval (up to {gap:.3g} relative from the grid)")
+        if self.eval_scales is not None and float((self.eval_scales - 1).abs().max()) > 0:
+            out.append("the state scales of those evaluations (eval_scales, up to "
+                       f"{float((self.eval_scales - 1).abs().max()):.3g} from 1)")
+        if self.learned_coefficients:
+            out.append(f"the learned solver coefficients: this schedule was learned together with {self.solver}'s "
+                       "multistep weights, and another sampler's own weights are not what was learned")
+        return out
+
     def solver_short(self) -> str:
         """``unipc order 3`` (the solver and its order), for prose."""
         order = self.solver_options.get("order")
@@ -156,9 +182,22 @@ class ExportSchedule:
             "model": self.model,
             "model_key": self.model_key,
             "noise_schedule": self.noise_schedule.to_dict(),
+            "eval_scales": None if self.eval_scales is None else self.eval_scales.tolist(),
+            "noise_estimate": self.noise_estimate,
+            "learned_coefficients": self.learned_coefficients,
+            "coefficients": _table(self.coefficients),
             "provenance": dict(self.provenance),
             "conventions": ("sigmas: EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at "
                             "sigma_min; the solver steps on sigmas and evaluates the network at sigmas_eval[i] "
                             "for step i < steps (sigmas_eval[steps] is unused); t: the model's native time; "
-                            "lambdas = -log(sigma)"),
+                            "lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
+                            "solver evaluates the network and combines its outputs (ld3_sampler.py runs them)"),
         }
+
+
+def _table(c: Optional[MultistepCoefficients]) -> Optional[dict]:
+    if c is None:
+        return None
+    return {"form": c.form, "a": c.a.tolist(), "b": c.b.tolist(), "pred": c.pred.tolist(),
+            "corr": None if c.corr is None else c.corr.tolist(), "pred_terms": list(c.pred_terms),
+            "corr_terms": list(c.corr_terms)}

@@ -11,10 +11,11 @@ from .diffusers_out import diffusers_snippet
 from .json_out import schedule_json
 from .kdiffusion_out import kdiffusion_snippet
 from .record import ExportSchedule
+from .runner_out import runner_script
 
 # format -> {file name: text maker (schedule, model path)}; FORMATS and FILES derive from it
 _MAKERS = {
-    "json": {"schedule.json": lambda es, _: schedule_json(es)},
+    "json": {"schedule.json": lambda es, _: schedule_json(es), "ld3_sampler.py": lambda es, _: runner_script(es)},
     "diffusers": {"diffusers_snippet.py": diffusers_snippet},
     "kdiffusion": {"kdiffusion_sigmas.py": lambda es, _: kdiffusion_snippet(es)},
     "comfyui": {"comfyui_sigmas.txt": lambda es, _: comfyui_text(es),

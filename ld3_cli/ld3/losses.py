@@ -7,8 +7,10 @@
 
 The per-sample distances are those of :mod:`ld3_cli.metrics.distances`.
 
-``resolve_loss("auto", ...)`` picks LPIPS when its weights are present and the images are RGB,
-else L2, and returns the name actually used.
+``auto`` is LPIPS for RGB images (the paper's loss) and L2 otherwise.  LPIPS is never replaced
+silently: when its files are missing, :func:`check_loss` (which the CLI runs before any model
+loads) stops with one line naming each file, where it goes, and ``train.loss=l2`` as the
+alternative.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingFileError
 from ..metrics.distances import l1, l2, pseudo_huber
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -29,27 +31,34 @@ def pseudo_huber_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pseudo_huber(a, b, c=None, reduction="norm")
 
 
-def resolve_loss(name: str, image_channels: int, device: torch.device,
-                 lpips_weights: Optional[str] = None) -> tuple[str, LossFn]:
-    """Return ``(name_used, fn)`` with ``fn(student, teacher) -> [B]``."""
+def loss_for(name: str, image_channels: int) -> str:
+    """The loss ``name`` stands for: ``auto`` is LPIPS for RGB images (the paper's) and L2 otherwise."""
     if name not in LOSSES:
         raise ConfigError(f"train.loss must be one of {LOSSES}, got '{name}'")
     if name == "auto":
-        name = "l2"
-        if image_channels == 3:
-            from ..metrics.lpips_loss import lpips_available
+        return "lpips" if image_channels == 3 else "l2"
+    return name
 
-            if lpips_available("vgg", lpips_weights):
-                name = "lpips"
-            else:
-                log.warning("LPIPS-VGG backbone weights not found: training with the L2 loss instead "
-                            "(put vgg16-397923af.pth in the torch hub cache or set train.lpips_weights)")
-    if name == "l2":
-        return name, l2
-    if name == "l1":
-        return name, l1
-    if name == "pseudo_huber":
-        return name, pseudo_huber_loss
+
+def check_loss(name: str, image_channels: int, lpips_weights: Optional[str] = None) -> str:
+    """The loss that will be used; LPIPS without its files is a :class:`MissingFileError` (never replaced)."""
+    used = loss_for(name, image_channels)
+    if used == "lpips":
+        from ..metrics.lpips_loss import lpips_missing_message
+
+        msg = lpips_missing_message("vgg", lpips_weights)
+        if msg:
+            raise MissingFileError(msg)
+    return used
+
+
+def resolve_loss(name: str, image_channels: int, device: torch.device,
+                 lpips_weights: Optional[str] = None) -> tuple[str, LossFn]:
+    """Return ``(name_used, fn)`` with ``fn(student, teacher) -> [B]``."""
+    name = check_loss(name, image_channels, lpips_weights)
+    if name != "lpips":
+        log.info("training loss: %s", name)
+        return name, {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber_loss}[name]
     from ..metrics.lpips_loss import build_lpips
 
     net = build_lpips("vgg", backbone_weights=lpips_weights, device=device)

@@ -12,13 +12,33 @@ so the grid is strictly monotone for any ``theta`` and ends exactly at ``sigma_m
 ``sigma_min``.  Initialising ``theta = log(diff(c_baseline))`` reproduces any baseline grid
 exactly (softmax of a log is the normalised increments).
 
-Decoupled evaluation times (phase 2, Tong et al. Sec. 3.3): per-point offsets ``delta`` in the
-same space, clamped to ``+- win_rate * min_i |u_{i+1} - u_i|`` (the gap is treated as a
-constant), with the first and last points fixed:
+Decoupled evaluation times (phase 2, Tong et al. Sec. 3.3): per-point shifts in the same space,
+bounded by the window ``W = win_rate * min_i |u_{i+1} - u_i|`` (the gap is treated as a constant),
+with the first and last points fixed:
 
-    u_eval_i = u_i + clamp(delta_i, -w g, w g),  i = 1..N-1;   u_eval_0 = u_0, u_eval_N = u_N.
+    u_eval_i = u_i + shift_i,  i = 1..N-1;   u_eval_0 = u_0, u_eval_N = u_N.
+
+The offsets' units (``offset_units``) decide what a learning rate means:
+
+* ``"window"`` (default): ``shift_i = W * clamp(delta_i, -1, 1)`` -- ``delta`` is the fraction of
+  the window, so one step size means the same for every noise schedule and space;
+* ``"official"``: ``shift_i = clamp(delta_i * U, -W, W)`` with ``delta`` in the official LD3 code's
+  units: log-SNR for ``space="lambda"``, normalised time ``t / time_unit`` (``t in (0, 1]``; one
+  training step = 1/1000 for a 1000-step DDPM) for ``space="time"`` (``U`` = ``time_unit``).
+
+At a decoupled evaluation the network sees the state scaled by ``c_i`` (``eval_scale``, see
+:meth:`ScheduleParameterization.eval_scales` and :class:`~ld3_cli.solvers.base.Evaluator`):
+
+* ``"model"`` (default): ``c_i = alpha(sigma_i) / alpha(sigma_eval_i)`` with the model's own alpha --
+  the network sees the state of the step time with the noise label of the evaluation time, as in
+  the official LD3 code (``c = 1`` for EDM models);
+* ``"vp"``: the same with VP's ``alpha = 1 / sqrt(1 + sigma^2)`` for any model (a learned rescaling
+  for EDM models too);
+* ``"none"``: ``c = 1`` (the network sees the state itself at the evaluation noise level).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,6 +47,8 @@ from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule, log_snr, sigma_from_log_snr
 
 SPACES = ("lambda", "time")
+OFFSET_UNITS = ("window", "official")
+EVAL_SCALES = ("model", "vp", "none")
 
 
 class ScheduleParameterization(nn.Module):
@@ -36,14 +58,18 @@ class ScheduleParameterization(nn.Module):
         schedule: the model's NoiseSchedule (gives sigma <-> t for ``space="time"``).
         init_sigmas: ``n_steps + 1`` decreasing sigmas reproduced exactly at initialisation.
         space: ``"lambda"`` or ``"time"``.
-        win_rate: bound of the decoupled offsets as a fraction of the smallest gap.
+        win_rate: bound of the decoupled shifts as a fraction of the smallest gap.
+        offset_units: ``"window"`` or ``"official"`` (module docstring).
+        eval_scale: ``"model"``, ``"vp"`` or ``"none"`` (module docstring).
     """
 
     def __init__(self, schedule: NoiseSchedule, init_sigmas: torch.Tensor, space: str = "lambda",
-                 win_rate: float = 0.5):
+                 win_rate: float = 0.5, offset_units: str = "window", eval_scale: str = "model"):
         super().__init__()
-        if space not in SPACES:
-            raise ConfigError(f"train.param must be one of {SPACES}, got '{space}'")
+        for name, value, allowed in (("train.param", space, SPACES), ("train.offset_units", offset_units, OFFSET_UNITS),
+                                     ("train.eval_scale", eval_scale, EVAL_SCALES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got '{value}'")
         init_sigmas = torch.as_tensor(init_sigmas, dtype=torch.float64).detach().cpu()
         n = init_sigmas.numel() - 1
         if n < 1:
@@ -51,6 +77,9 @@ class ScheduleParameterization(nn.Module):
         self.schedule = schedule
         self.space = space
         self.win_rate = float(win_rate)
+        self.offset_units = offset_units
+        self.eval_scale = eval_scale
+        self.unit = 1.0 if (space == "lambda" or offset_units == "window") else float(schedule.time_unit)
         self.n_steps = n
         self.sigma_max = float(init_sigmas[0])
         self.sigma_min = float(init_sigmas[-1])
@@ -82,14 +111,33 @@ class ScheduleParameterization(nn.Module):
         sig = self._pin(self.from_space(u))
         if not decoupled:
             return sig, sig
-        gap = (u[1:] - u[:-1]).abs().min().detach()
-        bound = self.win_rate * gap
-        shift = torch.clamp(self.offsets, -bound, bound)
+        shift = self.shifts(u)
         mask = torch.ones_like(shift)
         mask[0] = 0.0
         mask[-1] = 0.0
         sig_eval = self._pin(self.from_space(u + shift * mask))
         return sig, sig_eval
+
+    def window(self, u: torch.Tensor) -> torch.Tensor:
+        """The bound ``W = win_rate * min gap`` of the shifts (no gradient)."""
+        return self.win_rate * (u[1:] - u[:-1]).abs().min().detach()
+
+    def shifts(self, u: torch.Tensor) -> torch.Tensor:
+        """``shift_i`` in the space ``u`` (before the endpoint mask), within ``[-W, W]``."""
+        bound = self.window(u)
+        if self.offset_units == "window":
+            return bound * torch.clamp(self.offsets, -1.0, 1.0)
+        return torch.clamp(self.offsets * self.unit, -bound, bound)
+
+    @torch.no_grad()
+    def window_fractions(self) -> torch.Tensor:
+        """``|shift_i| / W`` at the inner points ``[N - 1]``: how far the offsets moved (1 = the bound)."""
+        u = self.grid()
+        return (self.shifts(u) / self.window(u)).abs()[1:-1]
+
+    def eval_scales(self, sigmas: torch.Tensor, sigmas_eval: torch.Tensor) -> Optional[torch.Tensor]:
+        """State scales ``c_i`` ``[N + 1]`` of a decoupled evaluation (``None`` for ``eval_scale="none"``)."""
+        return state_scales(self.eval_scale, self.schedule, sigmas, sigmas_eval)
 
     def _pin(self, sig: torch.Tensor) -> torch.Tensor:
         ends = torch.zeros_like(sig)
@@ -102,3 +150,15 @@ class ScheduleParameterization(nn.Module):
     def values(self, decoupled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         s, e = self.forward(decoupled)
         return s.detach().clone(), e.detach().clone()
+
+
+def state_scales(mode: str, schedule: NoiseSchedule, sigmas: torch.Tensor,
+                 sigmas_eval: torch.Tensor) -> Optional[torch.Tensor]:
+    """``c_i = alpha(sigmas_i) / alpha(sigmas_eval_i)`` for ``mode`` ``"model"`` / ``"vp"``; ``None`` for ``"none"``."""
+    if mode == "none":
+        return None
+    if mode == "vp":
+        return torch.sqrt((1.0 + sigmas_eval ** 2) / (1.0 + sigmas ** 2))
+    if mode == "model":
+        return schedule.alpha_at(sigmas) / schedule.alpha_at(sigmas_eval)
+    raise ConfigError(f"train.eval_scale must be one of {EVAL_SCALES}, got '{mode}'")

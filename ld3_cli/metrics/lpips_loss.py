@@ -67,6 +67,28 @@ def lpips_available(net: str = "vgg", backbone_weights: str | os.PathLike | None
     return _backbone_path(net, backbone_weights).is_file()
 
 
+def lpips_missing_message(net: str = "vgg", backbone_weights: str | os.PathLike | None = None) -> str | None:
+    """One line naming each missing LPIPS file, where it goes and the alternative; ``None`` when all are present."""
+    name = _net_name(net)
+    path = _backbone_path(name, backbone_weights)
+    parts = []
+    if not path.is_file():
+        parts.append(f"torchvision's {BACKBONES[name][0]} is not at {path} (download {BACKBONES[name][1]} there: the "
+                     "torch hub cache, $TORCH_HOME/hub/checkpoints/, or set train.lpips_weights=/path/to/"
+                     f"{BACKBONES[name][0]})")
+    try:
+        heads = _heads_path(name)
+    except ImportError:
+        heads = None
+    if heads is None or not heads.is_file():
+        parts.append(f"the lpips package's linear layers ({heads or f'lpips/weights/v0.1/{name}.pth'}) are missing "
+                     "(pip install --force-reinstall lpips==0.1.4)")
+    if not parts:
+        return None
+    return (f"the LPIPS-{name} loss needs files that are missing: " + "; ".join(parts)
+            + ". Nothing was run. Or train with another loss: train.loss=l2")
+
+
 def _heads_path(net: str) -> Path:
     import lpips
 

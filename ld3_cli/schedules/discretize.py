@@ -8,6 +8,8 @@ options ``sigma_max`` / ``sigma_min`` narrow them).  Kinds:
 * ``time_quadratic``: uniform in ``sqrt(t)`` (quadratic in t; DDIM's "quad").
 * ``logsnr``: uniform in ``lambda = -log sigma``.
 * ``edm``: uniform in ``sigma^(1/rho)`` (Karras et al.), ``rho`` default 7.
+* ``time_edm``: the same spacing in normalised native time ``tau in (0, 1]`` (the official LD3
+  teacher grid for latent models, whose code applies the rho formula to time).
 * ``ays``: Align-Your-Steps published lists, log-linear interpolation for other lengths.
 * ``custom``: an explicit list (``values=[...]`` or ``path=file.json|.txt``) in ``space``
   ``sigma`` (default), ``t`` or ``lambda``.
@@ -86,7 +88,8 @@ def discretize(kind: str, n_steps: int, schedule: NoiseSchedule, **options) -> t
 
 def _native_range(schedule: NoiseSchedule, sigma_min, sigma_max):
     lo, hi = endpoints(schedule, sigma_min, sigma_max)
-    return float(schedule.t(torch.tensor(hi))), float(schedule.t(torch.tensor(lo))), lo, hi
+    t_hi, t_lo = (float(schedule.t(torch.tensor(v, dtype=torch.float64))) for v in (hi, lo))
+    return t_hi, t_lo, lo, hi
 
 
 def _pin_ends(sig: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -123,6 +126,17 @@ def edm(n_steps, schedule, sigma_min=None, sigma_max=None, rho: float = 7.0, **_
     u = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
     sig = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     return _pin_ends(sig, lo, hi)
+
+
+@register("time_edm")
+def time_edm(n_steps, schedule, sigma_min=None, sigma_max=None, rho: float = 7.0, **_):
+    """EDM's rho spacing applied to normalised native time ``tau`` instead of sigma: the official LD3 code's
+    ``skip_type=edm`` teacher grid for VP (latent) models."""
+    t_hi, t_lo, lo, hi = _native_range(schedule, sigma_min, sigma_max)
+    a, b = (float(schedule.normalized_time(torch.tensor(v, dtype=torch.float64))) for v in (t_hi, t_lo))
+    u = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
+    tau = (a ** (1 / rho) + u * (b ** (1 / rho) - a ** (1 / rho))) ** rho
+    return _pin_ends(schedule.sigma(schedule.time_from_normalized(tau)), lo, hi)
 
 
 @register("custom")

@@ -70,6 +70,24 @@ class NoiseSchedule:
     def sigma_max(self) -> float:
         return float(self.sigma(self.t_max))
 
+    @property
+    def time_unit(self) -> float:
+        """Native-time length of one unit of "normalised time" ``t in (0, 1]`` (the official LD3 code's time):
+        the number of training steps for discrete-time models, 1 for continuous ones."""
+        return 1.0
+
+    def normalized_time(self, t) -> Tensor:
+        """Native ``t`` -> the official LD3 code's time ``tau in (0, 1]`` (``t / time_unit``; see VPDiscrete)."""
+        return _t64(t) / self.time_unit
+
+    def time_from_normalized(self, tau) -> Tensor:
+        """Inverse of :meth:`normalized_time`."""
+        return _t64(tau) * self.time_unit
+
+    def alpha_at(self, sigma) -> Tensor:
+        """``alpha`` at the native time of noise level ``sigma`` (``x_t = alpha * x``); differentiable."""
+        return self.alpha(self.t(sigma))
+
     def lam(self, t) -> Tensor:
         """log-SNR at native time ``t``."""
         return log_snr(self.sigma(t))
@@ -116,6 +134,10 @@ class _VP(NoiseSchedule):
 
     def alpha(self, t) -> Tensor:
         s = self.sigma(t)
+        return torch.rsqrt(1.0 + s * s)
+
+    def alpha_at(self, sigma) -> Tensor:
+        s = _t64(sigma)
         return torch.rsqrt(1.0 + s * s)
 
 
@@ -262,6 +284,18 @@ class VPDiscrete(_VP):
         lo, hi = ls_all[i - 1], ls_all[i]
         frac = (lsig - lo) / (hi - lo)
         return (i - 1).to(torch.float64) + frac
+
+    @property
+    def time_unit(self) -> float:
+        return self.t_max - self.first_step + 1.0
+
+    def normalized_time(self, t) -> Tensor:
+        """``tau = (t - first_step + 1) / time_unit``: step ``first_step`` is ``1/T`` and the last step is 1
+        (the official LD3 code's time for latent models, whose network label is ``1000 tau - 1``)."""
+        return (_t64(t) - self.first_step + 1.0) / self.time_unit
+
+    def time_from_normalized(self, tau) -> Tensor:
+        return _t64(tau) * self.time_unit + self.first_step - 1.0
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "n_train_steps": int(self.alphas_cumprod.numel()), "first_step": self.first_step}

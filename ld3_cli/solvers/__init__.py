@@ -28,16 +28,20 @@ def get_solver(name: str) -> SolverSpec:
     return SOLVERS[key]
 
 
-def solve(name, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, **options):
+def solve(name, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
+          **options):
     """Run solver ``name`` over ``sigmas`` (N + 1 decreasing levels) and return the state at ``sigmas[-1]``.
 
-    Options are the solver's own (``order``, ``variant``, ``lower_order_final``, ...).
+    ``sigmas_eval`` / ``eval_scales`` (``[N + 1]`` each, optional): LD3's decoupled evaluation, the
+    network sees ``eval_scales[i] * x_i`` at ``sigmas_eval[i]`` (see :class:`~ld3_cli.solvers.base.Evaluator`).
+    Options are the solver's own (``order``, ``variant``, ``lower_order_final``, ``noise_estimate``, ...).
     Raises :class:`ConfigError` for an unknown solver or an impossible order / step count.
     """
     spec = get_solver(name)
     n_steps = len(sigmas) - 1
     options["order"] = spec.validate(n_steps, **{k: v for k, v in options.items() if k == "order"})
-    return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback=callback, check=check, **options)
+    return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback=callback, check=check, eval_scales=eval_scales,
+                    **options)
 
 
 __all__ = ["SOLVERS", "SolverSpec", "get_solver", "solve"]

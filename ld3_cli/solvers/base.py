@@ -5,8 +5,9 @@ Contract of a solver run (see :func:`ld3_cli.solvers.solve`):
 * ``sigmas``: 1-D, ``N + 1`` strictly decreasing positive EDM noise levels; the state starts
   at ``sigmas[0]`` and the result is the state at ``sigmas[N]``.  Update coefficients are
   functions of ``sigmas`` only, computed in float64 (float32 on devices without float64).
-* ``sigmas_eval``: same length; the network is evaluated at ``(x_i, sigmas_eval[i])``
-  (LD3's decoupled evaluation times).  ``None`` means ``sigmas``.
+* ``sigmas_eval``: same length; the network is evaluated at ``(c_i x_i, sigmas_eval[i])``
+  (LD3's decoupled evaluation times) with optional state scales ``c_i`` (``eval_scales``, default
+  1; see :class:`Evaluator`).  ``None`` means ``sigmas``.
 * Everything is differentiable with respect to ``x``, ``sigmas`` and ``sigmas_eval``; the
   loop performs no host synchronisation (validation happens once, before the loop).
 """
@@ -57,24 +58,66 @@ def prepare_grid(x: Tensor, sigmas: Tensor, sigmas_eval: Optional[Tensor], check
     return sigmas, sigmas_eval
 
 
+NOISE_ESTIMATES = ("eval", "step")
+
+
+def prepare_scales(x: Tensor, eval_scales: Optional[Tensor]) -> Optional[Tensor]:
+    """``eval_scales`` ``[N + 1]`` on ``x``'s device in the coefficient dtype (``None`` stays ``None``)."""
+    if eval_scales is None:
+        return None
+    if not isinstance(eval_scales, Tensor):
+        eval_scales = torch.as_tensor(eval_scales)
+    return eval_scales.to(device=x.device, dtype=coefficient_dtype(x.device))
+
+
 class Evaluator:
-    """Calls the denoiser at grid index ``i`` with ``sigma = sigmas_eval[i]`` broadcast to ``[B]``.
+    """The network evaluations of a solver run: grid point ``i`` is evaluated at ``sigmas_eval[i]``.
+
+    Decoupled evaluation (LD3): with per-point state scales ``c_i`` (``eval_scales``, default 1)
+    the data estimate at grid point ``i`` is
+
+        D_i   = D(c_i x_i, sigmas_eval[i])
+
+    and the noise estimate (slope of ``dx/dsigma``) used by the noise-form solvers (Euler, Heun,
+    iPNDM, DEIS) is, for ``noise_estimate="eval"``, the noise the network sees at its own
+    evaluation point, ``eps_i = (c_i x_i - D_i) / sigmas_eval[i]``, or, for ``"step"``,
+    ``(x_i - D_i) / sigmas[i]``.  Both equal ``(x_i - D(x_i, sigma_i)) / sigma_i`` when
+    ``sigmas_eval == sigmas`` and ``c == 1``.  For a VP model, ``c_i = alpha(sigma_i) /
+    alpha(sigmas_eval[i])`` makes the network see the state of step time ``i`` with the noise
+    label of the evaluation time, which is what the official LD3 code computes (docs/concepts.md).
 
     The sigma passed to the network is float64 when the state is float64, else float32, so
     half-precision networks still receive accurate noise levels.
     """
 
-    def __init__(self, denoiser, sigmas_eval: Tensor, cond: Any, batch: int, dtype: torch.dtype):
-        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    def __init__(self, denoiser, sigmas: Tensor, sigmas_eval: Tensor, cond: Any, x: Tensor,
+                 eval_scales: Optional[Tensor] = None, noise_estimate: str = "eval"):
+        if noise_estimate not in NOISE_ESTIMATES:
+            raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
+        sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.denoiser = denoiser
+        self.sigmas = sigmas
+        self.sigmas_eval = sigmas_eval
         self.sig = sigmas_eval.to(sdt)
+        self.scales = prepare_scales(x, eval_scales)
+        self.at_eval = noise_estimate == "eval"
         self.cond = cond
-        self.batch = batch
+        self.batch = x.shape[0]
         self.calls = 0
 
+    def _input(self, x: Tensor, i: int) -> Tensor:
+        return x if self.scales is None else scale(self.scales[i], x) * x
+
     def __call__(self, x: Tensor, i: int) -> Tensor:
+        """``D_i = D(c_i x, sigmas_eval[i])``."""
         self.calls += 1
-        return self.denoiser(x, self.sig[i].expand(self.batch), self.cond)
+        return self.denoiser(self._input(x, i), self.sig[i].expand(self.batch), self.cond)
+
+    def eps(self, x: Tensor, den: Tensor, i: int) -> Tensor:
+        """The noise estimate at grid point ``i`` from the state ``x`` and its ``den = self(x, i)``."""
+        if self.at_eval:
+            return (self._input(x, i) - den) / scale(self.sigmas_eval[i], x)
+        return (x - den) / scale(self.sigmas[i], x)
 
 
 def step_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int:
@@ -86,7 +129,8 @@ def step_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int
 
 
 def resolve_lower_order_final(value, n_steps: int) -> bool:
-    """``"auto"`` applies DPM-Solver's rule: lower the order of the final steps when N < 10."""
+    """``True`` (the default, as the official LD3 samplers): always lower the order of the final steps;
+    ``"auto"`` applies DPM-Solver's rule: only when N < 10."""
     if value in ("auto", None):
         return n_steps < 10
     if isinstance(value, str):
@@ -113,6 +157,18 @@ class SolverSpec:
     description = ""
     options: dict = {}
 
+    # run() arguments that are the grid contract, not options a config sets
+    CONTRACT = frozenset({"self", "denoiser", "x", "sigmas", "sigmas_eval", "cond", "callback", "check",
+                          "eval_scales", "noise_estimate"})
+
+    def option_names(self) -> frozenset:
+        """The options this solver takes: ``order`` (every solver has one) and the keyword arguments of :meth:`run`."""
+        import inspect
+
+        params = inspect.signature(self.run).parameters.values()
+        return frozenset({"order"} | {p.name for p in params
+                                      if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in self.CONTRACT})
+
     def nfe(self, n_steps: int, **options) -> int:
         return int(n_steps)
 
@@ -136,3 +192,9 @@ class SolverSpec:
 
     def run(self, denoiser, x, sigmas, sigmas_eval, cond, callback, **options):  # pragma: no cover
         raise NotImplementedError
+
+    def coefficients(self, sigmas, **options):
+        """The solver's :class:`~ld3_cli.solvers.multistep.MultistepCoefficients` on ``sigmas`` (float64,
+        differentiable); solvers that are not linear multistep methods (Heun) have none."""
+        raise ConfigError(f"solver '{self.name}' is not a linear multistep method: it has no coefficient table "
+                          "to learn (use dpmpp, unipc, ipndm, deis or euler)")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Evaluator, SolverSpec, prepare_grid, scale
+from .base import Evaluator, SolverSpec, prepare_grid
+from .multistep import run_multistep, table
 
 _GL_NODES = (-(0.6 ** 0.5), 0.0, 0.6 ** 0.5)
 _GL_WEIGHTS = (5 / 9, 8 / 9, 5 / 9)
@@ -38,21 +39,26 @@ def lagrange_integrals(nodes, a, b):
     return out
 
 
-def sample_deis(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas_eval, cond, x.shape[0], x.dtype)
+def deis_coefficients(sigmas, order=3):
+    """DEIS's table (noise form): ``w_j`` the Lagrange integrals, ``b_i = sum_j w_j`` (= the step) and the
+    weight of ``eps_{i-j} - eps_i`` is ``w_j``."""
     n = sigmas.numel() - 1
-    slopes = []  # latest first
+    a, b, pred, terms = [], [], [], []
     for i in range(n):
-        den = ev(x, i)
-        if callback is not None:
-            callback(i, x, den)
-        slopes = ([(x - den) / scale(sigmas[i], x)] + slopes)[:order]
         p = min(order, i + 1)
-        nodes = [sigmas[i - j] for j in range(p)]
-        weights = lagrange_integrals(nodes, sigmas[i], sigmas[i + 1])
-        x = x + sum(scale(w, x) * d for w, d in zip(weights, slopes))
-    return x
+        w = lagrange_integrals([sigmas[i - j] for j in range(p)], sigmas[i], sigmas[i + 1])
+        a.append(torch.ones_like(sigmas[i]))
+        b.append(sum(w[1:], w[0]))
+        pred.append(w[1:])
+        terms.append(p - 1)
+    return table("noise", a, b, pred, terms, history=order)
+
+
+def sample_deis(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
+                eval_scales=None, noise_estimate="eval"):
+    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
+    return run_multistep(ev, x, deis_coefficients(sigmas, order), callback)
 
 
 class DEIS(SolverSpec):
@@ -61,5 +67,10 @@ class DEIS(SolverSpec):
     default_order = 3
     description = "DEIS rho-AB (variable-step Adams-Bashforth in sigma), orders 1-4, 1 NFE per step"
 
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3, **_):
-        return sample_deis(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order))
+    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
+            eval_scales=None, noise_estimate="eval", **_):
+        return sample_deis(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
+                           noise_estimate)
+
+    def coefficients(self, sigmas, order=3, **_):
+        return deis_coefficients(sigmas, int(order))

@@ -24,48 +24,54 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, scale, step_order
+from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, step_order
+from .multistep import run_multistep, table
 
 
-def sample_dpmpp(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 order=2, lower_order_final="auto", solver_type="midpoint", coefficients="reference"):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+def dpmpp_coefficients(sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference"):
+    """DPM-Solver++'s table (data form) on ``sigmas`` (float64, differentiable); see the module docstring.
+
+    In history differences ``E_j = D_{i-j} - D_i``: order 2 adds ``-c / r0 * E_1`` (``c = -phi1 / 2`` midpoint,
+    ``phi1 / h + 1`` heun); order 3 adds ``(-phi2 / r0 - k (1/r0 + 1/r1)) E_1 + (k / r1) E_2`` with
+    ``k = (phi2 r0 - c3 phi3) / (r0 + r1)``, which is ``phi2 D1 - c3 phi3 D2`` rewritten.
+    """
     if solver_type not in ("midpoint", "heun"):
         raise ConfigError(f"dpmpp solver_type must be 'midpoint' or 'heun', got '{solver_type}'")
     if coefficients not in ("reference", "exact"):
         raise ConfigError(f"dpmpp coefficients must be 'reference' or 'exact', got '{coefficients}'")
     c3 = 1.0 if coefficients == "reference" else 2.0
-    ev = Evaluator(denoiser, sigmas_eval, cond, x.shape[0], x.dtype)
     n = sigmas.numel() - 1
     lof = resolve_lower_order_final(lower_order_final, n)
-    lam = -torch.log(sigmas)
-    hs = lam[1:] - lam[:-1]
-    prev = []  # denoised outputs D_{i-2}, D_{i-1}
+    hs = torch.diff(-torch.log(sigmas))
+    a, b, pred, terms = [], [], [], []
     for i in range(n):
-        den = ev(x, i)
-        if callback is not None:
-            callback(i, x, den)
         o = step_order(order, i, n, lof)
         h = hs[i]
         phi1 = torch.expm1(-h)
-        x = scale(torch.exp(-h), x) * x - scale(phi1, x) * den
-        if o >= 2:
-            r0 = hs[i - 1] / h
-            d1_0 = (den - prev[-1]) / scale(r0, x)
-            if o == 2:
-                c = -0.5 * phi1 if solver_type == "midpoint" else phi1 / h + 1
-                x = x + scale(c, x) * d1_0
-            else:
-                r1 = hs[i - 2] / h
-                d1_1 = (prev[-1] - prev[-2]) / scale(r1, x)
-                diff = d1_0 - d1_1
-                d1 = d1_0 + scale(r0 / (r0 + r1), x) * diff
-                d2 = scale(1 / (r0 + r1), x) * diff
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                x = x + scale(phi2, x) * d1 - scale(c3 * phi3, x) * d2
-        prev = (prev + [den])[-2:]
-    return x
+        a.append(torch.exp(-h))
+        b.append(-phi1)
+        if o == 1:
+            w = []
+        elif o == 2:
+            c = -0.5 * phi1 if solver_type == "midpoint" else phi1 / h + 1
+            w = [-c / (hs[i - 1] / h)]
+        else:
+            r0, r1 = hs[i - 1] / h, hs[i - 2] / h
+            phi2 = phi1 / h + 1
+            phi3 = phi2 / h - 0.5
+            k = (phi2 * r0 - c3 * phi3) / (r0 + r1)
+            w = [-phi2 / r0 - k * (1 / r0 + 1 / r1), k / r1]
+        pred.append(w)
+        terms.append(o - 1)
+    return table("data", a, b, pred, terms, history=max(order, 1))
+
+
+def sample_dpmpp(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
+                 order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference",
+                 eval_scales=None):
+    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+    table_ = dpmpp_coefficients(sigmas, order, lower_order_final, solver_type, coefficients)
+    return run_multistep(Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales), x, table_, callback)
 
 
 class DPMSolverPP(SolverSpec):
@@ -75,6 +81,11 @@ class DPMSolverPP(SolverSpec):
     description = "DPM-Solver++ multistep (data prediction), orders 1-3, 1 NFE per step"
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            order=2, lower_order_final="auto", solver_type="midpoint", coefficients="reference", **_):
+            order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference", eval_scales=None,
+            **_):
         return sample_dpmpp(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order),
-                            lower_order_final, solver_type, coefficients)
+                            lower_order_final, solver_type, coefficients, eval_scales)
+
+    def coefficients(self, sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference",
+                     **_):
+        return dpmpp_coefficients(sigmas, int(order), lower_order_final, solver_type, coefficients)

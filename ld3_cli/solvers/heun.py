@@ -2,7 +2,8 @@
 
 Each step takes an Euler predictor and averages the slopes at both ends; the last step is
 plain Euler (no correction), so N steps cost ``2N - 1`` NFE and only odd NFE are possible.
-Slopes are ``d = (x - D(x, sigma_eval)) / sigma`` (coefficients from ``sigmas``).  Global order 2.
+Slopes are the Evaluator's noise estimates, ``d = (x - D(x, sigma)) / sigma`` without decoupling
+(coefficients from ``sigmas``).  Global order 2.
 """
 from __future__ import annotations
 
@@ -10,21 +11,22 @@ from ..errors import ConfigError
 from .base import Evaluator, SolverSpec, prepare_grid, scale
 
 
-def sample_heun(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True):
+def sample_heun(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
+                eval_scales=None, noise_estimate="eval"):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas_eval, cond, x.shape[0], x.dtype)
+    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     n = sigmas.numel() - 1
     for i in range(n):
         s, s_next = scale(sigmas[i], x), scale(sigmas[i + 1], x)
         den = ev(x, i)
         if callback is not None:
             callback(i, x, den)
-        d = (x - den) / s
+        d = ev.eps(x, den, i)
         x_pred = x + (s_next - s) * d
         if i == n - 1:
             x = x_pred
         else:
-            d_next = (x_pred - ev(x_pred, i + 1)) / s_next
+            d_next = ev.eps(x_pred, ev(x_pred, i + 1), i + 1)
             x = x + (s_next - s) * 0.5 * (d + d_next)
     return x
 
@@ -45,5 +47,6 @@ class Heun(SolverSpec):
                               f"Use nfe={max(1, nfe - 1)} or {nfe + 1}.")
         return (nfe + 1) // 2
 
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, **_):
-        return sample_heun(denoiser, x, sigmas, sigmas_eval, cond, callback, check)
+    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
+            eval_scales=None, noise_estimate="eval", **_):
+        return sample_heun(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate)

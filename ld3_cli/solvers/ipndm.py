@@ -1,6 +1,7 @@
 """Improved PNDM (iPNDM; Zhang & Chen 2023, as used by diff-sampler / LD3), orders 1-4, in sigma-space.
 
-Slopes ``d_i = (x_i - D(x_i, sigma_eval_i)) / sigma_i`` are combined with the fixed
+Slopes (the Evaluator's noise estimates; ``d_i = (x_i - D(x_i, sigma_i)) / sigma_i`` without
+decoupling) are combined with the fixed
 Adams-Bashforth weights of equal steps, warm-started with lower orders
 (``order_i = min(order, i + 1)``):
 
@@ -13,7 +14,10 @@ practice the variable-step error limits the global order to ``min(order, 2)`` (s
 """
 from __future__ import annotations
 
-from .base import Evaluator, SolverSpec, prepare_grid, scale
+import torch
+
+from .base import Evaluator, SolverSpec, prepare_grid
+from .multistep import run_multistep, table
 
 AB_WEIGHTS = {
     1: (1.0,),
@@ -23,21 +27,25 @@ AB_WEIGHTS = {
 }
 
 
-def sample_ipndm(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas_eval, cond, x.shape[0], x.dtype)
+def ipndm_coefficients(sigmas, order=4):
+    """iPNDM's table (noise form): ``b_i = sigma_{i+1} - sigma_i`` and the weight of ``eps_{i-k} - eps_i`` is
+    ``b_i w_k`` with the Adams-Bashforth weights ``w`` of order ``min(order, i + 1)`` (they sum to 1)."""
     n = sigmas.numel() - 1
-    slopes = []  # d_i, d_{i-1}, ... (latest first)
+    steps = torch.diff(sigmas)
+    ones = torch.ones_like(steps)
+    pred, terms = [], []
     for i in range(n):
-        s = scale(sigmas[i], x)
-        den = ev(x, i)
-        if callback is not None:
-            callback(i, x, den)
-        slopes = ([(x - den) / s] + slopes)[:order]
         w = AB_WEIGHTS[min(order, i + 1)]
-        slope = sum(wk * dk for wk, dk in zip(w, slopes))
-        x = x + scale(sigmas[i + 1] - sigmas[i], x) * slope
-    return x
+        pred.append([steps[i] * wk for wk in w[1:]])
+        terms.append(len(w) - 1)
+    return table("noise", list(ones), list(steps), pred, terms, history=order)
+
+
+def sample_ipndm(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
+                 eval_scales=None, noise_estimate="eval"):
+    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
+    return run_multistep(ev, x, ipndm_coefficients(sigmas, order), callback)
 
 
 class IPNDM(SolverSpec):
@@ -46,5 +54,10 @@ class IPNDM(SolverSpec):
     default_order = 4
     description = "improved PNDM (fixed Adams-Bashforth weights in sigma), orders 1-4, 1 NFE per step"
 
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4, **_):
-        return sample_ipndm(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order))
+    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
+            eval_scales=None, noise_estimate="eval", **_):
+        return sample_ipndm(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
+                            noise_estimate)
+
+    def coefficients(self, sigmas, order=4, **_):
+        return ipndm_coefficients(sigmas, int(order))

@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, scale, step_order
+from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, step_order
+from .multistep import run_multistep, table
 
 
 def _unipc_coefficients(h, rks, variant):
@@ -58,39 +59,35 @@ def _unipc_coefficients(h, rks, variant):
     return phi, b_h, rhos_p, rhos_c
 
 
-def sample_unipc(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 order=3, variant="bh2", lower_order_final="auto", corrector=True):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas_eval, cond, x.shape[0], x.dtype)
+def unipc_coefficients(sigmas, order=3, variant="bh2", lower_order_final=True, corrector=True):
+    """UniPC's table (data form) on ``sigmas``: with ``d1s_k = (D_{i-k} - D_i) / r_k`` the predictor weight of
+    ``E_k = D_{i-k} - D_i`` is ``-B(h) rho^p_k / r_k``, the corrector's ``-B(h) rho^c_k / r_k`` and, on the new
+    evaluation ``D_{i+1} - D_i``, ``-B(h) rho^c_last``."""
     n = sigmas.numel() - 1
     lof = resolve_lower_order_final(lower_order_final, n)
     lam = -torch.log(sigmas)
-    models = [ev(x, 0)]  # D at the current and previous grid points (latest last)
+    a, b, pred, pterms, corr, cterms = [], [], [], [], [], []
     for i in range(n):
-        den = models[-1]
-        if callback is not None:
-            callback(i, x, den)
         o = step_order(order, i, n, lof)
         h = lam[i + 1] - lam[i]
         rks = [(lam[i - k] - lam[i]) / h for k in range(1, o)] + [torch.ones_like(h)]
-        d1s = [(models[-1 - k] - den) / scale(rks[k - 1], x) for k in range(1, o)]
         phi, b_h, rhos_p, rhos_c = _unipc_coefficients(h, rks, variant)
-        x_base = scale(torch.exp(-h), x) * x - scale(phi, x) * den
-        x_pred = x_base
-        if rhos_p is not None:
-            x_pred = x_base - scale(b_h, x) * sum(scale(rhos_p[k], x) * d1s[k] for k in range(o - 1))
-        if i == n - 1:
-            return x_pred
-        model_t = ev(x_pred, i + 1)
-        if corrector:
-            corr = scale(rhos_c[-1], x) * (model_t - den)
-            for k in range(o - 1):
-                corr = corr + scale(rhos_c[k], x) * d1s[k]
-            x = x_base - scale(b_h, x) * corr
-        else:
-            x = x_pred
-        models = (models + [model_t])[-3:]
-    return x
+        a.append(torch.exp(-h))
+        b.append(-phi)
+        pred.append([] if rhos_p is None else [-b_h * rhos_p[k - 1] / rks[k - 1] for k in range(1, o)])
+        pterms.append(o - 1)
+        if corrector and i < n - 1:
+            corr.append([-b_h * rhos_c[-1]] + [-b_h * rhos_c[k - 1] / rks[k - 1] for k in range(1, o)])
+            cterms.append(o - 1)
+    return table("data", a, b, pred, pterms, history=max(order, 1), corr=corr if corrector else None,
+                 corr_terms=cterms)
+
+
+def sample_unipc(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
+                 order=3, variant="bh2", lower_order_final=True, corrector=True, eval_scales=None):
+    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+    table_ = unipc_coefficients(sigmas, order, variant, lower_order_final, corrector)
+    return run_multistep(Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales), x, table_, callback)
 
 
 class UniPC(SolverSpec):
@@ -100,8 +97,11 @@ class UniPC(SolverSpec):
     description = "UniPC multistep predictor-corrector (bh1/bh2), orders 1-3, 1 NFE per step"
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            order=3, variant="bh2", lower_order_final="auto", corrector=True, **_):
+            order=3, variant="bh2", lower_order_final=True, corrector=True, eval_scales=None, **_):
         return sample_unipc(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), variant,
-                            lower_order_final, corrector)
+                            lower_order_final, corrector, eval_scales)
+
+    def coefficients(self, sigmas, order=3, variant="bh2", lower_order_final=True, corrector=True, **_):
+        return unipc_coefficients(sigmas, int(order), variant, lower_order_final, corrector)
 
 

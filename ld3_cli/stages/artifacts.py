@@ -2,7 +2,8 @@
 
 * :func:`teacher_artifact`: teacher pairs for a range of seeds (``ld3 teacher-sample`` makes the
   training pairs; other seeds -- eval's held-out pairs -- are made on demand);
-* :func:`learned_schedule` / :func:`load_schedule`: the LD3 schedule ``ld3 train`` made;
+* :func:`learned_schedule` / :func:`load_sampler`: the LD3 schedule ``ld3 train`` made, as the
+  :class:`~ld3_cli.solvers.sampler.Sampler` that runs exactly what was learned;
 * :func:`schedule_for`: any schedule by name, learned or baseline (searched baselines cached);
 * :func:`samples_artifact`: the sample shards of a schedule, made when missing.
 
@@ -17,10 +18,11 @@ from typing import Optional
 
 import torch
 
-from ..errors import CorruptArtifactError, MissingArtifactError
+from ..errors import ConfigError, CorruptArtifactError, MissingArtifactError
 from ..schedules import check_sigmas, discretize
 from ..search import NEEDS_MODEL, SEARCHED
 from ..solvers import get_solver
+from ..solvers.sampler import Sampler
 from ..store import Artifact, make_key, to_plain
 from ..utils.distributed import rank_and_world
 from .context import StageContext
@@ -75,9 +77,11 @@ def learned_schedule(ctx: StageContext) -> Artifact:
     return ctx.store.open(ctx.model_key, "schedules", key, producer=ctx.command("train"))
 
 
-def load_schedule(art: Artifact, schedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmas, sigmas_eval) of a learned-schedule artifact, validated against the model's range."""
-    n = get_solver(str(art.config["solver"]["name"])).steps_for_nfe(int(art.config["nfe"]))
+def load_sampler(art: Artifact, schedule) -> Sampler:
+    """What a learned-schedule artifact runs: its grid, decoupled evaluation and coefficients, validated
+    against the model's range (CorruptArtifactError names the path and the rebuild command)."""
+    solver = str(art.config["solver"]["name"])
+    n = get_solver(solver).steps_for_nfe(int(art.config["nfe"]))
     t = art.tensors({"sigmas": (n + 1,), "sigmas_eval": (n + 1,)})
     rebuild = f"; delete {art.path} and rerun `{art.rebuild}`"
     try:
@@ -92,7 +96,18 @@ def load_schedule(art: Artifact, schedule) -> tuple[torch.Tensor, torch.Tensor]:
     ev = t["sigmas_eval"]
     if ev.shape != sig.shape or not bool(torch.all(ev > 0)):
         raise CorruptArtifactError(f"{art.path}: sigmas_eval is invalid{rebuild}")
-    return sig, ev.to(torch.float64)
+    scales = t.get("eval_scales")
+    if scales is not None and (scales.shape != sig.shape or not bool(torch.all(scales > 0))):
+        raise CorruptArtifactError(f"{art.path}: eval_scales is invalid{rebuild}")
+    plain = art.json("schedule.json").get("sampler", {"solver": solver, "options": art.config["solver"]})
+    try:
+        sampler = Sampler.from_tensors({**t, "sigmas": sig}, plain)
+    except (ConfigError, KeyError) as e:
+        raise CorruptArtifactError(f"{art.path}: its learned coefficients are inconsistent ({e}){rebuild}") from None
+    if sampler.coefficients is not None and sampler.coefficients.steps != n:
+        raise CorruptArtifactError(f"{art.path}: its coefficient table has {sampler.coefficients.steps} steps, "
+                                   f"not {n}{rebuild}")
+    return sampler
 
 
 # -- any schedule by name ------------------------------------------------------------------------
@@ -106,18 +121,18 @@ def baseline_options(ctx: StageContext, name: str) -> dict:
     return opts
 
 
-def schedule_for(ctx: StageContext, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``(sigmas, sigmas_eval, description)`` for ``ld3`` or a baseline; the description enters sample keys."""
+def schedule_for(ctx: StageContext, name: str) -> tuple[Sampler, dict]:
+    """``(sampler, description)`` for ``ld3`` or a baseline; the description enters sample keys."""
     if name == "ld3":
         art = learned_schedule(ctx)  # a missing schedule fails before the model is built
-        sig, ev = load_schedule(art, ctx.model.schedule)
-        return sig, ev, {"kind": "ld3", "key": art.key}
+        return load_sampler(art, ctx.model.schedule), {"kind": "ld3", "key": art.key}
     opts = baseline_options(ctx, name)
     if name in SEARCHED:
         sig = _searched_baseline(ctx, name, opts)
     else:
         sig = discretize(name, ctx.n_steps, ctx.model.schedule, **opts)
-    return sig, sig, {"kind": name, "sigmas": [float(f"{v:.12g}") for v in sig.tolist()]}
+    desc = {"kind": name, "sigmas": [float(f"{v:.12g}") for v in sig.tolist()]}
+    return Sampler(ctx.solver_name, sig, dict(ctx.solver_options)), desc
 
 
 def _searched_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor:
@@ -142,14 +157,14 @@ def _searched_baseline(ctx: StageContext, name: str, opts: dict) -> torch.Tensor
 def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     """The samples for schedule ``name`` (default ``cfg.schedule``), made when missing."""
     name = name or str(ctx.cfg.schedule)
-    sig, ev, desc = schedule_for(ctx, name)
+    sampler, desc = schedule_for(ctx, name)
     fields = samples_fields(ctx.cfg, desc)
     key = make_key(fields)
     command = ctx.command("sample", [f"schedule={name}"])
     if rank_and_world()[1] > 1 and not ctx.store.exists(ctx.model_key, "samples", key):
-        return make_samples_distributed(ctx, fields, key, sig, ev, name, command)
+        return make_samples_distributed(ctx, fields, key, sampler, name, command)
     art = ctx.store.get_or_make(ctx.model_key, "samples", fields,
-                                lambda: make_samples(ctx, key, sig, ev, name, command), producer=command)
+                                lambda: make_samples(ctx, key, sampler, name, command), producer=command)
     if art.made:
         log.info("samples (%d) written to %s", int(ctx.cfg.sample.n), art.path)
     return art

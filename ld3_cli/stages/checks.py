@@ -13,7 +13,9 @@ from typing import Optional
 import torch
 
 from .. import search  # noqa: F401 - registers the searched baselines (gits, dmn)
-from ..errors import ConfigError
+from ..errors import ConfigError, Ld3Error
+from ..data.datasets import dataset_channels
+from ..ld3.losses import check_loss
 from ..ld3.options import check_train_options
 from ..metrics.suite import check_suite
 from ..models.registry import BUILDERS
@@ -24,11 +26,30 @@ from ..store import to_plain
 from ..utils.devices import check_device
 
 
+TRAINING_STAGES = ("train", "run")  # the stages whose loss must be available before anything runs
+
+
 def solver_options(solver_cfg) -> dict:
-    """The solver config minus its name: the options passed to ``solve``."""
-    d = dict(solver_cfg)
-    d.pop("name", None)
-    return d
+    """The solver config minus its name: the options passed to ``solve``.
+
+    Keys that are another solver's options are dropped (an experiment config sets, e.g., UniPC's
+    ``variant`` for every solver of a sweep); a key that no solver takes is a ConfigError.
+    """
+    from ..solvers import SOLVERS, get_solver
+
+    d = {k: v for k, v in dict(solver_cfg).items() if k != "name"}
+    own = get_solver(str(solver_cfg.get("name"))).option_names()
+    known = frozenset().union(*(s.option_names() for s in SOLVERS.values()))
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"solver.{unknown[0]} is not an option of any solver; solver "
+                          f"'{solver_cfg.get('name')}' takes {sorted(own)}")
+    return {k: v for k, v in d.items() if k in own}
+
+
+def solver_fields(solver_cfg) -> dict:
+    """What a solver config contributes to store keys: its name and the options it takes."""
+    return {"name": str(solver_cfg.get("name")), **solver_options(solver_cfg)}
 
 
 def steps_for(solver_cfg, nfe) -> int:
@@ -65,16 +86,16 @@ def _zero_denoiser(x, sigma, cond=None):
     return torch.zeros_like(x)
 
 
-def check_config(cfg) -> Optional[str]:
-    """Return a one-line problem description, or None."""
+def check_config(cfg, files: bool = True) -> Optional[str]:
+    """Return a one-line problem description, or None (``files``: also the files a run needs)."""
     try:
-        _check(cfg)
-    except ConfigError as e:
+        _check(cfg, files)
+    except Ld3Error as e:  # a bad value, or a file the run needs (the LPIPS weights)
         return str(e)
     return None
 
 
-def _check(cfg) -> None:
+def _check(cfg, files: bool) -> None:
     check_solver(cfg.solver, cfg.nfe)
     t = cfg.teacher
     check_solver(t.solver, t.nfe, "teacher.solver")
@@ -82,7 +103,9 @@ def _check(cfg) -> None:
         raise ConfigError(f"teacher.n must be at least 2 (a training and a validation sample), got {t.n}")
     _check_schedule_names(cfg)
     check_suite(str(cfg.eval.metrics))
-    check_train_options(to_plain(cfg.train))
+    train = check_train_options(to_plain(cfg.train))
+    if files and str(cfg.get("stage")) in TRAINING_STAGES:  # LPIPS without its files stops here, before a model loads
+        check_loss(train.loss, dataset_channels(to_plain(cfg.dataset)), train.lpips_weights)
     if int(cfg.sample.n) < 1:
         raise ConfigError(f"sample.n must be >= 1, got {cfg.sample.n}")
     if int(cfg.sample.batch_size) < 1 or int(cfg.sample.shard_size) < 1:

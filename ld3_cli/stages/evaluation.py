@@ -94,10 +94,10 @@ def heldout_distances(ctx: StageContext, name: str) -> dict:
     n, off = int(ctx.cfg.eval.heldout_n), int(ctx.cfg.sample.seed_offset)
     held = teacher_artifact(ctx, seed_start=off, n=n)
     target = held.tensors({"images": (n, None, None, None)})["images"].to(ctx.device).float()
-    sig, ev, _ = schedule_for(ctx, name)
+    sampler, _ = schedule_for(ctx, name)
     bs = max(1, int(ctx.cfg.sample.batch_size))
     seeds = list(range(off, off + n))
-    out = torch.cat([student_images(ctx, seeds[i:i + bs], sig, ev).float() for i in range(0, n, bs)])
+    out = torch.cat([student_images(ctx, seeds[i:i + bs], sampler).float() for i in range(0, n, bs)])
     return teacher_distances(out, target, bs)
 
 

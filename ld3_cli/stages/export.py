@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..export import ExportSchedule, integer_timesteps, parse_formats, write_export
-from .artifacts import baseline_options, learned_schedule, load_schedule, schedule_for
+from .artifacts import baseline_options, learned_schedule, load_sampler, schedule_for
 from .context import StageContext
 
 
@@ -32,9 +32,9 @@ def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
     art = None
     if name == "ld3":
         art = learned_schedule(ctx)  # fails fast, before the model is built, when there is none
-        sig, ev = load_schedule(art, ctx.model.schedule)
+        sampler = load_sampler(art, ctx.model.schedule)
     else:
-        sig, ev, _ = schedule_for(ctx, name)
+        sampler, _ = schedule_for(ctx, name)
     sched = ctx.model.schedule
     prov: dict = {"schedule": name, "noise_schedule": sched.to_dict(), "ld3_version": __version__,
                   "command": ctx.command()}
@@ -46,10 +46,11 @@ def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
                      "train": {k: info.get(k) for k in ("loss", "best_val", "init", "init_val", "iterations")}})
     else:
         prov.update({"baseline": name, "options": baseline_options(ctx, name)})
-    return ExportSchedule(name=name, sigmas=sig, sigmas_eval=ev, noise_schedule=sched, solver=ctx.solver_name,
-                          solver_options=dict(ctx.solver_options), nfe=ctx.nfe,
-                          model=str(ctx.model_cfg.get("name", ctx.model_key)), model_key=ctx.model_key,
-                          provenance=prov)
+    return ExportSchedule(name=name, sigmas=sampler.sigmas, sigmas_eval=sampler.evaluation_sigmas,
+                          noise_schedule=sched, solver=ctx.solver_name, solver_options=dict(ctx.solver_options),
+                          nfe=ctx.nfe, model=str(ctx.model_cfg.get("name", ctx.model_key)), model_key=ctx.model_key,
+                          provenance=prov, eval_scales=sampler.eval_scales, noise_estimate=sampler.noise_estimate,
+                          coefficients=sampler.table(), learned_coefficients=sampler.coefficients is not None)
 
 
 def run(ctx: StageContext) -> dict:
@@ -75,6 +76,9 @@ def _report(es: ExportSchedule, paths, formats) -> None:
         print("  sigma_eval " + " ".join(f"{v:.5g}" for v in es.sigmas_eval.tolist()))
         print(f"  note: the decoupled evaluation times differ from the grid by up to {gap:.2%}; only schedule.json "
               "keeps them (diffusers, k-diffusion and ComfyUI evaluate on the grid)")
+    if es.learned_coefficients:
+        print("  note: the solver's coefficients were learned too; only schedule.json (run by ld3_sampler.py) "
+              "carries them -- the diffusers, k-diffusion and ComfyUI files carry the time steps only")
     if "diffusers" in formats:
         rep = integer_timesteps(es)
         if rep is not None:

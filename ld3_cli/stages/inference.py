@@ -12,6 +12,7 @@ import torch
 from ..data.seeds import seed_inputs
 from ..schedules import discretize
 from ..solvers import solve
+from ..solvers.sampler import Sampler
 from .checks import solver_options, steps_for
 from .context import StageContext
 
@@ -37,10 +38,9 @@ def teacher_images(ctx: StageContext, seeds: Iterable[int]) -> torch.Tensor:
     return ctx.model.decode(run_teacher(ctx, noises, cond))
 
 
-def student_images(ctx: StageContext, seeds: Iterable[int], sig: torch.Tensor, ev: torch.Tensor) -> torch.Tensor:
-    """Decoded student images ``[B, C, H, W]`` in [-1, 1] for these seeds on the schedule ``(sig, ev)`` (no grad)."""
+def student_images(ctx: StageContext, seeds: Iterable[int], sampler: Sampler) -> torch.Tensor:
+    """Decoded student images ``[B, C, H, W]`` in [-1, 1] for these seeds, run by ``sampler`` (no grad)."""
     model = ctx.model
     noises, cond = seed_inputs(model, seeds, ctx.device)
     with torch.no_grad():
-        out = solve(ctx.solver_name, model, noises * float(sig[0]), sig, ev, cond, **ctx.solver_options)
-        return model.decode(out)
+        return model.decode(sampler.solve(model, noises * float(sampler.sigmas[0]), cond))

@@ -18,10 +18,14 @@ from typing import Any
 
 from ..models.registry import MODEL_HINT_KEYS
 from ..store import make_key, to_plain
+from .checks import solver_fields
 
 TEACHER_VERSION = 1
-SCHEDULE_VERSION = 1
-SAMPLES_VERSION = 1
+# Version 2 (2026-11-30): a learned schedule records how it evaluates the network (eval_scales,
+# noise_estimate) and its learned coefficients, and the dpmpp/unipc lower_order_final default is true
+# (the official samplers); every earlier schedule and sample key is retired with it.
+SCHEDULE_VERSION = 2
+SAMPLES_VERSION = 2
 EVAL_VERSION = 1
 
 TRAIN_RUNTIME_KEYS = {"val_batch_size", "lpips_weights"}
@@ -50,20 +54,21 @@ def model_key(model_cfg: Any, autocast: Any = None) -> str:
 
 def teacher_fields(cfg, seed_start: int, n: int) -> dict:
     t = to_plain(cfg.teacher)
-    return {"version": TEACHER_VERSION, "solver": t["solver"], "nfe": int(t["nfe"]),
+    return {"version": TEACHER_VERSION, "solver": solver_fields(cfg.teacher.solver), "nfe": int(t["nfe"]),
             "discretization": t["discretization"], "seed_start": int(seed_start), "n": int(n)}
 
 
 def schedule_fields(cfg, teacher_key: str) -> dict:
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS}
-    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe),
-            "train": train}
+    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver_fields(cfg.solver),
+            "nfe": int(cfg.nfe), "train": train}
 
 
 def samples_fields(cfg, schedule_desc: dict) -> dict:
     s = cfg.sample
-    return {"version": SAMPLES_VERSION, "solver": to_plain(cfg.solver), "nfe": int(cfg.nfe), "schedule": schedule_desc,
-            "n": int(s.n), "seed_offset": int(s.seed_offset), "shard_size": int(s.shard_size)}
+    return {"version": SAMPLES_VERSION, "solver": solver_fields(cfg.solver), "nfe": int(cfg.nfe),
+            "schedule": schedule_desc, "n": int(s.n), "seed_offset": int(s.seed_offset),
+            "shard_size": int(s.shard_size)}
 
 
 def eval_fields(samples_key: str, metric_desc: dict) -> dict:

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import ConfigError, CorruptArtifactError
 from ..metrics.images import to_uint8
+from ..solvers.sampler import Sampler
 from ..store import Artifact, atomic_write_bytes
 from ..store.shards import ShardLayout, first_images, write_shard
 from ..utils.distributed import init_distributed, rank_and_world, rank_block
@@ -33,19 +34,20 @@ def shard_layout(ctx: StageContext) -> ShardLayout:
     return ShardLayout(int(s.n), int(s.shard_size), int(s.seed_offset))
 
 
-def make_samples(ctx: StageContext, key: str, sig, ev, name: str, command: str) -> dict:
+def make_samples(ctx: StageContext, key: str, sampler: Sampler, name: str, command: str) -> dict:
     """Every shard of schedule ``name`` (one process), as :meth:`Store.write` arguments."""
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
-    write_shards(ctx, part, sig, ev, name, range(shard_layout(ctx).count))
+    write_shards(ctx, part, sampler, name, range(shard_layout(ctx).count))
     return finished(ctx, part, name, command)
 
 
-def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sig, ev, name: str, command: str) -> Artifact:
+def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sampler: Sampler, name: str,
+                             command: str) -> Artifact:
     """This rank's block of shards; rank 0 publishes the artifact once every rank is done."""
     rank, world = rank_and_world()
     dist, ctx.device = init_distributed(ctx.device)
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
-    write_shards(ctx, part, sig, ev, name, rank_block(shard_layout(ctx).count, rank, world))
+    write_shards(ctx, part, sampler, name, rank_block(shard_layout(ctx).count, rank, world))
     dist.barrier()
     if rank == 0:
         art = ctx.store.write(ctx.model_key, KIND, fields, command=command, **finished(ctx, part, name, command))
@@ -54,8 +56,8 @@ def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sig, ev,
     return ctx.store.open(ctx.model_key, KIND, key, producer=command)
 
 
-def write_shards(ctx: StageContext, part: Path, sig, ev, name: str, shards) -> None:
-    """Write the missing shards among ``shards`` of schedule ``(sig, ev)`` into ``part``."""
+def write_shards(ctx: StageContext, part: Path, sampler: Sampler, name: str, shards) -> None:
+    """Write the missing shards among ``shards`` of schedule ``name`` (run by ``sampler``) into ``part``."""
     layout = shard_layout(ctx)
     part.mkdir(parents=True, exist_ok=True)
     bs = max(1, int(ctx.cfg.sample.batch_size))
@@ -71,7 +73,7 @@ def write_shards(ctx: StageContext, part: Path, sig, ev, name: str, shards) -> N
             chunks = []
             for i in range(0, len(seeds), bs):
                 sub = seeds[i:i + bs]
-                imgs = student_images(ctx, sub, sig, ev)
+                imgs = student_images(ctx, sub, sampler)
                 if not bool(torch.isfinite(imgs).all()):
                     raise ConfigError(f"the sampler produced NaN/Inf for seeds {sub[0]}..{sub[-1]} (schedule {name}); "
                                       "check the model and schedule")

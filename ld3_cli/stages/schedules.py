@@ -25,7 +25,7 @@ from ..store import atomic_write_bytes
 from .artifacts import learned_schedule, schedule_for
 from .context import StageContext
 
-PREFERRED_ORDER = ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm", "ays", "dmn", "gits"]
+PREFERRED_ORDER = ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm", "time_edm", "ays", "dmn", "gits"]
 NEEDS_VALUES = {"custom"}
 
 
@@ -56,6 +56,8 @@ def skip_reason(ctx: StageContext, name: str) -> Optional[str]:
         return "needs explicit values"
     if name == "ays" and not ctx.model_cfg.get("ays_family"):
         return "no AYS list for this model: model.ays_family is unset"
+    if name == "time_edm" and ctx.model.schedule.kind == "edm":
+        return "the same as edm for an EDM model (native time is sigma)"
     if name == "ld3":
         try:
             learned_schedule(ctx)
@@ -76,7 +78,9 @@ def collect(ctx: StageContext, names: list[str], explicit: bool) -> tuple[dict, 
                 skipped[name] = reason
                 continue
         try:
-            sig, ev, _ = schedule_for(ctx, name)
+            sampler, _ = schedule_for(ctx, name)
+            sig = sampler.sigmas
+            ev = sig if sampler.sigmas_eval is None else sampler.sigmas_eval
         except ConfigError as e:
             if explicit:
                 raise

@@ -7,8 +7,12 @@ any failure), so rerunning the same command resumes exactly where it stopped, mi
 Only states taken between iterations are saved (an interrupt mid-iteration saves the state before
 that iteration).  The artifact holds
 
-    tensors.safetensors  sigmas, sigmas_eval, t, t_eval (native time), lambdas, lambdas_eval
-    schedule.json        the same as lists + NFE, solver, options, parameterization, loss
+    tensors.safetensors  sigmas, sigmas_eval, t, t_eval (native time), lambdas, lambdas_eval; eval_scales
+                         (decoupled state scales) and coef.a / coef.b / coef.pred / coef.corr (a learned
+                         solver's coefficient table) when learned
+    schedule.json        the same as lists + NFE, solver, options, parameterization, what was learned, and
+                         ``sampler`` (how the student evaluates the network: noise estimate, coefficient table
+                         layout) -- :meth:`ld3_cli.solvers.sampler.Sampler.from_tensors` reads it back
     summary.json         init, validation loss of the learned schedule and of every baseline
     train_log.jsonl      one line per iteration (loss, accepted noise moves, lr, val)
     schedule.png         (a) log-SNR vs step for learned and baseline schedules, (b) validation loss
@@ -22,7 +26,7 @@ import torch
 
 from ..errors import NumericalError
 from ..ld3.checkpoint import TrainState
-from ..ld3.trainer import LD3Trainer, LearnedSchedule, TrainOptions
+from ..ld3 import LD3Trainer, LearnedSchedule, TrainOptions
 from ..store import Artifact, atomic_write_text, make_key, to_plain
 from .artifacts import teacher_artifact
 from .context import StageContext
@@ -53,11 +57,12 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
     state = TrainState(part)
     if state.restore(trainer):
         log.info("resuming training at iteration %d (phase %d) from %s", trainer.iteration, trainer.phase, part)
-    log.info("training LD3: solver=%s order=%s NFE=%d (%d steps), init=%s, loss=%s, r=%.4g, %d train / %d val, "
-             "batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe, trainer.n_steps,
-             trainer.init_name, trainer.loss_name, trainer.radius, trainer.n_train, trainer.eps_val.shape[0],
-             opts.batch_size, "on" if trainer.grad_checkpoint else "off")
-    total = opts.iters_phase1 + (opts.iters_phase2 if opts.decoupled else 0)
+    trainer.start()  # scores the baselines and picks the start (a restored run has both already)
+    log.info("training LD3: solver=%s order=%s NFE=%d (%d steps), learn=%s, init=%s, loss=%s, r=%.4g, %d train / "
+             "%d val, batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe,
+             trainer.n_steps, ",".join(opts.learn), trainer.init_name, trainer.loss_name, trainer.radius,
+             trainer.n_train, trainer.eps_val.shape[0], opts.batch_size, "on" if trainer.grad_checkpoint else "off")
+    total = opts.total_iterations()
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
 
     def on_iter(rec):
@@ -93,15 +98,23 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
     """The learned schedule's artifact: tensors, schedule.json, summary.json, train_log.jsonl, schedule.png."""
     sched = ctx.model.schedule
     sig, ev = res.sigmas, res.sigmas_eval
-    tensors = {"sigmas": sig, "sigmas_eval": ev, "t": sched.t(sig), "t_eval": sched.t(ev),
-               "lambdas": -torch.log(sig), "lambdas_eval": -torch.log(ev)}
+    tensors = {**res.sampler.tensors(), "t": sched.t(sig), "t_eval": sched.t(ev), "lambdas": -torch.log(sig),
+               "lambdas_eval": -torch.log(ev)}
     schedule_json = {"sigmas": sig.tolist(), "sigmas_eval": ev.tolist(), "t": tensors["t"].tolist(),
                      "t_eval": tensors["t_eval"].tolist(), "lambdas": tensors["lambdas"].tolist(), "nfe": res.nfe,
                      "steps": trainer.n_steps, "solver": ctx.solver_name, "solver_options": ctx.solver_options,
-                     "param": res.param, "noise_schedule": sched.to_dict(), "model": ctx.model_cfg.get("name")}
+                     "param": res.param, "learn": list(res.learn), "eval_scale": res.eval_scale,
+                     "eval_scales": None if res.eval_scales is None else res.eval_scales.tolist(),
+                     "sampler": res.sampler.plain(), "noise_schedule": sched.to_dict(),
+                     "model": ctx.model_cfg.get("name")}
+    if res.sampler.coefficients is not None:
+        c = res.sampler.coefficients
+        schedule_json["coefficients"] = {k: None if getattr(c, k) is None else getattr(c, k).tolist()
+                                         for k in ("a", "b", "pred", "corr")}
     summary = res.summary()
     summary.update({"teacher_check": teacher.manifest["info"].get("teacher_check"), "n_train": trainer.n_train,
-                    "n_val": int(trainer.eps_val.shape[0]), "grad_checkpoint": trainer.grad_checkpoint})
+                    "n_val": int(trainer.eps_val.shape[0]), "grad_checkpoint": trainer.grad_checkpoint,
+                    "loss_requested": trainer.opt.loss})
     log_lines = "".join(json.dumps(to_plain(r)) + "\n" for r in res.history)
     files = {"schedule.json": json.dumps(schedule_json, indent=2),
              "summary.json": json.dumps(to_plain(summary), indent=2), "train_log.jsonl": log_lines}
@@ -112,6 +125,7 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
     except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
         log.warning("could not draw schedule.png: %s", e)
     info = {"best_val": res.best_val, "init": res.init, "init_val": res.init_val, "loss": res.loss,
+            "learn": list(res.learn), "best_phase": res.best_phase,
             "iterations": res.iterations, "seconds": res.seconds, "radius": res.radius,
             "baselines": {k: v["val"] for k, v in res.baselines.items()}}
     return {"tensors": tensors, "files": files, "info": info, "inputs": {"teacher": teacher.key}}

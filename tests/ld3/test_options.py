@@ -4,14 +4,14 @@ import dataclasses
 import pytest
 
 from ld3_cli.errors import ConfigError
-from ld3_cli.ld3.options import check_train_options, option_rules
-from ld3_cli.ld3.trainer import TrainOptions
+from ld3_cli.ld3.options import TrainOptions, check_train_options, option_rules
 from ld3_cli.schedules import available
 
 
 def _defaults() -> dict:
     d = dataclasses.asdict(TrainOptions())
     d["init_candidates"] = list(d["init_candidates"])
+    d["learn"] = list(d["learn"])
     return d
 
 
@@ -34,7 +34,11 @@ def test_the_defaults_pass():
     ("batch_size", 2.5, "train.batch_size must be a whole number >= 1, got 2.5"),
     ("lr", "fast", "train.lr must be > 0, got 'fast'"),
     ("r", -1.0, "train.r must be >= 0 (0 = hard loss) or null, got -1.0"),
-    ("decoupled", "yes", "train.decoupled must be true or false, got 'yes'"),
+    ("learn", ["steps", "speed"], "train.learn must be a non-empty list of ['steps', 'offsets', 'coefficients']"),
+    ("offset_units", "seconds", "train.offset_units must be window or official, got 'seconds'"),
+    ("eval_scale", "ve", "train.eval_scale must be model, vp or none, got 've'"),
+    ("noise_estimate", "mid", "train.noise_estimate must be eval or step, got 'mid'"),
+    ("alternate_rounds", -1, "train.alternate_rounds must be a whole number >= 0, got -1"),
     ("grad_checkpoint", "sometimes", "train.grad_checkpoint must be auto, true or false, got 'sometimes'"),
 ])
 def test_bad_values_are_refused_naming_the_option(key, value, needle):

@@ -34,9 +34,10 @@ def test_any_logits_give_a_monotone_grid_with_fixed_endpoints(space):
         assert float(sig[0]) == sched.sigma_max and float(sig[-1]) == sched.sigma_min
 
 
-def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap():
+@pytest.mark.parametrize("units", ["window", "official"])
+def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap(units):
     sched = EDM()
-    p = ScheduleParameterization(sched, discretize("edm", 5, sched), "lambda", win_rate=0.5)
+    p = ScheduleParameterization(sched, discretize("edm", 5, sched), "lambda", win_rate=0.5, offset_units=units)
     with torch.no_grad():
         p.offsets.copy_(torch.tensor([9.0, 9.0, -9.0, 0.01, 9.0, 9.0], dtype=torch.float64))
     sig, ev = p()
@@ -44,7 +45,46 @@ def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap():
     gap = float((lam[1:] - lam[:-1]).min())
     shift = lam_ev - lam
     assert float(shift[0]) == 0 and float(shift[-1]) == 0  # endpoints fixed
-    assert shift[1:4].tolist() == pytest.approx([0.5 * gap, -0.5 * gap, 0.01], rel=1e-9)
+    small = 0.01 * 0.5 * gap if units == "window" else 0.01  # a fraction of the window, or log-SNR units
+    assert shift[1:4].tolist() == pytest.approx([0.5 * gap, -0.5 * gap, small], rel=1e-9)
+    assert p.window_fractions().tolist() == pytest.approx([1.0, 1.0, small / (0.5 * gap), 1.0], rel=1e-9)
+
+
+@pytest.mark.parametrize("space", ["lambda", "time"])
+def test_window_offsets_mean_the_same_on_every_schedule(space):
+    """A window-unit offset moves a point by the same fraction of its window whatever the native time's scale;
+    official units are the official code's (log-SNR, or time normalised to (0, 1]: one DDPM step = 1/1000)."""
+    fracs = []
+    for sched in (VPDiscrete.linear(1000), VPLinear()):
+        p = ScheduleParameterization(sched, discretize("time_uniform", 5, sched), space)
+        with torch.no_grad():
+            p.offsets.fill_(0.3)
+        fracs.append(p.window_fractions())
+    assert torch.allclose(fracs[0], torch.full((4,), 0.3, dtype=torch.float64))
+    assert torch.allclose(fracs[0], fracs[1])
+    sched = VPDiscrete.linear(1000)
+    p = ScheduleParameterization(sched, discretize("time_uniform", 5, sched), "time", offset_units="official")
+    with torch.no_grad():
+        p.offsets.fill_(0.002)  # two training steps in normalised time
+    sig, ev = p()
+    assert (sched.t(ev) - sched.t(sig))[1:-1].tolist() == pytest.approx([2.0] * 4, rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["model", "vp", "none"])
+def test_eval_scales_are_the_alpha_ratio_of_step_and_evaluation_noise(mode):
+    vp, edm = VPDiscrete.linear(1000), EDM()
+    sig = torch.tensor([80.0, 5.0, 0.5, 0.01], dtype=torch.float64)
+    ev = torch.tensor([80.0, 4.0, 0.6, 0.01], dtype=torch.float64)
+    for sched in (vp, edm):
+        p = ScheduleParameterization(sched, sig, "lambda", eval_scale=mode)
+        c = p.eval_scales(sig, ev)
+        if mode == "none":
+            assert c is None
+            continue
+        vp_ratio = torch.sqrt((1 + ev ** 2) / (1 + sig ** 2))
+        want = torch.ones(4, dtype=torch.float64) if (mode == "model" and sched is edm) else vp_ratio
+        assert torch.allclose(c, want, rtol=1e-12)
+        assert float(c[0]) == 1.0 and float(c[-1]) == 1.0  # equal noise levels: no rescaling
 
 
 def test_gradients_reach_logits_and_offsets():

@@ -63,7 +63,7 @@ def test_all_files_written_atomically(exported):
     res, out, _ = exported
     names = sorted(p.name for p in out.iterdir())
     assert names == ["comfyui_sigmas.json", "comfyui_sigmas.txt", "diffusers_snippet.py", "kdiffusion_sigmas.py",
-                     "schedule.json"]  # and no temporary files left behind
+                     "ld3_sampler.py", "schedule.json"]  # and no temporary files left behind
     assert sorted(p.name for p in res["files"]) == names
 
 
@@ -193,7 +193,7 @@ def test_baseline_export_equals_discretize(learned_store, tmp_path):
     store, _ = learned_store
     ctx = make_ctx("export", store, ["schedule=edm", "export.format=[json,kdiffusion]", f"export.out={tmp_path}"])
     res = export_stage.run(ctx)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdiffusion_sigmas.py", "schedule.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdiffusion_sigmas.py", "ld3_sampler.py", "schedule.json"]
     data = load_schedule_json(tmp_path / "schedule.json")
     expected = discretize("edm", 5, ctx.model.schedule)
     assert data["sigmas"] == expected.tolist() == data["sigmas_eval"]
@@ -218,3 +218,57 @@ def test_parse_formats():
     for bad in ("xml", ["json", "onnx"], ""):
         with pytest.raises(ConfigError, match="export.format"):
             parse_formats(bad)
+
+
+def _learned_export(tmp_path, learned: bool):
+    """An ExportSchedule of a UniPC schedule with decoupled times, state scales and (optionally) learned
+    coefficients, written as JSON + ld3_sampler.py; returns (Sampler, record, the runner module's namespace)."""
+    from ld3_cli.export import write_export
+    from ld3_cli.ld3 import CoefficientParameterization
+    from ld3_cli.ld3.parameterization import state_scales
+    from ld3_cli.solvers import get_solver
+    from ld3_cli.solvers.sampler import Sampler
+
+    sched = VPDiscrete.linear(1000)
+    sig = discretize("time_uniform", 5, sched)
+    ev = sig * torch.tensor([1.0, 0.93, 1.05, 0.97, 1.02, 1.0], dtype=torch.float64)
+    scales = state_scales("model", sched, sig, ev)
+    base = get_solver("unipc").coefficients(sig, order=3)
+    table = None
+    if learned:
+        coef = CoefficientParameterization.for_table(base)
+        with torch.no_grad():
+            coef.pred.fill_(0.2)
+            coef.corr.fill_(-0.1)
+        table = coef.apply(base)
+    sampler = Sampler("unipc", sig, {"order": 3}, ev, scales, "eval", table)
+    es = ExportSchedule(name="ld3", sigmas=sig, sigmas_eval=ev, noise_schedule=sched, solver="unipc",
+                        solver_options={"order": 3}, nfe=5, model="m", model_key="m-1", eval_scales=scales,
+                        coefficients=sampler.table(), learned_coefficients=learned)
+    write_export(es, tmp_path, ["json", "diffusers", "kdiffusion", "comfyui"])
+    ns = _exec((tmp_path / "ld3_sampler.py").read_text())
+    return sampler, load_schedule_json(tmp_path / "schedule.json"), ns, es
+
+
+def _denoiser(x, sigma, cond=None):
+    return torch.tanh(x / (1.0 + sigma.view(-1, 1, 1, 1).to(x.dtype))) * 0.8
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_ld3_sampler_py_runs_the_export_exactly_as_ld3(tmp_path, learned):
+    """The small torch-only runner written beside schedule.json reproduces ld3's sampler bit for bit: the decoupled
+    evaluation, the state scales and the (learned or own) coefficient table."""
+    sampler, record, ns, _ = _learned_export(tmp_path, learned)
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
+    assert record["learned_coefficients"] is learned and record["coefficients"]["form"] == "data"
+    assert torch.equal(ns["sample"](_denoiser, x, record), sampler.solve(_denoiser, x))
+    x32 = x.float()
+    assert torch.equal(ns["sample"](_denoiser, x32, record), sampler.solve(_denoiser, x32))
+
+
+def test_time_step_formats_say_they_carry_the_time_steps_only(tmp_path):
+    _, _, _, es = _learned_export(tmp_path, True)
+    for name in ("diffusers_snippet.py", "kdiffusion_sigmas.py", "comfyui_sigmas.json"):
+        text = " ".join((tmp_path / name).read_text().replace("#", " ").split())
+        assert "time steps only" in text and "learned solver coefficients" in text, name
+        assert "state scales" in text, name

@@ -58,7 +58,9 @@ def all_schedules(learned_store, tmp_path_factory):
 def test_all_applicable_schedules_in_order(all_schedules, learned_tensors):
     ctx, res, _ = all_schedules
     assert list(res["schedules"]) == ["ld3", "time_uniform", "time_quadratic", "logsnr", "edm", "dmn", "gits"]
-    assert set(res["skipped"]) == {"ays", "custom"} and "ays_family" in res["skipped"]["ays"]
+    assert set(res["skipped"]) == {"ays", "custom", "time_edm"} and "ays_family" in res["skipped"]["ays"]
+    assert torch.allclose(discretize("time_edm", 5, ctx.model.schedule), discretize("edm", 5, ctx.model.schedule),
+                          rtol=1e-12)
     sched = ctx.model.schedule
     for name in ("time_uniform", "time_quadratic", "logsnr", "edm", "dmn"):
         sig, ev = res["schedules"][name]
@@ -87,7 +89,8 @@ def test_printed_tables_match(all_schedules):
         torch.testing.assert_close(torch.tensor(t_rows[name], dtype=torch.float64), sched.t(sig), rtol=1e-4, atol=0)
         torch.testing.assert_close(torch.tensor(lam_rows[name], dtype=torch.float64), -torch.log(sig),
                                    rtol=1e-4, atol=1e-9)
-    assert "skipped: ays" in stdout and stdout.strip().splitlines()[-1] == f"plot: {res['plot']}"
+    skipped = next(line for line in stdout.splitlines() if line.startswith("skipped: "))
+    assert "ays (no AYS list" in skipped and stdout.strip().splitlines()[-1] == f"plot: {res['plot']}"
 
 
 def test_plot_is_a_png(all_schedules):

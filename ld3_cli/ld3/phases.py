@@ -1,0 +1,45 @@
+"""The trainer's phases: which parameter groups move, for how long, and what the student runs meanwhile.
+
+``train.learn`` (any subset of steps, offsets, coefficients) becomes: ``steps`` for ``iters_phase1``,
+then ``steps + offsets`` for ``iters_phase2`` (LD3's two phases), then the coefficients jointly with the
+rest for ``iters_phase3`` -- or, with ``alternate_rounds = k``, ``k`` rounds of coefficients alone then
+time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .options import TrainOptions
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: which parameter groups move, for how many iterations, and what the student uses."""
+
+    name: str
+    groups: tuple
+    budget: int
+    decoupled: bool      # the student evaluates at the decoupled times
+    coefficients: bool   # the student runs the learned coefficient table
+
+
+def plan_phases(o: TrainOptions) -> list[Phase]:
+    """The phases ``train.learn`` asks for (module docstring)."""
+    learn = set(o.learn)
+    sched = tuple(g for g in ("steps", "offsets") if g in learn)
+    phases = []
+    if "steps" in learn:
+        phases.append(Phase("steps", ("steps",), int(o.iters_phase1), False, False))
+    if "offsets" in learn:
+        phases.append(Phase("offsets", sched, int(o.iters_phase2), True, False))
+    if "coefficients" in learn:
+        dec = "offsets" in learn
+        rounds = int(o.alternate_rounds)
+        if rounds == 0 or not sched:
+            phases.append(Phase("coefficients", ("coefficients", *sched), int(o.iters_phase3), dec, True))
+        else:
+            per = max(1, int(o.iters_phase3) // (2 * rounds))
+            for r in range(1, rounds + 1):
+                phases.append(Phase(f"coefficients-{r}", ("coefficients",), per, dec, True))
+                phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
+    return [p for p in phases if p.budget > 0] or phases[:1]
