@@ -85,9 +85,10 @@ GLOSSARY = {
     "train.batch_size": "Teacher pairs per training iteration (the model's hint train_batch_size, else 2).",
     "train.momentum": "RMSprop momentum.",
     "train.lr_decay": "Learning-rate factor applied after `patience` validations without improvement.",
-    "train.min_lr": "A phase ends when the learning rate of the logits decays to this.",
-    "train.grad_clip": "Gradient-norm clipping of the logits and of the offsets.",
+    "train.min_lr": "A phase ends when the learning rate of its first parameter group decays to this.",
+    "train.grad_clip": "Gradient-norm clipping, per parameter group (logits, offsets, coefficients).",
     "train.iters_phase2": "Iterations of phase 2 (decoupled evaluation times, joint).",
+    "train.iters_phase3": "Iterations of phase 3 (the learned coefficients; only when train.learn has them).",
     "train.win_rate": "Bound of the decoupled offsets, as a fraction of the smallest grid gap.",
     "train.r": "Soft-teacher radius set directly (null = gamma * d / NFE^2; 0 = hard loss).",
     "train.val_every": "Validate every this many iterations.",
@@ -322,8 +323,18 @@ def render(config_dir: Path = CONFIGS) -> str:
             if cf.header:
                 lines += [_cell(cf.header), ""]
             lines += _table(cf.entries, prefix=f"{group}.") + [""]
+    experiments = sorted((config_dir / "experiment").glob("*.yaml"))
+    if experiments:
+        lines += ["## Experiments (`+experiment=<name>`)", "",
+                  "Paper settings as configuration (Hydra's experiment pattern): `ld3 train +experiment=<name>` sets "
+                  "the model, dataset, solver, teacher, training and sampling values of a setup; each value's comment "
+                  "in the file names its source in the official code.", ""]
+        for f in experiments:
+            header = read_config(f).header.replace("@package _global_", "").strip(" .")
+            lines += [f"- `{f.stem}`: {_cell(header)}"]
+        lines.append("")
     other = sorted(p.relative_to(config_dir).as_posix() for p in config_dir.rglob("*.yaml")
-                   if p.parent.name not in GROUPS and p.parent != config_dir)
+                   if p.parent.name not in GROUPS and p.parent != config_dir and p.parent.name != "experiment")
     if other:
         lines += ["## Hydra plumbing", "", "Also in the tree (Hydra settings, not ld3 options): "
                   + ", ".join(f"`{o}`" for o in other) + ".", ""]

@@ -11,6 +11,9 @@ import torch
 from .distances import psnr
 from .lpips_loss import build_lpips, lpips_available
 
+# the metrics this module gives (computed on the held-out noises, not on the samples)
+HELDOUT_METRICS = ("rmse", "psnr", "lpips")
+
 
 def teacher_distances(student: torch.Tensor, teacher: torch.Tensor, batch_size: int) -> dict[str, float]:
     """``{"rmse", "psnr"[, "lpips"]}`` between ``student`` and ``teacher`` (LPIPS in batches of ``batch_size``)."""

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from ..store import Store, to_plain
 from ..utils.devices import resolve_device
+from ..utils.distributed import rank_device
 from .checks import solver_options, steps_for
 from .keys import model_key
 from .table import STAGE_SECTIONS, STAGES
@@ -45,7 +46,7 @@ class StageContext:
         self.cfg = cfg
         self.stage = stage
         self.overrides = list(overrides or [])
-        self.device = resolve_device(cfg.device)
+        self.device = rank_device(resolve_device(cfg.device))  # torchrun: this rank's GPU, before anything is built
         self.store = Store(Path(str(cfg.cache_dir)))
         self.model_cfg = to_plain(cfg.model)
         self.model_key = model_key(cfg.model, (cfg.get("speed") or {}).get("autocast"))

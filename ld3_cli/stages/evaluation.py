@@ -26,11 +26,11 @@ from ..metrics.frechet import frechet_distance
 from ..metrics.pixel_fd import exact_sample_images, pixel_statistics
 from ..metrics.suite import DETECTORS, TABLE_METRICS, metric_suite
 from ..metrics.table import format_table
-from ..metrics.teacher_distances import teacher_distances
+from ..metrics.teacher_distances import HELDOUT_METRICS, teacher_distances
 from ..store import Artifact, to_plain
 from ..store.results import append_results
 from ..store.shards import iter_images
-from .artifacts import samples_artifact, schedule_for, teacher_artifact
+from .artifacts import learned_schedule, samples_artifact, schedule_for, teacher_artifact
 from .context import StageContext
 from .inference import student_images
 from .keys import eval_fields, reference_identity
@@ -135,7 +135,9 @@ def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
         metrics = {**heldout_distances(ctx, name), **sample_metrics(ctx, kind, samples)}
         metrics = {k: float(v) for k, v in metrics.items()}
         return {"files": {"metrics.json": json.dumps(to_plain(metrics), indent=2)},
-                "info": {"metrics": metrics, "schedule": name, "n": samples.manifest["info"]["n"]},
+                "info": {"metrics": metrics, "schedule": name, "n": samples.manifest["info"]["n"],
+                         "counts": {k: int(ctx.cfg.eval.heldout_n) if k in HELDOUT_METRICS else
+                                    int(samples.manifest["info"]["n"]) for k in metrics}},
                 "inputs": {"samples": samples.key, "heldout_teacher": held_key}}
 
     art = ctx.store.get_or_make(ctx.model_key, KIND, eval_fields(samples.key, desc), measure,
@@ -149,6 +151,7 @@ def evaluate(ctx: StageContext) -> list[dict]:
     table, csv_rows = [], []
     date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     order = ctx.solver_options.get("order", "")
+    trained = {}  # the learned schedule's key and loss (baselines: none)
     for name in list(ctx.cfg.eval.compare):
         try:
             metrics, art = evaluate_schedule(ctx, name)
@@ -158,11 +161,16 @@ def evaluate(ctx: StageContext) -> list[dict]:
             log.warning("skipping %s: %s", name, e)
             continue
         table.append({"schedule": name, "nfe": ctx.nfe, **metrics})
+        if name == "ld3":
+            sched = learned_schedule(ctx)
+            trained = {"schedule_key": sched.key, "loss": sched.manifest["info"].get("loss", "")}
+        counts = art.manifest["info"].get("counts", {})
         csv_rows += [{"date": date, "model": ctx.model_cfg.get("name"), "dataset": ctx.cfg.dataset.name,
                       "solver": ctx.solver_name, "order": order, "nfe": ctx.nfe, "schedule": name, "metric": metric,
-                      "value": f"{value:.6g}", "n": art.manifest["info"]["n"], "samples_key": art.config["samples"],
-                      "eval_key": art.key, "schedule_key": art.config.get("schedule_key", ""),
-                      "detector": art.config["metrics"]["detector"]} for metric, value in metrics.items()]
+                      "value": f"{value:.6g}", "n": counts.get(metric, art.manifest["info"]["n"]),
+                      "samples_key": art.config["samples"], "eval_key": art.key,
+                      **(trained if name == "ld3" else {}), "detector": art.config["metrics"]["detector"]}
+                     for metric, value in metrics.items()]
     _print_table(ctx, table, order)
     path = append_results(ctx.store, csv_rows)
     print(f"results appended to {path} (and results.md)")

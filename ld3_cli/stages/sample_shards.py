@@ -45,7 +45,7 @@ def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sampler:
                              command: str) -> Artifact:
     """This rank's block of shards; rank 0 publishes the artifact once every rank is done."""
     rank, world = rank_and_world()
-    dist, ctx.device = init_distributed(ctx.device)
+    dist = init_distributed(ctx.device)
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
     write_shards(ctx, part, sampler, name, rank_block(shard_layout(ctx).count, rank, world))
     dist.barrier()

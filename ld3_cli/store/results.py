@@ -1,8 +1,11 @@
 """The results table of a store: ``<root>/results.csv`` (every row ever appended) and ``results.md``.
 
 One row per (model, solver, NFE, schedule, metric); rows are appended under the store's lock and
-``results.md`` (the first ten columns as a markdown table) is regenerated from the whole csv,
-both written atomically.
+``results.md`` (the :data:`MARKDOWN_COLUMNS` as a markdown table) is regenerated from the whole csv,
+both written atomically.  Columns: ``n`` is the number of samples behind the value (the held-out
+noises for teacher distances, the samples for FID / pixel Frechet distances); ``loss`` the loss that
+trained the schedule and ``schedule_key`` its store key (both empty for baselines, which are not
+trained).  A csv written with other columns is rewritten with these (missing values empty).
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from pathlib import Path
 from .artifact import Store
 from .files import atomic_write_text
 
-RESULT_COLUMNS = ["date", "model", "dataset", "solver", "order", "nfe", "schedule", "metric", "value", "n",
+RESULT_COLUMNS = ["date", "model", "dataset", "solver", "order", "nfe", "schedule", "metric", "value", "n", "loss",
                   "samples_key", "eval_key", "schedule_key", "detector"]
-MARKDOWN_COLUMNS = RESULT_COLUMNS[:10]
+MARKDOWN_COLUMNS = RESULT_COLUMNS[:11]
 
 
 def append_results(store: Store, rows: list[dict]) -> Path:
@@ -24,15 +27,14 @@ def append_results(store: Store, rows: list[dict]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "results.csv"
     with store.lock("_results", "csv", "results"):
-        existing = path.read_text() if path.is_file() else ""
+        all_rows = list(csv.DictReader(io.StringIO(path.read_text()))) if path.is_file() else []
+        all_rows += rows
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS)
-        if not existing:
-            w.writeheader()
-        for r in rows:
+        w.writeheader()
+        for r in all_rows:
             w.writerow({k: r.get(k, "") for k in RESULT_COLUMNS})
-        atomic_write_text(path, existing + buf.getvalue())
-        all_rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        atomic_write_text(path, buf.getvalue())
         md = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
         md += ["| " + " | ".join(str(r.get(k, "")) for k in MARKDOWN_COLUMNS) + " |" for r in all_rows]
         atomic_write_text(root / "results.md", "\n".join(md) + "\n")

@@ -16,23 +16,33 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def init_distributed(device: torch.device) -> tuple[Optional[object], torch.device]:
-    """``(torch.distributed, this rank's device)`` once the process group is up; ``(None, device)`` for one process.
+def rank_device(device: torch.device) -> torch.device:
+    """This process's device: under torchrun with CUDA, GPU ``LOCAL_RANK`` (made the current device).
 
-    NCCL on CUDA (each rank on its ``LOCAL_RANK`` GPU), gloo otherwise.
+    Called before anything is built or loaded (as EDM's generate.py initialises first), so every rank's
+    model, noise and shards live on its own GPU; a plain run, a CPU run or an explicit ``cuda:N`` keep
+    ``device``.
+    """
+    if rank_and_world()[1] <= 1 or device.type != "cuda" or device.index is not None:
+        return device
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def init_distributed(device: torch.device) -> Optional[object]:
+    """``torch.distributed`` with the process group up (NCCL on CUDA, gloo otherwise); None for one process.
+
+    ``device`` is the rank's own (:func:`rank_device`).
     """
     _, world = rank_and_world()
     if world <= 1:
-        return None, device
+        return None
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(local)
-            device = torch.device("cuda", local)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return dist, device
+    return dist
 
 
 def rank_block(n_items: int, rank: int, world: int) -> range:

@@ -96,6 +96,24 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     out = capsys.readouterr().out
     assert "ld3 | 4" in out and "logsnr | 4" in out
     assert (cache / "results.csv").is_file() and (cache / "results.md").is_file()
+    import csv
+
+    rows = list(csv.DictReader((cache / "results.csv").open()))
+    sample_n = next(r["n"] for r in rows if r["metric"] == "fd_exact")
+    for r in rows:  # n = the samples behind each value; the learned rows name their schedule and loss
+        held = r["metric"] in ("rmse", "psnr")
+        assert r["n"] == (rows_heldout_n(cache) if held else sample_n), r
+        assert (r["loss"], bool(r["schedule_key"])) == (("l2", True) if r["schedule"] == "ld3" else ("", False)), r
+    learned_key = next(r["schedule_key"] for r in rows if r["schedule"] == "ld3")
+    assert any(p.name == learned_key for p in schedules)
+    assert "| loss |" in (cache / "results.md").read_text()
+
+
+def rows_heldout_n(cache) -> str:
+    """The held-out teacher size eval used (its artifact's n)."""
+    held = [json.loads((p / "manifest.json").read_text()) for p in cache.glob("mnist_gmm-*/teacher/*")
+            if (p / "manifest.json").is_file()]
+    return str(next(m["config"]["n"] for m in held if m["config"]["seed_start"] != 0))
 
 
 def test_user_target_model_runs_through_ld3_run(ld3, cache, capsys):

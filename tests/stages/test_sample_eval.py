@@ -114,3 +114,56 @@ def test_slurm_launcher_config_composes():
                                           "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.nfe == 5
+
+
+def test_each_torchrun_rank_builds_and_samples_on_its_own_gpu(fitted_cache, tmp_path, monkeypatch):
+    """Rank 1 of 2 on a machine with two CUDA devices (simulated): its device is fixed to cuda:1 before anything is
+    built, so the model it builds, the noise it draws and the shards it writes are all cuda:1's."""
+    from hydra import compose, initialize_config_dir
+
+    from ld3_cli.models import registry
+    from ld3_cli.stages import artifacts, sample_shards
+    from ld3_cli.stages.context import StageContext
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(d))
+    seen = {}
+    real_build = registry.build_model
+
+    def build(cfg, bc):  # a CPU model stands in for the GPU one; the device it was asked for is recorded
+        seen["model"] = bc.device
+        return real_build(cfg, type(bc)(**{**bc.__dict__, "device": torch.device("cpu")}))
+
+    class FakeDist:
+        def barrier(self):
+            pass
+
+    def images(ctx, seeds, sampler):
+        seen.setdefault("noise", set()).add(ctx.device)
+        return torch.zeros(len(seeds), 1, 28, 28)
+
+    written = []
+    monkeypatch.setattr(registry, "build_model", build)
+    monkeypatch.setattr(sample_shards, "init_distributed", lambda device: FakeDist())
+    monkeypatch.setattr(sample_shards, "student_images", images)
+    monkeypatch.setattr(sample_shards, "write_shard", lambda part, k, imgs, seeds: written.append(k))
+    store = tmp_path / "c"
+    shutil.copytree(fitted_cache, store)
+    overrides = [f"cache_dir={store}", "device=auto", "schedule=logsnr", "sample.n=40", "sample.shard_size=10",
+                 *SMALL]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("sample", overrides=overrides)
+    ctx = StageContext(cfg, "sample", overrides)
+    assert ctx.device == torch.device("cuda", 1) and current == [1]  # fixed before anything was built
+    from ld3_cli.errors import MissingArtifactError
+
+    with pytest.raises(MissingArtifactError):  # rank 1 writes its shards; rank 0 (absent here) would publish them
+        artifacts.samples_artifact(ctx, "logsnr")
+    assert seen["model"] == torch.device("cuda", 1)
+    assert seen["noise"] == {torch.device("cuda", 1)}
+    assert written == [2, 3]  # rank 1's contiguous block of the 4 shards
