@@ -31,6 +31,8 @@ class LearnedSchedule:
     eval_scale: str = "model"
     offset_units: str = "window"
     window_fractions: list = field(default_factory=list)
+    after_phase: dict = field(default_factory=dict)       # phase -> best validation loss when it ended
+    phase_samplers: dict = field(default_factory=dict)    # phase -> the best sampler when it ended
 
     @property
     def solver(self) -> str:
@@ -58,7 +60,7 @@ class LearnedSchedule:
         return self.sampler.solve(denoiser, x, cond)
 
     def summary(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("sampler", "history")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("sampler", "history", "phase_samplers")}
         d.update({"solver": self.solver, "solver_options": self.solver_options, "sigmas": self.sigmas.tolist(),
                   "sigmas_eval": self.sigmas_eval.tolist(), "learn": list(self.learn),
                   "eval_scales": None if self.eval_scales is None else self.eval_scales.tolist(),

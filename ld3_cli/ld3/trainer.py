@@ -129,6 +129,7 @@ class LD3Trainer:
         self.iteration = self.phase_iter = self.bad = 0
         self.history: list[dict] = []
         self.best_val, self.best_state, self.best_phase = float("inf"), {}, -1
+        self.after_phase: dict[str, tuple[float, Sampler]] = {}  # phase -> (best validation, best sampler) at its end
         self.stopped = ""
         self.elapsed = 0.0
         self.optimizers: dict[str, Any] = {}
@@ -303,6 +304,7 @@ class LD3Trainer:
             if self._phase_done(phase):
                 self.phase, self.phase_iter, self.bad = self.phase + 1, 0, 0
                 self._load_param_state(self.best_state)
+                self.after_phase[phase.name] = (self.best_val, self._best_sampler())
                 self._make_optimizers()
                 continue
             if self.perm is None or self.batch_pos + bs > self.n_train:  # a new epoch (drop the ragged tail)
@@ -331,22 +333,27 @@ class LD3Trainer:
     def _best_phase(self) -> Optional[Phase]:
         return self.phases[self.best_phase] if self.best_phase >= 0 else None
 
+    def _best_sampler(self) -> Sampler:
+        """The sampler of the current parameters as the best phase runs them (detached, on the CPU)."""
+        s = self._current(self._best_phase(), grad=False)
+        return Sampler(s.solver, s.sigmas.detach().cpu(), dict(s.options),
+                       None if s.sigmas_eval is None else s.sigmas_eval.detach().cpu(),
+                       None if s.eval_scales is None else s.eval_scales.detach().cpu(), s.noise_estimate,
+                       _detached(s.coefficients))
+
     def _result(self) -> LearnedSchedule:
         o, phase = self.opt, self._best_phase()
-        sampler = self._current(phase, grad=False)
-        sampler = Sampler(sampler.solver, sampler.sigmas.detach().cpu(), dict(sampler.options),
-                          None if sampler.sigmas_eval is None else sampler.sigmas_eval.detach().cpu(),
-                          None if sampler.eval_scales is None else sampler.eval_scales.detach().cpu(),
-                          sampler.noise_estimate, _detached(sampler.coefficients))
         decoupled = phase is not None and phase.decoupled
         return LearnedSchedule(
-            sampler=sampler, nfe=self.nfe, param=o.param, loss=self.loss_name, init=self.init_name,
+            sampler=self._best_sampler(), nfe=self.nfe, param=o.param, loss=self.loss_name, init=self.init_name,
             init_val=self.init_val, best_val=self.best_val, learn=tuple(o.learn),
             best_phase=phase.name if phase is not None else "init",
             baselines={k: {"train": v["train"], "val": v["val"]} for k, v in self.baselines.items()},
             history=self.history, iterations=self.iteration, seconds=self.elapsed, radius=self.radius,
             stopped=self.stopped, eval_scale=o.eval_scale, offset_units=o.offset_units,
-            window_fractions=self.param.window_fractions().tolist() if decoupled else [])
+            window_fractions=self.param.window_fractions().tolist() if decoupled else [],
+            after_phase={k: v for k, (v, _) in self.after_phase.items()},
+            phase_samplers={k: s for k, (_, s) in self.after_phase.items()})
 
     def best_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmas, sigmas_eval) of the best schedule so far, without disturbing training."""
@@ -370,6 +377,8 @@ class LD3Trainer:
         for name, optim in self.optimizers.items():
             for k, v in optim.state().items():
                 t[f"opt.{name}.{k}"] = v.detach()
+        for name, (_, sampler) in self.after_phase.items():
+            t.update({f"after.{name}.{k}": v for k, v in sampler.tensors().items()})
         return t
 
     def state_info(self) -> dict:
@@ -378,7 +387,8 @@ class LD3Trainer:
                 "batch_pos": self.batch_pos, "best_val": self.best_val, "best_phase": self.best_phase,
                 "elapsed": self.elapsed, "lrs": {k: v.lr for k, v in self.optimizers.items()},
                 "history": self.history, "init": self.init_name, "init_val": self.init_val,
-                "baselines": self.baselines, "phases": [p.name for p in self.phases]}
+                "baselines": self.baselines, "phases": [p.name for p in self.phases],
+                "after_phase": {k: {"best_val": v, "sampler": s.plain()} for k, (v, s) in self.after_phase.items()}}
 
     def load_state(self, tensors: dict, info: dict) -> None:
         """Restore a state written by :meth:`state_tensors` / :meth:`state_info` (no baseline is scored again)."""
@@ -397,6 +407,11 @@ class LD3Trainer:
         self.phase, self.iteration, self.phase_iter = info["phase"], info["iteration"], info["phase_iter"]
         self.bad, self.best_val, self.best_phase = info["bad"], info["best_val"], info["best_phase"]
         self.elapsed, self.history = info.get("elapsed", 0.0), list(info.get("history", []))
+        self.after_phase = {}
+        for name, rec in info.get("after_phase", {}).items():
+            prefix = f"after.{name}."
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            self.after_phase[name] = (rec["best_val"], Sampler.from_tensors(own, rec["sampler"]))
         self._make_optimizers()
         for name, optim in self.optimizers.items():
             optim.lr = info["lrs"][name]
