@@ -46,8 +46,10 @@ class CoefficientParameterization(nn.Module):
     @classmethod
     def for_table(cls, base: MultistepCoefficients, history: int = 0,
                   constrained: bool = True) -> "CoefficientParameterization":
-        """Corrections for ``base`` with ``history`` outputs per step (0: the base solver's own, its order)."""
-        return cls(base.steps, max(int(history), base.history), base.corr is not None, constrained)
+        """Corrections for ``base`` letting each step combine up to ``history`` network outputs (0: all earlier
+        ones; never fewer than the base solver's own, its order)."""
+        k = base.steps if int(history) == 0 else int(history)
+        return cls(base.steps, max(k, base.history), base.corr is not None, constrained)
 
     def parameters_list(self) -> list:
         return [p for p in (self.pred, self.corr, self.lead) if p is not None]

@@ -111,7 +111,7 @@ class TrainOptions:
     momentum: float = 0.9
     offsets_optimizer: str = "rmsprop"
     lr_offsets: float = 0.005
-    lr_coefficients: float = 0.005
+    lr_coefficients: float = 0.01
     coefficient_history: int = 0
     coefficient_constraint: bool = True
     lr_decay: float = 0.8

@@ -27,7 +27,7 @@ def workdir(tmp_path, monkeypatch):
     """tmp dir with a private config tree, every ``# file:`` block written, on sys.path, registries restored."""
     import importlib
 
-    from ld3_cli.solvers import SOLVERS
+    import ld3_cli.solvers as solvers_pkg
 
     disc = importlib.import_module("ld3_cli.schedules.discretize")  # the module (the package exports a function too)
 
@@ -43,7 +43,7 @@ def workdir(tmp_path, monkeypatch):
     assert {"my_solvers.py", "my_models.py", "my_schedules.py", "configs/solver/dpm2.yaml"} <= set(written)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(disc, "_REGISTRY", dict(disc._REGISTRY))
-    monkeypatch.setitem(SOLVERS, "dpm2", None)
+    monkeypatch.setattr(solvers_pkg, "SOLVERS", dict(solvers_pkg.SOLVERS))  # the example registers into a copy
     monkeypatch.setenv("LD3_CONFIG_DIR", str(tmp_path / "configs"))
     monkeypatch.chdir(tmp_path)
     yield tmp_path

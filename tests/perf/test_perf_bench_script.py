@@ -18,7 +18,7 @@ TINY = ["--device", "cpu", "--n", "4", "--batch", "2", "--iters", "2", "--sample
 # the DDPM++ / VP CIFAR-10 config, shrunk (16x16 images, 16 channels, 2 levels, 1 block) so a CPU test stays fast
 EDM_SMALL = ["model=edm_cifar10_random", "model.init_kwargs.img_resolution=16", "model.init_kwargs.model_channels=16",
              "model.init_kwargs.channel_mult=[1,1]",
-             "model.init_kwargs.num_blocks=1"]
+             "model.init_kwargs.num_blocks=1", "--loss", "l2"]  # auto would be LPIPS (RGB), whose weights a CI lacks
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_bench_unknown_model_is_a_one_line_error(bench, capsys):
 def test_bench_full_cifar_architecture(bench, tmp_path, capsys):
     """The real 55.7M-parameter DDPM++ architecture (random weights) with the smallest workload."""
     argv = ["model=edm_cifar10_random", *TINY, "--init", "logsnr", "--teacher-nfe", "3", "--sampling-nfe", "3",
-            "--variants", "plain"]
+            "--variants", "plain", "--loss", "l2"]
     res, _ = _run(bench, argv, tmp_path, capsys)
     assert 55e6 < res["meta"]["params"] < 56e6 and res["meta"]["shape"] == [3, 32, 32]
     assert res["train"]["grad_checkpoint"] is True  # auto: on above 1M parameters
