@@ -128,3 +128,33 @@ def test_option_errors(setup):
         learn_schedule(model, "euler", 4, x[:1], y[:1])
     with pytest.raises(ConfigError, match="odd NFE"):
         learn_schedule(model, "heun", 4, x, y)
+
+
+def test_learned_coefficients_lower_the_validation_loss_below_ld3(setup):
+    """One run: LD3's two phases, then the coefficients; the coefficient phase must beat LD3's validation loss
+    (recorded when phase 2 ended), and the learned sampler carries its table."""
+    model, x, y, held, y_held = setup
+    res = learn_schedule(model, "unipc", 5, x, y, solver_options={"order": 3},
+                         learn=["steps", "offsets", "coefficients"], **FAST, iters_phase3=30)
+    ld3_val = res.after_phase["offsets"]
+    assert res.best_phase == "coefficients" and res.best_val < 0.9 * ld3_val, (res.best_val, ld3_val)
+    table = res.sampler.coefficients
+    assert table is not None and table.steps == 5 and float(table.pred.abs().sum()) > 0
+    with torch.no_grad():  # the phase-2 sampler is the LD3 schedule of the same run, without coefficients
+        ld3 = res.phase_samplers["offsets"]
+        assert ld3.coefficients is None and not torch.equal(ld3.solve(model, held * 80), res.solve(model, held * 80))
+
+
+@pytest.mark.parametrize("solver,opts,learn", [
+    ("euler", {}, ["steps", "offsets"]), ("heun", {}, ["steps", "offsets"]), ("deis", {"order": 3}, None),
+    ("dpmpp", {"order": 3}, None), ("unipc", {"order": 3}, None), ("ipndm", {"order": 3}, None)])
+def test_nfe_3_trains_for_every_solver(setup, solver, opts, learn):
+    """NFE 3: every solver that allows it learns a 3-NFE schedule (the multistep ones their coefficients too)."""
+    model, x, y, held, y_held = setup
+    learn = learn or ["steps", "offsets", "coefficients"]
+    res = learn_schedule(model, solver, 3, x, y, solver_options=opts, learn=learn, batch_size=10, iters_phase1=3,
+                         iters_phase2=3, iters_phase3=3)
+    assert res.nfe == 3 and res.best_val <= res.init_val
+    with torch.no_grad():
+        out = res.solve(model, held[:4] * 80)
+    assert bool(torch.isfinite(out).all())
