@@ -95,7 +95,7 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
     p.add_argument("--iters", type=int, default=None,
                    help="total training iterations, split 2:5 over phases 1 and 2 (default: the paper's 50 + 125)")
     p.add_argument("--init", default="auto", help="initial schedule: auto (best of 4 baselines) or a baseline name")
-    p.add_argument("--loss", default="auto", help="auto (LPIPS-VGG for RGB -- its weights must be there --, else l2), l2, lpips ...")
+    p.add_argument("--loss", default="auto", help="auto (LPIPS for RGB, which needs its weights; else l2), l2, lpips")
     p.add_argument("--lpips-weights", default=None, help="local vgg16-397923af.pth for the LPIPS loss")
     p.add_argument("--grad-checkpoint", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--sampling-nfe", default="5,10", help="comma list of NFE for (c)")

@@ -136,15 +136,14 @@ def compose(overrides: list[str], config_name: str = "eval"):
         GlobalHydra.instance().clear()
 
 
-def needed_files(overrides: list[str], ref_hint: Optional[str] = None) -> tuple[list[Needed], list[str]]:
-    """(missing files, notes) for one run's overrides: weights, prompts, FID statistics, Inception weights."""
+def needed_files(overrides: list[str], ref_hint: Optional[str] = None) -> list[Needed]:
+    """The missing files of one run's overrides: weights, prompts, FID statistics, Inception and LPIPS weights."""
     from omegaconf import OmegaConf
 
     cfg = compose(overrides)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     missing: list[Needed] = []
-    notes: list[str] = []
     path = model.get("path")
     if path and not Path(path).expanduser().exists():
         src = model.get("url") or "see the comments in configs/model/" + str(model.get("name"))
@@ -170,13 +169,15 @@ def needed_files(overrides: list[str], ref_hint: Optional[str] = None) -> tuple[
         inc = cfg.eval.get("inception_weights") or default_inception_weights_path()
         if not Path(str(inc)).expanduser().is_file():
             missing.append(Needed("FID Inception weights (pytorch-fid)", str(inc), FID_WEIGHTS_URL))
-        from ld3_cli.metrics.lpips_loss import BACKBONES, default_backbone_path
+    from ld3_cli.data.datasets import dataset_channels
+    from ld3_cli.ld3.losses import loss_for
+    from ld3_cli.metrics.lpips_loss import BACKBONES, default_backbone_path
 
-        lp = cfg.train.get("lpips_weights") or default_backbone_path("vgg")
-        if str(cfg.train.loss) in ("auto", "lpips") and not Path(str(lp)).expanduser().is_file():
-            notes.append(f"LPIPS-VGG weights not found at {lp}: training uses the L2 loss instead of the paper's "
-                         f"LPIPS (download {BACKBONES['vgg'][1]} there for the paper's loss)")
-    return missing, notes
+    lp = cfg.train.get("lpips_weights") or default_backbone_path("vgg")
+    if loss_for(str(cfg.train.loss), dataset_channels(dataset)) == "lpips" and not Path(str(lp)).expanduser().is_file():
+        missing.append(Needed("LPIPS-VGG backbone (the paper's training loss; or add train.loss=l2)", str(lp),
+                              BACKBONES["vgg"][1]))
+    return missing
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -260,10 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     missing: list[Needed] = []
     for run in setup.runs:
-        m, notes = needed_files(run.overrides + list(args.overrides), run.ref_hint)
-        missing += m
-        for n in notes:
-            print(f"repro-{setup.name} ({run.label}): note: {n}")
+        missing += needed_files(run.overrides + list(args.overrides), run.ref_hint)
     if missing:
         print(f"repro-{setup.name}: {len(missing)} file(s) missing -- nothing was run:", file=sys.stderr)
         for need in missing:

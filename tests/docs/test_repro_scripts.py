@@ -105,12 +105,14 @@ def test_missing_files_stop_repro_before_any_work(empty_env, capsys):
     cache = empty_env / "cache"
     assert repro.main(["cifar10", "--cache", str(cache)]) == 2
     err = capsys.readouterr().err
-    assert "3 file(s) missing -- nothing was run" in err
+    assert "4 file(s) missing -- nothing was run" in err
     assert f"{empty_env}/weights/edm-cifar10-32x32-uncond-vp.pkl" in err
     assert "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-uncond-vp.pkl" in err
     assert f"{empty_env}/refs/cifar10-32x32.npz" in err
     assert "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz" in err
     assert f"{empty_env}/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth" in err
+    # the paper's LPIPS loss is a required file too (never replaced by L2 behind the user's back)
+    assert f"{empty_env}/torch/hub/checkpoints/vgg16-397923af.pth" in err and "train.loss=l2" in err
     assert "make repro-cifar10" in err
     assert not cache.exists()
     # once the files exist (content is not checked here), the check passes
@@ -118,13 +120,15 @@ def test_missing_files_stop_repro_before_any_work(empty_env, capsys):
     (empty_env / "refs" / "cifar10-32x32.npz").write_bytes(b"x")
     (empty_env / "torch" / "hub" / "checkpoints").mkdir(parents=True)
     (empty_env / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"x")
+    assert repro.main(["cifar10", "--check"]) == 2  # LPIPS' backbone is still missing
+    (empty_env / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"x")
     assert repro.main(["cifar10", "--check"]) == 0
 
 
 def test_sd15_lists_prompts_and_how_to_make_statistics(empty_env, capsys):
     assert repro.main(["sd15", "--check"]) == 2
     err = capsys.readouterr().err
-    assert "4 file(s) missing" in err
+    assert "5 file(s) missing" in err
     assert f"{empty_env}/data/coco/annotations/captions_val2014.json" in err
     assert "ld3 fid-ref dataset=coco" in err and f"{empty_env}/weights/stable-diffusion-v1-5" in err
 
