@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads (see cli/main.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy starts its spinning BLAS threads (see cli/main.py)
 
 import pytest
 

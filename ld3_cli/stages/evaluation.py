@@ -16,18 +16,18 @@ import logging
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..data.datasets import embedded_dataset
 from ..errors import ConfigError
 from ..metrics.fid import fid, fid_reference
-from ..metrics.frechet import frechet_distance
+from ..metrics.frechet import FrechetReference
 from ..metrics.pixel_fd import exact_sample_images, pixel_statistics
 from ..metrics.suite import DETECTORS, TABLE_METRICS, metric_suite
 from ..metrics.table import format_table
 from ..metrics.teacher_distances import teacher_distances
 from ..store import Artifact, to_plain
+from ..store.artifact import TENSORS
 from ..store.results import append_results
 from ..store.shards import iter_images
 from .artifacts import samples_artifact, schedule_for, teacher_artifact
@@ -37,6 +37,8 @@ from .keys import eval_fields, reference_identity
 
 log = logging.getLogger("ld3")
 KIND = "eval"
+# (refs tensors file, its mtime and size) -> its statistics: each reference's covariance root once per process
+_REFERENCES: dict[tuple, FrechetReference] = {}
 
 
 def suite(ctx: StageContext) -> str:
@@ -54,19 +56,25 @@ def check_inputs(ctx: StageContext) -> None:
 
 
 # -- reference statistics (pixels) ----------------------------------------------------------------
-def _pixel_reference(ctx: StageContext, fields: dict, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel statistics (``mu [d]``, ``sigma [d, d]``) of ``batches()`` from the store, computed once."""
+def _pixel_reference(ctx: StageContext, fields: dict, batches) -> FrechetReference:
+    """Pixel statistics of ``batches()`` from the store (computed once), as a reference for Frechet distances."""
     def compute() -> dict:
         mu, sigma, n = pixel_statistics(batches())
         return {"tensors": {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, "info": {"n": n}}
 
     d = math.prod(ctx.model.image_shape)
     art = ctx.store.get_or_make(ctx.model_key, "refs", fields, compute, producer=ctx.command("eval"))
-    t = art.tensors({"mu": (d,), "sigma": (d, d)})
-    return t["mu"].numpy(), t["sigma"].numpy()
+    st = (art.path / TENSORS).stat()
+    version = (str(art.path), st.st_mtime_ns, st.st_size)
+    if version not in _REFERENCES:
+        t = art.tensors({"mu": (d,), "sigma": (d, d)})
+        if len(_REFERENCES) >= 4:
+            _REFERENCES.clear()
+        _REFERENCES[version] = FrechetReference(t["mu"].numpy(), t["sigma"].numpy())
+    return _REFERENCES[version]
 
 
-def exact_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def exact_reference(ctx: StageContext) -> Optional[FrechetReference]:
     """Statistics of ``eval.exact_n`` exact samples of the model (None when it cannot draw them)."""
     if not hasattr(ctx.model, "sample_exact"):
         return None
@@ -75,7 +83,7 @@ def exact_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]
                             lambda: exact_sample_images(ctx.model, n, seed))
 
 
-def dataset_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def dataset_reference(ctx: StageContext) -> Optional[FrechetReference]:
     """Statistics of the dataset's images, for embedded datasets of the model's image shape (else None)."""
     dataset = embedded_dataset(to_plain(ctx.cfg.dataset))
     if dataset is None:
@@ -118,7 +126,7 @@ def sample_metrics(ctx: StageContext, kind: str, samples: Artifact) -> dict:
     res = {}
     for metric, ref in (("fd_exact", exact_reference(ctx)), ("fd_data", dataset_reference(ctx))):
         if ref is not None:
-            res[metric] = frechet_distance(mu, sigma, *ref)
+            res[metric] = ref.distance(mu, sigma)
     return res
 
 
