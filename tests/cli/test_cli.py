@@ -79,6 +79,26 @@ def test_missing_input_names_the_producing_command(ld3, capsys):
     assert "ld3 teacher-sample" in err
 
 
+@pytest.mark.parametrize("stage, needs", [("eval", "`ld3 train nfe=5`"), ("train", "`ld3 teacher-sample nfe=5`"),
+                                          ("sample", "`ld3 train nfe=5`")])
+def test_a_missing_input_is_reported_before_any_model_is_built(stage, needs, tmp_path, monkeypatch, capsys):
+    """On an empty store the error comes at once: no model is loaded or fitted, nothing but logs is written."""
+    from ld3_cli.models import registry
+    from ld3_cli.stages import context
+
+    built = []
+    monkeypatch.setattr(context, "_MODELS", {})  # no model left from another test in this process
+    monkeypatch.setattr(registry, "build_model", lambda *a, **k: built.append(a) or pytest.fail("model built"))
+    store = tmp_path / "store"
+    monkeypatch.setenv("LD3_CACHE", str(store))
+    assert main([stage, "--nfe", "5"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"ld3 {stage}: error: ") and needs in err[0], err
+    assert built == []
+    written = {p.relative_to(store).parts[0] for p in store.rglob("*") if p.is_file()}
+    assert written <= {"logs"}, written  # Hydra's job log only: no model fit, no artifact
+
+
 def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     assert ld3("teacher-sample") == 0
     assert ld3("train", "-m", "solver=euler,dpmpp", "nfe=4,5") == 0
