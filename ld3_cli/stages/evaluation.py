@@ -30,7 +30,7 @@ from ..store import Artifact, to_plain
 from ..store.artifact import TENSORS
 from ..store.results import append_results
 from ..store.shards import iter_images
-from .artifacts import samples_artifact, schedule_for, teacher_artifact
+from .artifacts import heldout_teacher_artifact, samples_artifact, schedule_for
 from .context import StageContext
 from .inference import student_images
 from .keys import eval_fields, reference_identity
@@ -100,7 +100,7 @@ def dataset_reference(ctx: StageContext) -> Optional[FrechetReference]:
 def heldout_distances(ctx: StageContext, name: str) -> dict:
     """Teacher distances of schedule ``name`` on the held-out noises."""
     n, off = int(ctx.cfg.eval.heldout_n), int(ctx.cfg.sample.seed_offset)
-    held = teacher_artifact(ctx, seed_start=off, n=n)
+    held = heldout_teacher_artifact(ctx)
     target = held.tensors({"images": (n, None, None, None)})["images"].to(ctx.device).float()
     sampler, _ = schedule_for(ctx, name)
     bs = max(1, int(ctx.cfg.sample.batch_size))
@@ -132,9 +132,9 @@ def sample_metrics(ctx: StageContext, kind: str, samples: Artifact) -> dict:
 
 def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
     """Metrics for one schedule (an eval artifact, made once)."""
+    held_key = heldout_teacher_artifact(ctx).key  # first: the sample grids reuse its images
     samples = samples_artifact(ctx, name)
     kind = suite(ctx)
-    held_key = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=int(ctx.cfg.eval.heldout_n)).key
     desc = {"kind": kind, "heldout_teacher": held_key, "exact_n": int(ctx.cfg.eval.exact_n),
             "ref": reference_identity(ctx.cfg.dataset.get("fid_ref")) if kind == "fid" else ctx.cfg.dataset.name,
             "detector": DETECTORS[kind]}

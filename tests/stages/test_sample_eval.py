@@ -59,6 +59,31 @@ def test_shards_hold_exactly_n_images_with_their_seeds(cache, tmp_path, monkeypa
     assert np.abs(images[[7, 37]].astype(int) - ref.astype(int)).max() <= 1  # batch composition: <= 1 level
 
 
+def test_the_sample_grid_reuses_the_held_out_teacher_images(cache, tmp_path, monkeypatch):
+    """teacher_vs_student.png: eval makes the held-out teacher first and the grid reads its images instead of
+    running the teacher again; a plain `ld3 sample` (no held-out pairs) runs it.  Same teacher row both ways."""
+    from PIL import Image
+
+    from ld3_cli.stages import sample_shards
+
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    real = sample_shards.teacher_images
+    monkeypatch.setattr(sample_shards, "teacher_images", lambda ctx, seeds: ran.append(seeds) or real(ctx, seeds))
+    small = [f"cache_dir={cache}", "teacher.n=8", "teacher.nfe=12", "teacher.check_n=0", "progress=false",
+             "sample.shard_size=16", "eval.heldout_n=8", "eval.exact_n=64"]
+    assert main(["sample", "schedule=edm", "sample.n=16", *small]) == 0
+    assert len(ran) == 1
+    assert main(["eval", "eval.compare=[edm]", "sample.n=24", *small]) == 0
+    assert len(ran) == 1  # the grid of the 24 samples took the stored teacher images
+    rows = []
+    arts = [p for p in cache.glob("mnist_gmm-*/samples/*") if (p / "manifest.json").is_file()]
+    for art in sorted(arts, key=lambda p: json.loads((p / "manifest.json").read_text())["info"]["n"]):
+        grid = np.asarray(Image.open(art / "teacher_vs_student.png")).astype(int)
+        rows.append(grid[:grid.shape[0] // 2])
+    assert len(rows) == 2 and np.abs(rows[0] - rows[1]).max() <= 1  # batch composition: <= 1 level
+
+
 def test_two_process_gloo_sampling_equals_one_process(fitted_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["schedule=logsnr", "sample.n=30", "sample.shard_size=8", *SMALL]
