@@ -116,6 +116,29 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     out = capsys.readouterr().out
     assert "ld3 | 4" in out and "logsnr | 4" in out
     assert (cache / "results.csv").is_file() and (cache / "results.md").is_file()
+    _check_noise_floor(out, cache)
+
+
+def _check_noise_floor(out: str, cache):
+    """The line under the table: fd_exact / fd_data of n exact samples drawn apart from the reference set
+    (recomputed here), the teacher's own error; fd_data is not starred."""
+    import re
+
+    from ld3_cli.metrics import frechet_distance
+    from ld3_cli.metrics.pixel_fd import FLOOR_SEED_SHIFT, exact_sample_images, pixel_statistics
+    from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
+    from ld3_cli.store import Store
+
+    line = next(ln for ln in out.splitlines() if ln.startswith("noise floor at n = 40 "))
+    got = dict(re.findall(r"(fd_exact|fd_data|rmse) ([0-9.e+-]+)", line))
+    model = GaussianMixtureDenoiser(load_or_fit(128, Store(cache).fit_cache()))
+    floor = pixel_statistics(exact_sample_images(model, 40, 0, FLOOR_SEED_SHIFT))[:2]
+    ref = pixel_statistics(exact_sample_images(model, 64, 0))[:2]
+    assert float(got["fd_exact"]) == pytest.approx(frechet_distance(*floor, *ref), abs=0.006)
+    assert float(got["fd_data"]) > 0 and 0 < float(got["rmse"]) < 0.05
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.endswith(tuple("0123456789*")) and " | 4 | " in ln]
+    assert rows and all(not r[3].endswith("*") for r in rows)  # fd_data (4th column) is never starred
+    assert any(r[2].endswith("*") for r in rows)
 
 
 def test_user_target_model_runs_through_ld3_run(ld3, cache, capsys):
