@@ -66,7 +66,7 @@ def heldout_teacher_artifact(ctx: StageContext) -> Artifact:
 
 def stored_teacher_images(ctx: StageContext, seeds: list) -> Optional[torch.Tensor]:
     """Teacher images ``[k, C, H, W]`` of these seeds from the held-out pairs, when the store holds them and they
-    cover the seeds (``ld3 eval`` makes them before sampling); else None."""
+    cover the seeds (``ld3 eval`` makes them after sampling its first schedule); else None."""
     off, n = int(ctx.cfg.sample.seed_offset), int(ctx.cfg.eval.heldout_n)
     if not seeds or min(seeds) < off or max(seeds) >= off + n:
         return None

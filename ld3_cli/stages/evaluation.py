@@ -86,9 +86,9 @@ def sample_metrics(ctx: StageContext, kind: str, samples: Artifact) -> dict:
 
 def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
     """Metrics for one schedule (an eval artifact, made once)."""
-    held_key = heldout_teacher_artifact(ctx).key  # first: the sample grids reuse its images
     samples = samples_artifact(ctx, name)
     kind = suite(ctx)
+    held_key = heldout_teacher_artifact(ctx).key
     desc = {"kind": kind, "heldout_teacher": held_key, "exact_n": int(ctx.cfg.eval.exact_n),
             "ref": reference_identity(ctx.cfg.dataset.get("fid_ref")) if kind == "fid" else ctx.cfg.dataset.name,
             "detector": DETECTORS[kind]}
