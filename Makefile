@@ -31,11 +31,15 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/ld3 run
 
+# Two pytest workers (pytest-xdist, in the dev extra), each on one torch / BLAS thread (tests/conftest.py);
+# --dist loadfile keeps a test file on one worker, so its module fixtures are built once.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 test-all: install
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check ld3_cli tests scripts

@@ -34,6 +34,8 @@ GLOSSARY = {
     "dataset.kind": "How the data is used: mnist5k (embedded digits), reference (only FID statistics are needed), "
                     "image_folder (your images).",
     "dataset.eval_n": "Samples per schedule for evaluation (the default of sample.n and eval.exact_n).",
+    "dataset.exact_n": "Exact model samples behind fd_exact, for models that draw them (the default of eval.exact_n; "
+                       "without it, dataset.eval_n).",
     "dataset.fid_ref": "FID reference statistics (npz with mu, sigma); LD3_REFS=<folder> moves the default folder.",
     "dataset.fid_ref_url": "Where the reference statistics can be downloaded (null: make them with `ld3 fid-ref`).",
     "dataset.path": "The folder of images (required).",

@@ -5,6 +5,9 @@ import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP threads (see cli/main.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy starts its spinning BLAS threads (see cli/main.py)
+# one torch thread per test process: the suite's models are tiny, and `make test` runs two workers on two cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

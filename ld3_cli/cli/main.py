@@ -104,6 +104,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     # OpenMP threads that sleep instead of spinning when they wait: on a shared or busy machine spinning
     # threads starve each other (measured: `ld3 train` 190 s -> 33 s on a loaded 2-core box; docs/benchmarks.md)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # NumPy's OpenBLAS threads always spin while they wait (no passive mode): under load its eigh for the Frechet
+    # distances ran 5-13x slower on 2 threads than on one (docs/benchmarks.md); read when numpy is first imported
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from ..errors import MissingArtifactError
-from .frechet import frechet_distance, stream_statistics
+from .frechet import FrechetReference, stream_statistics
 from .inception import FEATURE_DIM, InceptionFeatures
 from .reference import load_reference_stats
 
 
-def fid_reference(path, url: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-    """The reference statistics at ``path``, validated (present, 2048-d, finite); read once per file version.
+def fid_reference(path, url: Optional[str] = None) -> FrechetReference:
+    """The reference statistics at ``path``, validated (present, 2048-d, finite); read once per file version
+    (so the 2048-d square root of its covariance is also computed once per process).
 
     A missing file is a MissingArtifactError naming ``url`` (where to download it) or ``ld3 fid-ref``.
     """
@@ -28,14 +29,15 @@ def fid_reference(path, url: Optional[str] = None) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.lru_cache(maxsize=2)
-def _load(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _load(path: str, mtime_ns: int, size: int) -> FrechetReference:
     """Read once per file version (eval checks the file first, then scores every schedule against it)."""
-    return load_reference_stats(path, dims=FEATURE_DIM)
+    return FrechetReference(*load_reference_stats(path, dims=FEATURE_DIM))
 
 
-def fid(batches: Iterable[np.ndarray], reference: tuple[np.ndarray, np.ndarray], features: InceptionFeatures,
-        device=None, on_batch=None) -> float:
-    """FID of uint8 ``[b, H, W, C]`` image batches against ``reference`` ``(mu, sigma)``."""
+def fid(batches: Iterable[np.ndarray], reference: FrechetReference | tuple[np.ndarray, np.ndarray],
+        features: InceptionFeatures, device=None, on_batch=None) -> float:
+    """FID of uint8 ``[b, H, W, C]`` image batches against ``reference`` (a FrechetReference or ``(mu, sigma)``)."""
     mu, sigma, _ = stream_statistics(batches, lambda b: features(torch.from_numpy(b)), device=device, on_batch=on_batch)
-    return frechet_distance(mu, sigma, *reference)
+    ref = reference if isinstance(reference, FrechetReference) else FrechetReference(*reference)
+    return ref.distance(mu, sigma)
 

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from pytorch_fid import inception as _pfid
 from torch import nn
 
 from ld3_cli.errors import ConfigError, MissingFileError, UnsafeCheckpointError
 from ld3_cli.metrics.images import to_nchw
 
-FID_WEIGHTS_URL = _pfid.FID_WEIGHTS_URL
+# pytorch-fid's ``FID_WEIGHTS_URL`` (a test checks they agree); torchvision and pytorch-fid are imported only
+# when the network is built, so a process that never computes an FID does not pay ~1.5 s CPU importing them
+FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -57,6 +58,9 @@ def inception_weights_available(weights_path: str | os.PathLike | None = None) -
 
 def fid_inception_architecture() -> nn.Module:
     """The FID Inception v3 graph with uninitialised weights (state-dict layout of pytorch-fid's file)."""
+    import torchvision
+    from pytorch_fid import inception as _pfid
+
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
     net.Mixed_5b = _pfid.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = _pfid.FIDInceptionA(256, pool_features=64)

@@ -17,6 +17,7 @@ from .images import to_uint8
 
 EXACT_BATCH = 1000
 EXACT_SEED_SHIFT = 12_345  # exact samples use seed + this (never the seed of a teacher or student noise)
+FLOOR_SEED_SHIFT = 54_321  # the noise floor's exact samples: a set drawn apart from the reference set
 
 
 def pixel_vectors(images: np.ndarray) -> torch.Tensor:
@@ -29,12 +30,12 @@ def pixel_statistics(batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndar
     return stream_statistics(batches, pixel_vectors)
 
 
-def exact_sample_images(model, n: int, seed: int) -> Iterator[np.ndarray]:
+def exact_sample_images(model, n: int, seed: int, shift: int = EXACT_SEED_SHIFT) -> Iterator[np.ndarray]:
     """uint8 ``[b, H, W, C]`` batches of ``n`` exact samples of ``model`` (``sample_exact``), decoded.
 
-    Drawn in batches of :data:`EXACT_BATCH` from one generator seeded with ``seed + EXACT_SEED_SHIFT``.
+    Drawn in batches of :data:`EXACT_BATCH` from one generator seeded with ``seed + shift``.
     """
-    gen = torch.Generator().manual_seed(int(seed) + EXACT_SEED_SHIFT)
+    gen = torch.Generator().manual_seed(int(seed) + int(shift))
     for i in range(0, n, EXACT_BATCH):
         x0, _ = model.sample_exact(min(EXACT_BATCH, n - i), generator=gen)
         yield to_uint8(model.decode(x0))

@@ -31,9 +31,9 @@ def check_suite(name: str) -> str:
 def metric_suite(name: str, image_shape: Callable[[], tuple], has_fid_reference: bool) -> str:
     """The suite ``eval.metrics=name`` runs: ``fid`` or ``fd_pixels``.
 
-    ``image_shape()`` gives the model's images ``(C, H, W)``; it is only called for ``auto`` (it may
-    load the model).
+    ``image_shape()`` gives the model's images ``(C, H, W)``; it is only called for ``auto`` with a FID
+    reference (it may load the model).
     """
     if check_suite(name) != "auto":
         return name
-    return "fid" if (tuple(image_shape())[0] == 3 and has_fid_reference) else "fd_pixels"
+    return "fid" if (has_fid_reference and tuple(image_shape())[0] == 3) else "fd_pixels"

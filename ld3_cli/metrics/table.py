@@ -4,14 +4,16 @@ from __future__ import annotations
 from .suite import HIGHER_IS_BETTER
 
 
-def format_table(rows: list[dict], metrics: list[str]) -> str:
+def format_table(rows: list[dict], metrics: list[str], unranked: frozenset = frozenset()) -> str:
     """``schedule | NFE | <metrics>`` rows (``-`` where a row lacks a metric); ``*`` marks the lowest value.
 
-    Columns in :data:`~ld3_cli.metrics.suite.HIGHER_IS_BETTER` are not starred.
+    Columns in :data:`~ld3_cli.metrics.suite.HIGHER_IS_BETTER` and in ``unranked`` (metrics that do not rank
+    the schedules, e.g. one dominated by the model's own error) are not starred.
     """
     head = ["schedule", "NFE"] + metrics
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
-    best = {m: min((r[m] for r in rows if m in r and m not in HIGHER_IS_BETTER), default=None) for m in metrics}
+    skip = HIGHER_IS_BETTER | unranked
+    best = {m: min((r[m] for r in rows if m in r and m not in skip), default=None) for m in metrics}
     for r in rows:
         cells = [r["schedule"], str(r["nfe"])]
         for m in metrics:

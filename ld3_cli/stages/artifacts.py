@@ -1,7 +1,8 @@
 """The artifacts several stages read, found in the store or made there: the shared look-ups.
 
 * :func:`teacher_artifact`: teacher pairs for a range of seeds (``ld3 teacher-sample`` makes the
-  training pairs; other seeds -- eval's held-out pairs -- are made on demand);
+  training pairs; other seeds -- eval's held-out pairs, :func:`heldout_teacher_artifact` -- are made on
+  demand); :func:`stored_teacher_images` reads the held-out images back for the sample grids;
 * :func:`learned_schedule` / :func:`load_sampler`: the LD3 schedule ``ld3 train`` made, as the
   :class:`~ld3_cli.solvers.sampler.Sampler` that runs exactly what was learned;
 * :func:`schedule_for`: any schedule by name, learned or baseline (searched baselines cached);
@@ -12,6 +13,7 @@ Stage modules import these instead of each other.  Every "make it if missing" go
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Optional
@@ -55,6 +57,23 @@ def teacher_artifact(ctx: StageContext, seed_start: Optional[int] = None, n: Opt
     if art.made:
         log.info("teacher samples (%d) written to %s", n, art.path)
     return art
+
+
+def heldout_teacher_artifact(ctx: StageContext) -> Artifact:
+    """Eval's held-out teacher pairs (seeds ``sample.seed_offset + i``, ``i < eval.heldout_n``), made when missing."""
+    return teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=int(ctx.cfg.eval.heldout_n))
+
+
+def stored_teacher_images(ctx: StageContext, seeds: list) -> Optional[torch.Tensor]:
+    """Teacher images ``[k, C, H, W]`` of these seeds from the held-out pairs, when the store holds them and they
+    cover the seeds (``ld3 eval`` makes them after sampling its first schedule); else None."""
+    off, n = int(ctx.cfg.sample.seed_offset), int(ctx.cfg.eval.heldout_n)
+    if not seeds or min(seeds) < off or max(seeds) >= off + n:
+        return None
+    if not ctx.store.exists(ctx.model_key, "teacher", make_key(teacher_fields(ctx.cfg, off, n))):
+        return None
+    images = heldout_teacher_artifact(ctx).tensors({"images": (n, None, None, None)})["images"]
+    return images[[s - off for s in seeds]]
 
 
 # -- the learned schedule ------------------------------------------------------------------------
@@ -161,10 +180,12 @@ def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     fields = samples_fields(ctx.cfg, desc)
     key = make_key(fields)
     command = ctx.command("sample", [f"schedule={name}"])
+    stored_teacher = functools.partial(stored_teacher_images, ctx)  # the grids' teacher images, when stored
     if rank_and_world()[1] > 1 and not ctx.store.exists(ctx.model_key, "samples", key):
-        return make_samples_distributed(ctx, fields, key, sampler, name, command)
+        return make_samples_distributed(ctx, fields, key, sampler, name, command, stored_teacher)
     art = ctx.store.get_or_make(ctx.model_key, "samples", fields,
-                                lambda: make_samples(ctx, key, sampler, name, command), producer=command)
+                                lambda: make_samples(ctx, key, sampler, name, command, stored_teacher),
+                                producer=command)
     if art.made:
         log.info("samples (%d) written to %s", int(ctx.cfg.sample.n), art.path)
     return art

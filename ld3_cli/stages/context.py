@@ -81,6 +81,7 @@ class StageContext:
 
                 try:
                     _MODELS[key] = optimize_denoiser(build_model(self.model_cfg, bc), **speed)
+                    small_model_threads(_MODELS[key], self.device)
                 except UNREADABLE_FILE_ERRORS as e:
                     raise unreadable_checkpoint(self.model_cfg, e) from None
                 except InstantiationException as e:  # model._target_: no such class, or wrong arguments
@@ -127,6 +128,26 @@ def hydra_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except Exception:  # noqa: BLE001 - not running under Hydra
         return []
+
+
+# Below this many trainable parameters a model's CPU work per call is small (the embedded mixture has none:
+# two B x 784 x 1280 matmuls per call), and a second intra-op thread costs more in wake-ups than it gains
+SMALL_MODEL_PARAMETERS = 1_000_000
+
+
+def small_model_threads(model: torch.nn.Module, device: torch.device) -> None:
+    """One torch intra-op thread for a small model on the CPU, unless ``LD3_THREADS`` sets the count.
+
+    Measured on a shared 2-core machine (docs/benchmarks.md): with two threads every parallel region of
+    a tiny op wakes the other thread, giving ~190k involuntary context switches per demo, more CPU and
+    less speed (training loop 8.8 -> 7.1 s CPU, 13.4 -> 7.3 s wall on one thread).
+    """
+    if torch.device(device).type != "cpu" or os.environ.get("LD3_THREADS") or torch.get_num_threads() == 1:
+        return
+    n = sum(p.numel() for p in model.parameters())
+    if n < SMALL_MODEL_PARAMETERS:
+        torch.set_num_threads(1)
+        log.info("one CPU thread for this small model (%d parameters; LD3_THREADS=N to change)", n)
 
 
 def configure_torch(cfg: DictConfig) -> None:

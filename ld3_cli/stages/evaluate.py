@@ -6,11 +6,17 @@ its rows appended to ``<cache>/results.csv``.
 """
 from __future__ import annotations
 
+from .artifacts import learned_schedule
 from .context import StageContext
 from .evaluation import check_inputs, evaluate
 
 
 def run(ctx: StageContext) -> list[dict]:
-    """Stage entry point: evaluate every schedule in ``eval.compare`` for this solver and NFE."""
+    """Stage entry point: evaluate every schedule in ``eval.compare`` for this solver and NFE.
+
+    A missing learned schedule is reported first, before the model is loaded (or fitted) for anything.
+    """
+    if "ld3" in list(ctx.cfg.eval.compare):
+        learned_schedule(ctx)
     check_inputs(ctx)
     return evaluate(ctx)

@@ -14,26 +14,23 @@ import datetime as _dt
 import json
 import logging
 import math
-from typing import Optional
 
-import numpy as np
 import torch
 
-from ..data.datasets import embedded_dataset
 from ..errors import ConfigError
 from ..metrics.fid import fid, fid_reference
-from ..metrics.frechet import frechet_distance
-from ..metrics.pixel_fd import exact_sample_images, pixel_statistics
+from ..metrics.pixel_fd import pixel_statistics
 from ..metrics.suite import DETECTORS, TABLE_METRICS, metric_suite
 from ..metrics.table import format_table
 from ..metrics.teacher_distances import HELDOUT_METRICS, teacher_distances
 from ..store import Artifact, to_plain
 from ..store.results import append_results
 from ..store.shards import iter_images
-from .artifacts import learned_schedule, samples_artifact, schedule_for, teacher_artifact
+from .artifacts import heldout_teacher_artifact, learned_schedule, samples_artifact, schedule_for
 from .context import StageContext
 from .inference import student_images
 from .keys import eval_fields, reference_identity
+from .references import dataset_reference, exact_reference, noise_floor
 
 log = logging.getLogger("ld3")
 KIND = "eval"
@@ -53,46 +50,11 @@ def check_inputs(ctx: StageContext) -> None:
         resolve_inception_weights(ctx.cfg.eval.inception_weights)
 
 
-# -- reference statistics (pixels) ----------------------------------------------------------------
-def _pixel_reference(ctx: StageContext, fields: dict, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel statistics (``mu [d]``, ``sigma [d, d]``) of ``batches()`` from the store, computed once."""
-    def compute() -> dict:
-        mu, sigma, n = pixel_statistics(batches())
-        return {"tensors": {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)}, "info": {"n": n}}
-
-    d = math.prod(ctx.model.image_shape)
-    art = ctx.store.get_or_make(ctx.model_key, "refs", fields, compute, producer=ctx.command("eval"))
-    t = art.tensors({"mu": (d,), "sigma": (d, d)})
-    return t["mu"].numpy(), t["sigma"].numpy()
-
-
-def exact_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """Statistics of ``eval.exact_n`` exact samples of the model (None when it cannot draw them)."""
-    if not hasattr(ctx.model, "sample_exact"):
-        return None
-    n, seed = int(ctx.cfg.eval.exact_n), int(ctx.cfg.seed)
-    return _pixel_reference(ctx, {"kind": "exact_pixels", "n": n, "seed": seed},
-                            lambda: exact_sample_images(ctx.model, n, seed))
-
-
-def dataset_reference(ctx: StageContext) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """Statistics of the dataset's images, for embedded datasets of the model's image shape (else None)."""
-    dataset = embedded_dataset(to_plain(ctx.cfg.dataset))
-    if dataset is None:
-        return None
-    if tuple(ctx.model.image_shape) != dataset.image_shape:
-        log.info("fd_data skipped: the model's images %s are not the dataset's %s", tuple(ctx.model.image_shape),
-                 dataset.image_shape)
-        return None
-    fields = {"kind": "dataset_pixels", "dataset": str(ctx.cfg.dataset.kind)}
-    return _pixel_reference(ctx, fields, lambda: [dataset.load()])
-
-
 # -- one schedule ----------------------------------------------------------------------------------
 def heldout_distances(ctx: StageContext, name: str) -> dict:
     """Teacher distances of schedule ``name`` on the held-out noises."""
     n, off = int(ctx.cfg.eval.heldout_n), int(ctx.cfg.sample.seed_offset)
-    held = teacher_artifact(ctx, seed_start=off, n=n)
+    held = heldout_teacher_artifact(ctx)
     target = held.tensors({"images": (n, None, None, None)})["images"].to(ctx.device).float()
     sampler, _ = schedule_for(ctx, name)
     bs = max(1, int(ctx.cfg.sample.batch_size))
@@ -118,7 +80,7 @@ def sample_metrics(ctx: StageContext, kind: str, samples: Artifact) -> dict:
     res = {}
     for metric, ref in (("fd_exact", exact_reference(ctx)), ("fd_data", dataset_reference(ctx))):
         if ref is not None:
-            res[metric] = frechet_distance(mu, sigma, *ref)
+            res[metric] = ref.distance(mu, sigma)
     return res
 
 
@@ -126,7 +88,7 @@ def evaluate_schedule(ctx: StageContext, name: str) -> tuple[dict, Artifact]:
     """Metrics for one schedule (an eval artifact, made once)."""
     samples = samples_artifact(ctx, name)
     kind = suite(ctx)
-    held_key = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=int(ctx.cfg.eval.heldout_n)).key
+    held_key = heldout_teacher_artifact(ctx).key
     desc = {"kind": kind, "heldout_teacher": held_key, "exact_n": int(ctx.cfg.eval.exact_n),
             "ref": reference_identity(ctx.cfg.dataset.get("fid_ref")) if kind == "fid" else ctx.cfg.dataset.name,
             "detector": DETECTORS[kind]}
@@ -180,11 +142,38 @@ def evaluate(ctx: StageContext) -> list[dict]:
 
 
 def _print_table(ctx: StageContext, table: list[dict], order) -> None:
+    columns = [m for m in TABLE_METRICS if any(m in r for r in table)]
+    floor = noise_floor(ctx, set(columns))
+    # with exact samples, fd_exact is the solver error and fd_data mostly the model's mismatch: not a ranking
+    unranked = frozenset({"fd_data"}) if "fd_exact" in columns else frozenset()
     print()
     print(f"{ctx.model_cfg.get('name')} / {ctx.cfg.dataset.name}: {ctx.solver_name} (order {order}) "
           f"NFE {ctx.nfe}, n = {int(ctx.cfg.sample.n)}; held-out teacher distances on "
           f"{int(ctx.cfg.eval.heldout_n)} noises")
-    print(format_table(table, [m for m in TABLE_METRICS if any(m in r for r in table)]))
-    if any("fd_exact" in r or "fd_data" in r for r in table):
-        print("fd_* = Frechet distance in pixel space (not FID); fd_exact vs exact model samples, fd_data vs the "
-              "dataset.  * = best")
+    print(format_table(table, columns, unranked))
+    if "fd_exact" in columns or "fd_data" in columns:
+        exact = f"{int(ctx.cfg.eval.exact_n)} exact model samples" if "fd_exact" in columns else ""
+        print(f"fd_* = Frechet distance in pixel space (not FID); fd_exact vs {exact or 'exact model samples'}, "
+              "fd_data vs the dataset.  * = best")
+    for line in floor_lines(floor, int(ctx.cfg.sample.n)):
+        print(line)
+
+
+def floor_lines(floor: dict, n: int) -> list[str]:
+    """The lines under the table that state each metric's noise floor (:func:`.references.noise_floor`)."""
+    parts = [f"{m} {floor[m]:.2f}" for m in ("fd_exact", "fd_data") if m in floor]
+    if parts:
+        parts = [", ".join(parts) + f" ({n} exact samples)"]
+    check = floor.get("teacher_check")
+    if check:
+        psnr = 20 * math.log10(2.0 / floor["rmse"]) if floor["rmse"] > 0 else math.inf
+        parts.append(f"rmse {floor['rmse']:.1e} (psnr {psnr:.0f} dB), the teacher's own error (RMSE to a "
+                     f"{check['nfe_check']}-NFE teacher on {check['n']} noises)")
+    if not parts:
+        return []
+    lines = [f"noise floor at n = {n} (what an exact solver scores; a gap below it separates nothing): "
+             + "; ".join(parts)]
+    if "fd_data" in floor and "fd_exact" in floor:
+        lines.append(f"fd_data is not starred: exact samples score {floor['fd_data']:.2f} against the dataset, so it "
+                     "measures the model's mismatch to the data, not solver error")
+    return lines

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from .inference import student_images, teacher_images
 
 log = logging.getLogger("ld3")
 KIND = "samples"
+# seeds -> stored teacher images [k, C, H, W] for them, or None (then the grid's teacher is run on those seeds)
+StoredTeacher = Callable[[list], Optional[torch.Tensor]]
 
 
 def shard_layout(ctx: StageContext) -> ShardLayout:
@@ -34,15 +37,16 @@ def shard_layout(ctx: StageContext) -> ShardLayout:
     return ShardLayout(int(s.n), int(s.shard_size), int(s.seed_offset))
 
 
-def make_samples(ctx: StageContext, key: str, sampler: Sampler, name: str, command: str) -> dict:
+def make_samples(ctx: StageContext, key: str, sampler: Sampler, name: str, command: str,
+                 stored_teacher: Optional[StoredTeacher] = None) -> dict:
     """Every shard of schedule ``name`` (one process), as :meth:`Store.write` arguments."""
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
     write_shards(ctx, part, sampler, name, range(shard_layout(ctx).count))
-    return finished(ctx, part, name, command)
+    return finished(ctx, part, name, command, stored_teacher)
 
 
 def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sampler: Sampler, name: str,
-                             command: str) -> Artifact:
+                             command: str, stored_teacher: Optional[StoredTeacher] = None) -> Artifact:
     """This rank's block of shards; rank 0 publishes the artifact once every rank is done."""
     rank, world = rank_and_world()
     dist = init_distributed(ctx.device)
@@ -50,7 +54,8 @@ def make_samples_distributed(ctx: StageContext, fields: dict, key: str, sampler:
     write_shards(ctx, part, sampler, name, rank_block(shard_layout(ctx).count, rank, world))
     dist.barrier()
     if rank == 0:
-        art = ctx.store.write(ctx.model_key, KIND, fields, command=command, **finished(ctx, part, name, command))
+        contents = finished(ctx, part, name, command, stored_teacher)
+        art = ctx.store.write(ctx.model_key, KIND, fields, command=command, **contents)
         log.info("samples (%d) written to %s", int(ctx.cfg.sample.n), art.path)
     dist.barrier()
     return ctx.store.open(ctx.model_key, KIND, key, producer=command)
@@ -84,27 +89,33 @@ def write_shards(ctx: StageContext, part: Path, sampler: Sampler, name: str, sha
         bar.close()
 
 
-def finished(ctx: StageContext, part: Path, name: str, command: str) -> dict:
-    """Check that every shard is in ``part``, add the figures, and return :meth:`Store.write` arguments."""
+def finished(ctx: StageContext, part: Path, name: str, command: str,
+             stored_teacher: Optional[StoredTeacher] = None) -> dict:
+    """Check that every shard is in ``part``, add the figures, and return :meth:`Store.write` arguments.
+
+    ``stored_teacher(seeds)`` may supply the teacher images of the grid's first seeds from the store.
+    """
     layout = shard_layout(ctx)
     missing = layout.missing(part)
     if missing:
         raise CorruptArtifactError(f"shards {missing[:5]} missing in {part}; rerun `{command}` to finish them")
     if bool(ctx.cfg.sample.grids):
-        for fname, data in _grids(ctx, part, layout).items():
+        for fname, data in _grids(ctx, part, layout, stored_teacher).items():
             atomic_write_bytes(part / fname, data)
     hwc = list(ctx.model.image_shape[1:]) + [ctx.model.image_shape[0]]
     return {"info": {"n": layout.n, "shards": layout.count, "schedule": name, "image_shape": hwc}, "from_dir": part}
 
 
-def _grids(ctx: StageContext, part: Path, layout: ShardLayout) -> dict:
+def _grids(ctx: StageContext, part: Path, layout: ShardLayout, stored_teacher: Optional[StoredTeacher]) -> dict:
     from ..utils.plots import image_grid
 
     first = first_images(part, 64)
     out = {"grid.png": image_grid(first)}
     k = min(8, len(first))
+    seeds = list(layout.seeds(0))[:k]
     try:
-        teacher = to_uint8(teacher_images(ctx, list(layout.seeds(0))[:k]))
+        teacher = stored_teacher(seeds) if stored_teacher is not None else None
+        teacher = to_uint8(teacher if teacher is not None else teacher_images(ctx, seeds))
         out["teacher_vs_student.png"] = image_grid(np.concatenate([teacher, first[:k]]), cols=k)
     except Exception as e:  # noqa: BLE001 - a figure must never lose the samples
         log.warning("could not draw teacher_vs_student.png: %s", e)

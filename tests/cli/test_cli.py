@@ -79,6 +79,26 @@ def test_missing_input_names_the_producing_command(ld3, capsys):
     assert "ld3 teacher-sample" in err
 
 
+@pytest.mark.parametrize("stage, needs", [("eval", "`ld3 train nfe=5`"), ("train", "`ld3 teacher-sample nfe=5`"),
+                                          ("sample", "`ld3 train nfe=5`")])
+def test_a_missing_input_is_reported_before_any_model_is_built(stage, needs, tmp_path, monkeypatch, capsys):
+    """On an empty store the error comes at once: no model is loaded or fitted, nothing but logs is written."""
+    from ld3_cli.models import registry
+    from ld3_cli.stages import context
+
+    built = []
+    monkeypatch.setattr(context, "_MODELS", {})  # no model left from another test in this process
+    monkeypatch.setattr(registry, "build_model", lambda *a, **k: built.append(a) or pytest.fail("model built"))
+    store = tmp_path / "store"
+    monkeypatch.setenv("LD3_CACHE", str(store))
+    assert main([stage, "--nfe", "5"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"ld3 {stage}: error: ") and needs in err[0], err
+    assert built == []
+    written = {p.relative_to(store).parts[0] for p in store.rglob("*") if p.is_file()}
+    assert written <= {"logs"}, written  # Hydra's job log only: no model fit, no artifact
+
+
 def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     assert ld3("teacher-sample") == 0
     assert ld3("train", "-m", "solver=euler,dpmpp", "nfe=4,5") == 0
@@ -108,12 +128,36 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys):
     assert any(p.name == learned_key for p in schedules)
     assert "| loss |" in (cache / "results.md").read_text()
 
+    _check_noise_floor(out, cache)
+
 
 def rows_heldout_n(cache) -> str:
     """The held-out teacher size eval used (its artifact's n)."""
     held = [json.loads((p / "manifest.json").read_text()) for p in cache.glob("mnist_gmm-*/teacher/*")
             if (p / "manifest.json").is_file()]
     return str(next(m["config"]["n"] for m in held if m["config"]["seed_start"] != 0))
+
+
+def _check_noise_floor(out: str, cache):
+    """The line under the table: fd_exact / fd_data of n exact samples drawn apart from the reference set
+    (recomputed here), the teacher's own error; fd_data is not starred."""
+    import re
+
+    from ld3_cli.metrics import frechet_distance
+    from ld3_cli.metrics.pixel_fd import FLOOR_SEED_SHIFT, exact_sample_images, pixel_statistics
+    from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
+    from ld3_cli.store import Store
+
+    line = next(ln for ln in out.splitlines() if ln.startswith("noise floor at n = 40 "))
+    got = dict(re.findall(r"(fd_exact|fd_data|rmse) ([0-9.e+-]+)", line))
+    model = GaussianMixtureDenoiser(load_or_fit(128, Store(cache).fit_cache()))
+    floor = pixel_statistics(exact_sample_images(model, 40, 0, FLOOR_SEED_SHIFT))[:2]
+    ref = pixel_statistics(exact_sample_images(model, 64, 0))[:2]
+    assert float(got["fd_exact"]) == pytest.approx(frechet_distance(*floor, *ref), abs=0.006)
+    assert float(got["fd_data"]) > 0 and 0 < float(got["rmse"]) < 0.05
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.endswith(tuple("0123456789*")) and " | 4 | " in ln]
+    assert rows and all(not r[3].endswith("*") for r in rows)  # fd_data (4th column) is never starred
+    assert any(r[2].endswith("*") for r in rows)
 
 
 def test_user_target_model_runs_through_ld3_run(ld3, cache, capsys):

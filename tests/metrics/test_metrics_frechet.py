@@ -40,6 +40,21 @@ def test_matches_scipy_sqrtm_small(d):
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_fd_scipy(mu1, s1, mu2, s2), rel=1e-10, abs=1e-12)
 
 
+def test_a_reference_takes_one_square_root_for_many_distances(monkeypatch):
+    from ld3_cli.metrics import frechet as frechet_module
+
+    rng = np.random.default_rng(4)
+    mu_ref, s_ref = _random_stats(rng, 32, 200)
+    sets = [_random_stats(rng, 32, 150) for _ in range(3)]
+    expected = [_fd_scipy(mu, s, mu_ref, s_ref) for mu, s in sets]
+    roots = []
+    real_sqrt = frechet_module._sqrt_psd
+    monkeypatch.setattr(frechet_module, "_sqrt_psd", lambda m: roots.append(m) or real_sqrt(m))
+    ref = frechet_module.FrechetReference(mu_ref, s_ref)
+    got = [ref.distance(mu, s) for mu, s in sets]
+    assert got == pytest.approx(expected, rel=1e-9) and len(roots) == 1
+
+
 def test_symmetric_in_arguments_and_accepts_tensors():
     rng = np.random.default_rng(3)
     mu1, s1 = _random_stats(rng, 16, 100)

@@ -13,7 +13,8 @@ from ld3_test_helpers import random_fid_state_dict
 
 from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.cli.main import main
-from ld3_cli.metrics import InceptionFeatures, StatsAccumulator, frechet_distance, save_reference_stats
+from ld3_cli.metrics import InceptionFeatures, StatsAccumulator, save_reference_stats
+from ld3_cli.metrics.fid import fid_reference
 from ld3_cli.metrics import inception as inception_module
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
 from ld3_cli.schedules import discretize
@@ -59,6 +60,31 @@ def test_shards_hold_exactly_n_images_with_their_seeds(cache, tmp_path, monkeypa
     assert np.abs(images[[7, 37]].astype(int) - ref.astype(int)).max() <= 1  # batch composition: <= 1 level
 
 
+def test_the_sample_grid_reuses_the_held_out_teacher_images(cache, tmp_path, monkeypatch):
+    """teacher_vs_student.png: once eval has made the held-out teacher pairs, the grid reads their images instead
+    of running the teacher again; before (the first schedule, or `ld3 sample`) it runs it.  Same teacher row."""
+    from PIL import Image
+
+    from ld3_cli.stages import sample_shards
+
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    real = sample_shards.teacher_images
+    monkeypatch.setattr(sample_shards, "teacher_images", lambda ctx, seeds: ran.append(seeds) or real(ctx, seeds))
+    small = [f"cache_dir={cache}", "teacher.n=8", "teacher.nfe=12", "teacher.check_n=0", "progress=false",
+             "sample.shard_size=16", "eval.heldout_n=8", "eval.exact_n=64"]
+    assert main(["eval", "eval.compare=[edm]", "sample.n=16", *small]) == 0
+    assert len(ran) == 1  # no held-out pairs yet when the grid was drawn
+    assert main(["eval", "eval.compare=[edm]", "sample.n=24", *small]) == 0
+    assert len(ran) == 1  # the grid of the 24 samples took the stored teacher images
+    rows = []
+    arts = [p for p in cache.glob("mnist_gmm-*/samples/*") if (p / "manifest.json").is_file()]
+    for art in sorted(arts, key=lambda p: json.loads((p / "manifest.json").read_text())["info"]["n"]):
+        grid = np.asarray(Image.open(art / "teacher_vs_student.png")).astype(int)
+        rows.append(grid[:grid.shape[0] // 2])
+    assert len(rows) == 2 and np.abs(rows[0] - rows[1]).max() <= 1  # batch composition: <= 1 level
+
+
 def test_two_process_gloo_sampling_equals_one_process(fitted_cache, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["schedule=logsnr", "sample.n=30", "sample.shard_size=8", *SMALL]
@@ -101,7 +127,9 @@ def test_fid_path_of_eval_on_an_rgb_model(tmp_path, monkeypatch):
     imgs = np.concatenate([s["images"] for s in _shards(_only((tmp_path / "c").glob("custom-*/samples/*")))])
     acc = StatsAccumulator().add(feats(torch.from_numpy(imgs)))
     assert acc.n == 24
-    assert got["fid"] == pytest.approx(frechet_distance(*acc.stats(), mu, sigma), rel=1e-6)
+    reference = fid_reference(ref)  # eval's cached reference: its 2048-d covariance root is not computed again
+    assert np.array_equal(reference.mu, mu) and np.array_equal(reference.sigma, sigma)
+    assert got["fid"] == pytest.approx(reference.distance(*acc.stats()), rel=1e-6)
     assert "fd_exact" not in got and got["rmse"] >= 0
 
 
