@@ -120,7 +120,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     iters_phase1: int = 50
     iters_phase2: int = 125
-    iters_phase3: int = 175
+    iters_phase3: int = 150
     alternate_rounds: int = 0
     win_rate: float = 0.5
     offset_units: str = "window"
