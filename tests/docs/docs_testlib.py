@@ -140,7 +140,7 @@ def is_cheap(cmd: Command) -> bool:
         return False
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
-        if key in ("model", "dataset") and value not in ("mnist_gmm", "mnist5k"):
+        if key in ("model", "dataset", "experiment") and value not in ("mnist_gmm", "mnist5k"):
             return False
         if key.startswith(("model.", "dataset.", "hydra", "device")) or "/" in key:
             return False
