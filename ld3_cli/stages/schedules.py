@@ -109,6 +109,16 @@ def table(title: str, labeled: list[tuple[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def learned_tables(ctx: StageContext):
+    """``(learned, base)`` multistep tables when the learned schedule carries learned coefficients, else None."""
+    from ..solvers import get_solver
+
+    sampler, _ = schedule_for(ctx, "ld3")
+    if sampler.coefficients is None:
+        return None
+    return sampler.coefficients, get_solver(ctx.solver_name).coefficients(sampler.sigmas, **ctx.solver_options)
+
+
 def default_out(ctx: StageContext) -> Path:
     return ctx.store.root / "plots" / ctx.model_key / f"schedules-{ctx.solver_tag}-nfe{ctx.nfe}.png"
 
@@ -142,7 +152,8 @@ def run(ctx: StageContext) -> dict:
         print("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     from ..utils.plots import schedules_plot
 
-    data = schedules_plot({lbl: s.tolist() for lbl, s in labeled}, f"{model}: {solver}, NFE {ctx.nfe}")
+    data = schedules_plot({lbl: s.tolist() for lbl, s in labeled}, f"{model}: {solver}, NFE {ctx.nfe}",
+                          learned_tables(ctx) if "ld3" in scheds else None)
     try:
         atomic_write_bytes(png, data)
     except OSError as e:

@@ -121,7 +121,9 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
     try:
         from ..utils.plots import schedule_plot
 
-        files["schedule.png"] = schedule_plot(res, trainer.baselines, sched)
+        base = trainer.spec.coefficients(res.sigmas, **res.solver_options) if res.sampler.coefficients is not None \
+            else None
+        files["schedule.png"] = schedule_plot(res, trainer.baselines, sched, base)
     except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
         log.warning("could not draw schedule.png: %s", e)
     info = {"best_val": res.best_val, "init": res.init, "init_val": res.init_val, "loss": res.loss,

@@ -37,10 +37,41 @@ def lambda_plot_axes(ax, schedules: dict, highlight: str = "ld3") -> None:
     ax.legend(fontsize=8)
 
 
-def schedule_plot(result, baselines: dict, noise_schedule=None) -> bytes:
-    """(a) log-SNR vs step for the learned (and its evaluation times) and baseline schedules; (b) validation loss."""
+def coefficients_axes(ax, learned, base) -> None:
+    """A learned solver's history weights against the base solver's on the same grid, per step.
+
+    ``learned`` / ``base``: :class:`~ld3_cli.solvers.multistep.MultistepCoefficients`; each weight is shown
+    relative to its step's lead weight ``b_i`` (what the corrections are learned in): ``P[i, j] / b_i`` on the
+    difference ``F_(i-j-1) - F_i``, solid for the learned solver, dashed for the base one.
+    """
+    k = learned.pred.shape[1]
+    bp = np.zeros((base.steps, k))
+    bp[:, :base.pred.shape[1]] = np.asarray(base.pred.tolist()).reshape(base.steps, -1)
+    lp, b = np.asarray(learned.pred.tolist()).reshape(learned.steps, -1), np.asarray(base.b.tolist())
+    for j in range(k):
+        steps = [i for i in range(learned.steps) if j < i]
+        if not steps:
+            continue
+        line, = ax.plot(steps, lp[steps, j] / b[steps], "o-", label=f"learned: F(i-{j + 1}) - F(i)")
+        ax.plot(steps, bp[steps, j] / b[steps], "x--", color=line.get_color(), alpha=0.7)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("step i")
+    ax.set_ylabel("history weight / b_i  (dashed: base solver)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def schedule_plot(result, baselines: dict, noise_schedule=None, base_table=None) -> bytes:
+    """(a) log-SNR vs step for the learned (and its evaluation times) and baseline schedules; (b) validation loss;
+    (c) with learned coefficients, their history weights against ``base_table`` (the solver's own)."""
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    learned = getattr(getattr(result, "sampler", None), "coefficients", None)
+    panels = 3 if learned is not None and base_table is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
+    a, b = axes[0], axes[1]
+    if panels == 3:
+        coefficients_axes(axes[2], learned, base_table)
+        axes[2].set_title("learned solver coefficients")
     sched = {name: v["sigmas"] for name, v in baselines.items() if "sigmas" in v}
     sched["ld3"] = result.sigmas.tolist()
     lambda_plot_axes(a, sched)
@@ -65,11 +96,16 @@ def schedule_plot(result, baselines: dict, noise_schedule=None) -> bytes:
     return _fig_bytes(fig)
 
 
-def schedules_plot(schedules: dict, title: str) -> bytes:
+def schedules_plot(schedules: dict, title: str, tables=None) -> bytes:
+    """log-SNR vs step of every schedule; with ``tables = (learned, base)``, the learned coefficients beside it."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = plt.subplots(1, 2 if tables else 1, figsize=(12 if tables else 6.5, 4))
+    ax = axes[0] if tables else axes
     lambda_plot_axes(ax, schedules)
     ax.set_title(title)
+    if tables:
+        coefficients_axes(axes[1], *tables)
+        axes[1].set_title("ld3: learned solver coefficients")
     return _fig_bytes(fig)
 
 

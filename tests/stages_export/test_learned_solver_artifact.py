@@ -12,6 +12,7 @@ from ld3_cli.export import load_schedule_json
 from ld3_cli.metrics.images import to_uint8
 from ld3_cli.stages import export as export_stage
 from ld3_cli.stages import sample as sample_stage
+from ld3_cli.stages import schedules as schedules_stage
 from ld3_cli.stages import teacher_sample, train
 from ld3_cli.stages.artifacts import load_sampler
 from ld3_cli.store.shards import iter_images
@@ -46,3 +47,9 @@ def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_
         direct = sampler.solve(ctx.model, noises * float(sampler.sigmas[0]))
     assert torch.equal(x0, direct)
     assert np.abs(stored.astype(int) - to_uint8(ctx.model.decode(x0)).astype(int)).max() <= 1  # batch composition
+    # `ld3 schedules` and the training plot show the learned coefficients beside the solver's own
+    learned, base = schedules_stage.learned_tables(make_ctx("schedules", store, LEARN))
+    assert torch.equal(learned.pred, sampler.coefficients.pred) and not torch.equal(learned.pred, base.widen(4).pred)
+    png = tmp_path / "s.png"
+    schedules_stage.run(make_ctx("schedules", store, [*LEARN, f"schedules.out={png}", "schedules.include=[ld3,edm]"]))
+    assert png.stat().st_size > 0 and (art.path / "schedule.png").stat().st_size > 0
