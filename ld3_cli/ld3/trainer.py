@@ -169,40 +169,36 @@ class LD3Trainer:
             self.coef = CoefficientParameterization.for_table(base, o.coefficient_history,
                                                               o.coefficient_constraint).to(self.device)
 
-    def _groups(self) -> dict[str, list]:
-        g = {"steps": [self.param.logits], "offsets": [self.param.offsets]}
-        if self.coef is not None:
-            g["coefficients"] = self.coef.parameters_list()
-        return g
-
     def _make_optimizers(self) -> None:
+        """One optimiser per learned tensor, named as in :meth:`_params` (its group is the name's first part)."""
         o = self.opt
-        groups = self._groups()
-        self.optimizers = {"steps": RMSpropMomentum(groups["steps"][0], lr=o.lr, momentum=o.momentum)}
-        if o.offsets_optimizer == "sgd":
-            self.optimizers["offsets"] = SGD(groups["offsets"][0], lr=o.lr_offsets / self.nfe)
-        else:
-            self.optimizers["offsets"] = RMSpropMomentum(groups["offsets"][0], lr=o.lr_offsets, momentum=o.momentum)
-        for k, p in enumerate(groups.get("coefficients", [])):
-            self.optimizers[f"coefficients.{k}"] = RMSpropMomentum(p, lr=o.lr_coefficients, momentum=o.momentum)
+        self.optimizers = {}
+        for name, p in self._params().items():
+            group = name.split(".")[0]
+            if group == "offsets" and o.offsets_optimizer == "sgd":
+                self.optimizers[name] = SGD(p, lr=o.lr_offsets / self.nfe)
+            else:
+                lr = {"steps": o.lr, "offsets": o.lr_offsets, "coefficients": o.lr_coefficients}[group]
+                self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum)
 
     def _active(self, phase: Phase) -> list[str]:
         """Optimiser names of a phase's groups."""
         return [name for name in self.optimizers if name.split(".")[0] in phase.groups]
 
-    def _param_state(self) -> dict:
-        return {k: p.detach().clone() for k, p in self._param_state_refs().items()}
-
-    def _load_param_state(self, st: dict) -> None:
-        with torch.no_grad():
-            for k, p in self._param_state_refs().items():
-                p.copy_(st[k])
-
-    def _param_state_refs(self) -> dict:
+    def _params(self) -> dict[str, torch.Tensor]:
+        """Every learnable tensor by name: ``steps``, ``offsets``, ``coefficients.<k>``."""
         out = {"steps": self.param.logits, "offsets": self.param.offsets}
         if self.coef is not None:
             out.update({f"coefficients.{i}": p for i, p in enumerate(self.coef.parameters_list())})
         return out
+
+    def _param_state(self) -> dict:
+        return {k: p.detach().clone() for k, p in self._params().items()}
+
+    def _load_param_state(self, st: dict) -> None:
+        with torch.no_grad():
+            for k, p in self._params().items():
+                p.copy_(st[k])
 
     def _sampler(self, sigmas, sigmas_eval, phase: Optional[Phase]) -> Sampler:
         """The student on these grids; ``phase`` decides decoupling and learned coefficients (None: neither)."""
@@ -248,7 +244,7 @@ class LD3Trainer:
             raise NumericalError(f"training loss became {loss.item()} at iteration {self.iteration}; "
                                  "lower train.lr or check the model's outputs "
                                  "(best_values() holds the best schedule so far)")
-        refs = self._param_state_refs()
+        refs = self._params()
         zero_grad(*refs.values())
         loss.backward()
         for name in self._active(phase):
@@ -370,7 +366,7 @@ class LD3Trainer:
         self.start()
         t = {"init_sigmas": torch.as_tensor(self.baselines[self.init_name]["sigmas"], dtype=torch.float64),
              "eps": self.eps, "gen_state": self.gen.get_state()}
-        t.update({f"param.{k}": v.detach() for k, v in self._param_state_refs().items()})
+        t.update({f"param.{k}": v.detach() for k, v in self._params().items()})
         t.update({f"best.{k}": v for k, v in self.best_state.items()})
         if self.perm is not None:
             t["perm"] = self.perm
@@ -398,8 +394,8 @@ class LD3Trainer:
         dev = self.device
         self.baselines, self.init_name, self.init_val = dict(info["baselines"]), info["init"], info["init_val"]
         self._build(tensors["init_sigmas"].to(torch.float64))
-        self._load_param_state({k: tensors[f"param.{k}"].to(dev) for k in self._param_state_refs()})
-        self.best_state = {k: tensors[f"best.{k}"].to(dev) for k in self._param_state_refs()}
+        self._load_param_state({k: tensors[f"param.{k}"].to(dev) for k in self._params()})
+        self.best_state = {k: tensors[f"best.{k}"].to(dev) for k in self._params()}
         self.eps = tensors["eps"].to(dev, self.dtype)
         self.gen.set_state(tensors["gen_state"])
         self.perm = tensors["perm"].long() if "perm" in tensors else None
