@@ -127,7 +127,8 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
     except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
         log.warning("could not draw schedule.png: %s", e)
     info = {"best_val": res.best_val, "init": res.init, "init_val": res.init_val, "loss": res.loss,
-            "learn": list(res.learn), "best_phase": res.best_phase, "after_phase": res.after_phase,
+            "learn": list(res.learn), "best_phase": res.best_phase,
+            "after_phase": [[k, v] for k, v in res.after_phase.items()],  # a list: the phases' order survives JSON
             "iterations": res.iterations, "seconds": res.seconds, "radius": res.radius,
             "baselines": {k: v["val"] for k, v in res.baselines.items()}}
     return {"tensors": tensors, "files": files, "info": info, "inputs": {"teacher": teacher.key}}
@@ -144,7 +145,7 @@ def report(art: Artifact) -> None:
           f"{info['iterations']} iterations in {info['seconds']:.1f}s")
     base = ", ".join(f"{k} {v:.4g}" for k, v in sorted(info["baselines"].items(), key=lambda kv: kv[1]))
     print(f"  baselines (validation): {base}")
-    phases = info.get("after_phase") or {}
+    phases = info.get("after_phase") or []
     if len(phases) > 1:  # say what each phase added (e.g. the learned coefficients over LD3's time steps)
-        print("  best validation after each phase: " + ", ".join(f"{k} {v:.5g}" for k, v in phases.items())
+        print("  best validation after each phase: " + ", ".join(f"{k} {v:.5g}" for k, v in phases)
               + f"; the result is from phase '{info.get('best_phase')}'")
