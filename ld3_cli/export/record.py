@@ -91,7 +91,7 @@ class ExportSchedule:
     model_key: str
     provenance: dict = field(default_factory=dict)
     eval_scales: Optional[torch.Tensor] = None
-    noise_estimate: str = "eval"
+    noise_estimate: str = "step"
     coefficients: Optional[MultistepCoefficients] = None
     learned_coefficients: bool = False
 

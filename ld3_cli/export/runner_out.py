@@ -24,7 +24,7 @@ sigma a tensor [B].  A VP / DDPM network is seen through x = x_t / alpha_t, sigm
 
 Step i goes from sigmas[i] to sigmas[i + 1].  The network is evaluated at sigmas_eval[i] on the state
 scaled by eval_scales[i]: D_i = denoiser(eval_scales[i] * x_i, sigmas_eval[i]); the noise estimate is
-(eval_scales[i] * x_i - D_i) / sigmas_eval[i] (noise_estimate "eval") or (x_i - D_i) / sigmas[i] ("step").
+(x_i - D_i) / sigmas[i] (noise_estimate "step") or (eval_scales[i] * x_i - D_i) / sigmas_eval[i] ("eval").
 With F_i = D_i (form "data") or the noise estimate (form "noise"):
 
     predictor  x' = a[i] x + b[i] F_i + sum_j pred[i][j - 1] (F_(i-j) - F_i)      j = 1 .. pred_terms[i]
@@ -46,7 +46,7 @@ def sample(denoiser, x, record):
     sig, sig_eval = tensor(record["sigmas"]), tensor(record["sigmas_eval"])
     net_sig = sig_eval.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     scales = None if record.get("eval_scales") is None else tensor(record["eval_scales"])
-    at_eval = record.get("noise_estimate", "eval") == "eval"
+    at_eval = record.get("noise_estimate", "step") == "eval"
     a, b = tensor(c["a"], x.dtype), tensor(c["b"], x.dtype)
     pred = tensor(c["pred"], x.dtype) if c["pred"] and c["pred"][0] else torch.zeros(len(c["a"]), 0, dtype=x.dtype)
     corr = None if c.get("corr") is None else tensor(c["corr"], x.dtype)

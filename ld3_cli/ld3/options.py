@@ -125,7 +125,7 @@ class TrainOptions:
     win_rate: float = 0.5
     offset_units: str = "window"
     eval_scale: str = "model"
-    noise_estimate: str = "eval"
+    noise_estimate: str = "step"
     gamma: float = 0.001
     r: Optional[float] = None
     shift_lr: Optional[float] = None

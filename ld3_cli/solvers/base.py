@@ -79,9 +79,9 @@ class Evaluator:
         D_i   = D(c_i x_i, sigmas_eval[i])
 
     and the noise estimate (slope of ``dx/dsigma``) used by the noise-form solvers (Euler, Heun,
-    iPNDM, DEIS) is, for ``noise_estimate="eval"``, the noise the network sees at its own
-    evaluation point, ``eps_i = (c_i x_i - D_i) / sigmas_eval[i]``, or, for ``"step"``,
-    ``(x_i - D_i) / sigmas[i]``.  Both equal ``(x_i - D(x_i, sigma_i)) / sigma_i`` when
+    iPNDM, DEIS) is, for ``noise_estimate="step"`` (the default), ``(x_i - D_i) / sigmas[i]``, or, for
+    ``"eval"`` (the official LD3 code), the noise the network sees at its own evaluation point,
+    ``eps_i = (c_i x_i - D_i) / sigmas_eval[i]``.  Both equal ``(x_i - D(x_i, sigma_i)) / sigma_i`` when
     ``sigmas_eval == sigmas`` and ``c == 1``.  For a VP model, ``c_i = alpha(sigma_i) /
     alpha(sigmas_eval[i])`` makes the network see the state of step time ``i`` with the noise
     label of the evaluation time, which is what the official LD3 code computes (docs/concepts.md).
@@ -91,7 +91,7 @@ class Evaluator:
     """
 
     def __init__(self, denoiser, sigmas: Tensor, sigmas_eval: Tensor, cond: Any, x: Tensor,
-                 eval_scales: Optional[Tensor] = None, noise_estimate: str = "eval"):
+                 eval_scales: Optional[Tensor] = None, noise_estimate: str = "step"):
         if noise_estimate not in NOISE_ESTIMATES:
             raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
         sdt = torch.float64 if x.dtype == torch.float64 else torch.float32

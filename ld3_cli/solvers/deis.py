@@ -55,7 +55,7 @@ def deis_coefficients(sigmas, order=3):
 
 
 def sample_deis(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
-                eval_scales=None, noise_estimate="eval"):
+                eval_scales=None, noise_estimate="step"):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     return run_multistep(ev, x, deis_coefficients(sigmas, order), callback)
@@ -68,7 +68,7 @@ class DEIS(SolverSpec):
     description = "DEIS rho-AB (variable-step Adams-Bashforth in sigma), orders 1-4, 1 NFE per step"
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
-            eval_scales=None, noise_estimate="eval", **_):
+            eval_scales=None, noise_estimate="step", **_):
         return sample_deis(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
                            noise_estimate)
 

@@ -21,7 +21,7 @@ def euler_coefficients(sigmas):
 
 
 def sample_euler(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 eval_scales=None, noise_estimate="eval"):
+                 eval_scales=None, noise_estimate="step"):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     return run_multistep(ev, x, euler_coefficients(sigmas), callback)
@@ -34,7 +34,7 @@ class Euler(SolverSpec):
     description = "Euler / DDIM: first order, 1 NFE per step"
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            eval_scales=None, noise_estimate="eval", **_):
+            eval_scales=None, noise_estimate="step", **_):
         return sample_euler(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate)
 
     def coefficients(self, sigmas, **_):

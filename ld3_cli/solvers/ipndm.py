@@ -42,7 +42,7 @@ def ipndm_coefficients(sigmas, order=4):
 
 
 def sample_ipndm(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
-                 eval_scales=None, noise_estimate="eval"):
+                 eval_scales=None, noise_estimate="step"):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     return run_multistep(ev, x, ipndm_coefficients(sigmas, order), callback)
@@ -55,7 +55,7 @@ class IPNDM(SolverSpec):
     description = "improved PNDM (fixed Adams-Bashforth weights in sigma), orders 1-4, 1 NFE per step"
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
-            eval_scales=None, noise_estimate="eval", **_):
+            eval_scales=None, noise_estimate="step", **_):
         return sample_ipndm(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
                             noise_estimate)
 

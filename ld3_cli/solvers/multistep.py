@@ -138,7 +138,7 @@ def _combine(weights: Tensor, diffs: list) -> Tensor | float:
 
 
 def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, sigmas_eval=None, cond=None,
-                     callback=None, check=True, eval_scales=None, noise_estimate="eval") -> Tensor:
+                     callback=None, check=True, eval_scales=None, noise_estimate="step") -> Tensor:
     """Run an explicit coefficient table (a base solver's or a learned one) as a solver."""
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     if coefficients.steps != sigmas.numel() - 1:

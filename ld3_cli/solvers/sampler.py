@@ -31,7 +31,7 @@ class Sampler:
     options: dict = field(default_factory=dict)
     sigmas_eval: Optional[Tensor] = None
     eval_scales: Optional[Tensor] = None
-    noise_estimate: str = "eval"
+    noise_estimate: str = "step"
     coefficients: Optional[MultistepCoefficients] = None
 
     @property
@@ -98,4 +98,4 @@ class Sampler:
                                                  tensors["coef.pred"], tensors.get("coef.corr"),
                                                  tuple(info["pred_terms"]), tuple(info.get("corr_terms", ())))
         return cls(plain["solver"], tensors["sigmas"], dict(plain.get("options", {})), tensors.get("sigmas_eval"),
-                   tensors.get("eval_scales"), plain.get("noise_estimate", "eval"), coefficients)
+                   tensors.get("eval_scales"), plain.get("noise_estimate", "step"), coefficients)
