@@ -285,3 +285,29 @@ def test_published_csv_is_the_reference_copy():
     assert best[("cifar10", 10)] == 2.38 and best[("afhqv2_64", 10)] == 2.27  # the abstract's numbers
     if ref.is_file():
         assert ours == results_table.read_csv(ref)
+
+
+# -- learned_solver_grid.py -----------------------------------------------------------------------
+def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
+    """One tiny cell end to end: LD3 and the learned solver + steps from one run, the coefficients-only run, the
+    baselines; LD3 is exactly the phase-2 result of that run, and the table reports the cell."""
+    import importlib.util
+    import json
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("ld3_grid_script", REPO / "scripts" / "learned_solver_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    shutil.copytree(fitted_cache, tmp_path / "c")
+    out = tmp_path / "g.jsonl"
+    args = ["mnist_gmm", "--solvers", "unipc:3", "--nfe", "3", "--pairs", "16", "--heldout", "12", "--out", str(out),
+            "--", f"cache_dir={tmp_path / 'c'}", "train.iters_phase1=2", "train.iters_phase2=2", "train.iters_phase3=3",
+            "teacher.nfe=12", "teacher.check_n=0"]
+    assert grid.main(args) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec["baselines"]) == set(grid.BASELINES) and rec["pairs"] == 16 and rec["heldout"] == 12
+    assert rec["learned_steps"]["val"] <= rec["ld3"]["val"]  # phase 3 can only keep or lower validation
+    assert rec["time"]["wall"] >= rec["time"]["ld3_wall"] > 0
+    assert all(k in rec[name] for name in ("ld3", "learned", "learned_steps") for k in ("rmse", "fd_exact"))
+    table = grid.render([rec])
+    assert "| unipc-3 | 3 |" in table and "Geometric mean" in table

@@ -1,0 +1,176 @@
+"""LD3 against the learned solver, cell by cell, on the same teacher pairs (docs/reproduction.md).
+
+    python scripts/learned_solver_grid.py mnist_gmm --solvers dpmpp:2,unipc:3,ipndm:3 --nfe 3,4,5,6 --pairs 1000
+    python scripts/learned_solver_grid.py mnist_ddpm --pairs 400 -- model.path=/path/to/ddpm_mnist_starter.pth
+    python scripts/learned_solver_grid.py --render results.jsonl         # the markdown tables of finished cells
+
+For each cell (model, solver:order, NFE), on the first ``--pairs`` teacher pairs of ``ld3 teacher-sample``
+(half of them validate), with the ``train=learned_solver`` settings:
+
+* every closed-form baseline (the best is reported);
+* LD3 (time steps + decoupled offsets) and the learned solver + steps come from **one** run with
+  ``train.learn=[steps,offsets,coefficients]``: LD3 is that run's best state when its phase 2 ended
+  (identical to an LD3-only run: phase 3 starts after it), so the training times compare in one run;
+* the learned solver alone (``train.learn=[coefficients]``, on the best baseline);
+* the held-out RMSE of each on ``--heldout`` noises never used in training (seeds ``sample.seed_offset + i``, the
+  ones ``ld3 eval`` draws), and for a model that can draw exact samples (the mixture) ``fd_exact`` of 5,000
+  samples against 5,000 exact ones.
+
+One JSON line per cell is appended to ``--out``; ``--render`` prints the tables with the geometric mean of
+(learned solver + steps) / LD3.  The store (``cache_dir``) keeps the teacher pairs between runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = ("time_uniform", "time_quadratic", "logsnr", "edm")
+
+
+def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ld3_cli.cli.apps import config_dir
+    from ld3_cli.stages.context import StageContext
+
+    overrides = ["train=learned_solver", f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
+                 f"teacher.n={pairs}", "progress=false", *extra]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="grid"):
+        cfg = compose("train", overrides=overrides)
+    return StageContext(cfg, "train", overrides)
+
+
+def heldout_errors(ctx, run, noises, targets) -> dict:
+    """Held-out RMSE (pooled) and the median per-image RMSE of ``run(x_T) -> x0``."""
+    with torch.no_grad():
+        out = torch.cat([ctx.model.decode(run(noises[i:i + 250] * ctx.model.schedule.sigma_max))
+                         for i in range(0, len(noises), 250)])
+    per = ((out.float() - targets.float()) ** 2).flatten(1).mean(1)
+    return {"rmse": float(per.mean().sqrt()), "median": float(per.sqrt().median())}
+
+
+def fd_exact(ctx, run, n: int = 5000) -> float:
+    """Pixel-space Frechet distance of ``n`` samples (eval's seeds) to ``n`` exact samples of the model."""
+    from ld3_cli.data.seeds import noise_for_seeds
+    from ld3_cli.metrics.frechet import frechet_distance
+    from ld3_cli.metrics.images import to_uint8
+    from ld3_cli.metrics.pixel_fd import exact_sample_images, pixel_statistics
+
+    noises = noise_for_seeds(range(int(ctx.cfg.sample.seed_offset), int(ctx.cfg.sample.seed_offset) + n),
+                             tuple(ctx.model.shape))
+    with torch.no_grad():
+        images = [to_uint8(ctx.model.decode(run(noises[i:i + 500] * ctx.model.schedule.sigma_max)))
+                  for i in range(0, n, 500)]
+    exact = pixel_statistics(exact_sample_images(ctx.model, n, int(ctx.cfg.seed)))[:2]
+    return float(frechet_distance(*pixel_statistics(iter(images))[:2], *exact))
+
+
+def train(ctx, teacher, learn: list[str]):
+    """One training run; ``(result, {"wall", "ld3_wall", "cpu"})`` -- ``ld3_wall``: the time when LD3's phases ended,
+    the run's construction and baseline scoring included (LD3 pays them too)."""
+    from ld3_cli.ld3 import LD3Trainer, TrainOptions
+    from ld3_cli.store import to_plain
+
+    opts = TrainOptions.from_dict({**to_plain(ctx.cfg.train), "learn": learn})
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, teacher["noises"], teacher["images"],
+                     teacher.get("cond"), opts).run()
+    wall = time.perf_counter() - t0
+    outside = wall - res.history[-1]["seconds"]
+    ld3 = [h["seconds"] for h in res.history if h["phase"] in ("steps", "offsets")]
+    return res, {"wall": wall, "ld3_wall": outside + (max(ld3) if ld3 else 0.0), "cpu": time.process_time() - c0}
+
+
+def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int, extra: list[str]) -> dict:
+    from ld3_cli.schedules import discretize
+    from ld3_cli.solvers import solve
+    from ld3_cli.stages.artifacts import teacher_artifact
+
+    ctx = context(model, solver, order, nfe, pairs, extra)
+    teacher = teacher_artifact(ctx).tensors()
+    held = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=heldout).tensors()
+    noises, targets = held["noises"].to(ctx.model.dtype), held["images"]
+    rec = {"model": model, "solver": solver, "order": order, "nfe": nfe, "pairs": pairs, "heldout": heldout,
+           "extra": extra, "baselines": {}}
+    for name in BASELINES:
+        sig = discretize(name, ctx.n_steps, ctx.model.schedule)
+        rec["baselines"][name] = heldout_errors(
+            ctx, lambda x, s=sig: solve(ctx.solver_name, ctx.model, x, s, **ctx.solver_options), noises, targets)
+    full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients"])
+    only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
+    runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve, "learned": only.solve}
+    for name, run in runs.items():
+        rec[name] = heldout_errors(ctx, lambda x, r=run: r(ctx.model, x), noises, targets)
+        if hasattr(ctx.model, "sample_exact"):
+            rec[name]["fd_exact"] = fd_exact(ctx, lambda x, r=run: r(ctx.model, x))
+    rec["ld3"]["val"], rec["learned_steps"]["val"] = full.after_phase["offsets"], full.best_val
+    return rec
+
+
+def render(records: list[dict]) -> str:
+    """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3."""
+    out = []
+    for model in sorted({r["model"] for r in records}):
+        rows = sorted((r for r in records if r["model"] == model), key=lambda r: (r["solver"], r["nfe"]))
+        fd = "fd_exact" in rows[0]["ld3"]
+        out += [f"#### {model}: {rows[0]['pairs']} teacher pairs, held-out RMSE on {rows[0]['heldout']:,} noises", "",
+                "| solver | NFE | best baseline | LD3 | learned solver | learned solver + steps | + steps / LD3 | "
+                "training s: LD3 / + steps" + (" | fd_exact: LD3 / + steps |" if fd else " |"),
+                "|" + "---|" * (9 if fd else 8)]
+        ratios = []
+        for r in rows:
+            best = min(r["baselines"], key=lambda k: r["baselines"][k]["rmse"])
+            ratio = r["learned_steps"]["rmse"] / r["ld3"]["rmse"]
+            ratios.append(ratio)
+            t = r["time"]
+            cols = [f"{r['solver']}-{r['order']}", str(r["nfe"]), f"{r['baselines'][best]['rmse']:.4f} ({best})",
+                    f"{r['ld3']['rmse']:.4f}", f"{r['learned']['rmse']:.4f}", f"**{r['learned_steps']['rmse']:.4f}**",
+                    f"{ratio:.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({t['wall'] / t['ld3_wall']:.2f}x)"]
+            if fd:
+                cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
+            out.append("| " + " | ".join(cols) + " |")
+        gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        out += ["", f"Geometric mean of (learned solver + steps) / LD3 over {len(ratios)} cells: **{gm:.3f}** "
+                    f"(worst cell {max(ratios):.3f}, best {min(ratios):.3f}).", ""]
+    return "\n".join(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Overrides after -- go to every run.")
+    ap.add_argument("model", nargs="?", default="mnist_gmm")
+    ap.add_argument("--solvers", default="dpmpp:2,unipc:3,ipndm:3", help="solver:order list")
+    ap.add_argument("--nfe", default="3,4,5,6")
+    ap.add_argument("--pairs", type=int, default=1000, help="teacher pairs (half validate)")
+    ap.add_argument("--heldout", type=int, default=1000, help="held-out noises")
+    ap.add_argument("--out", default="learned_solver_grid.jsonl")
+    ap.add_argument("--render", metavar="JSONL", help="print the tables of a finished grid and exit")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.render:
+        print(render([json.loads(line) for line in Path(args.render).read_text().splitlines() if line.strip()]))
+        return 0
+    torch.set_num_threads(1)
+    for nfe in (int(v) for v in args.nfe.split(",")):
+        for item in args.solvers.split(","):
+            solver, _, order = item.partition(":")
+            rec = cell(args.model, solver, int(order or 3), nfe, args.pairs, args.heldout, extra)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"{args.model} {solver}-{order} NFE {nfe}: LD3 {rec['ld3']['rmse']:.4f}, learned solver + steps "
+                  f"{rec['learned_steps']['rmse']:.4f}, learned solver {rec['learned']['rmse']:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
