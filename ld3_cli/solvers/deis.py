@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Evaluator, SolverSpec, prepare_grid
-from .multistep import run_multistep, table
+from .multistep import MultistepSolver, table
 
 _GL_NODES = (-(0.6 ** 0.5), 0.0, 0.6 ** 0.5)
 _GL_WEIGHTS = (5 / 9, 8 / 9, 5 / 9)
@@ -54,23 +53,11 @@ def deis_coefficients(sigmas, order=3):
     return table("noise", a, b, pred, terms, history=order)
 
 
-def sample_deis(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
-                eval_scales=None, noise_estimate="step"):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
-    return run_multistep(ev, x, deis_coefficients(sigmas, order), callback)
-
-
-class DEIS(SolverSpec):
+class DEIS(MultistepSolver):
     name = "deis"
     orders = (1, 2, 3, 4)
     default_order = 3
     description = "DEIS rho-AB (variable-step Adams-Bashforth in sigma), orders 1-4, 1 NFE per step"
-
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=3,
-            eval_scales=None, noise_estimate="step", **_):
-        return sample_deis(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
-                           noise_estimate)
 
     def coefficients(self, sigmas, order=3, **_):
         return deis_coefficients(sigmas, int(order))

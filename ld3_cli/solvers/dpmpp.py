@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, step_order
-from .multistep import run_multistep, table
+from .base import resolve_lower_order_final, step_order
+from .multistep import MultistepSolver, table
 
 
 def dpmpp_coefficients(sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference"):
@@ -66,25 +66,11 @@ def dpmpp_coefficients(sigmas, order=2, lower_order_final=True, solver_type="mid
     return table("data", a, b, pred, terms, history=max(order, 1))
 
 
-def sample_dpmpp(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference",
-                 eval_scales=None):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    table_ = dpmpp_coefficients(sigmas, order, lower_order_final, solver_type, coefficients)
-    return run_multistep(Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales), x, table_, callback)
-
-
-class DPMSolverPP(SolverSpec):
+class DPMSolverPP(MultistepSolver):
     name = "dpmpp"
     orders = (1, 2, 3)
     default_order = 2
     description = "DPM-Solver++ multistep (data prediction), orders 1-3, 1 NFE per step"
-
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference", eval_scales=None,
-            **_):
-        return sample_dpmpp(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order),
-                            lower_order_final, solver_type, coefficients, eval_scales)
 
     def coefficients(self, sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference",
                      **_):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Evaluator, SolverSpec, prepare_grid
-from .multistep import run_multistep, table
+from .multistep import MultistepSolver, table
 
 
 def euler_coefficients(sigmas):
@@ -20,22 +19,11 @@ def euler_coefficients(sigmas):
     return table("noise", list(torch.ones_like(steps)), list(steps), [[] for _ in steps], [0] * len(steps), history=1)
 
 
-def sample_euler(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 eval_scales=None, noise_estimate="step"):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
-    return run_multistep(ev, x, euler_coefficients(sigmas), callback)
-
-
-class Euler(SolverSpec):
+class Euler(MultistepSolver):
     name = "euler"
     orders = (1,)
     default_order = 1
     description = "Euler / DDIM: first order, 1 NFE per step"
-
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            eval_scales=None, noise_estimate="step", **_):
-        return sample_euler(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate)
 
     def coefficients(self, sigmas, **_):
         return euler_coefficients(sigmas)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Evaluator, SolverSpec, prepare_grid
-from .multistep import run_multistep, table
+from .multistep import MultistepSolver, table
 
 AB_WEIGHTS = {
     1: (1.0,),
@@ -41,23 +40,11 @@ def ipndm_coefficients(sigmas, order=4):
     return table("noise", list(ones), list(steps), pred, terms, history=order)
 
 
-def sample_ipndm(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
-                 eval_scales=None, noise_estimate="step"):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
-    return run_multistep(ev, x, ipndm_coefficients(sigmas, order), callback)
-
-
-class IPNDM(SolverSpec):
+class IPNDM(MultistepSolver):
     name = "ipndm"
     orders = (1, 2, 3, 4)
     default_order = 4
     description = "improved PNDM (fixed Adams-Bashforth weights in sigma), orders 1-4, 1 NFE per step"
-
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, order=4,
-            eval_scales=None, noise_estimate="step", **_):
-        return sample_ipndm(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), eval_scales,
-                            noise_estimate)
 
     def coefficients(self, sigmas, order=4, **_):
         return ipndm_coefficients(sigmas, int(order))

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, prepare_grid
+from .base import Evaluator, SolverSpec, prepare_grid
 
 Tensor = torch.Tensor
 FORMS = ("data", "noise")
@@ -145,3 +145,24 @@ def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, s
         raise ConfigError(f"the coefficient table has {coefficients.steps} steps, the grid {sigmas.numel() - 1}")
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     return run_multistep(ev, x, coefficients, callback)
+
+
+class MultistepSolver(SolverSpec):
+    """A solver that is a coefficient table: subclasses define :meth:`coefficients` (its keyword arguments are the
+    solver's options); running it, learning corrections to it and exporting it need nothing else."""
+
+    def coefficients(self, sigmas, **options) -> MultistepCoefficients:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def option_names(self) -> frozenset:
+        import inspect
+
+        params = inspect.signature(self.coefficients).parameters.values()
+        return frozenset({"order"} | {p.name for p in params
+                                      if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "sigmas"})
+
+    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
+            noise_estimate="step", **options):
+        sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
+        ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
+        return run_multistep(ev, x, self.coefficients(sigmas, **options), callback)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid, resolve_lower_order_final, step_order
-from .multistep import run_multistep, table
+from .base import resolve_lower_order_final, step_order
+from .multistep import MultistepSolver, table
 
 
 def _unipc_coefficients(h, rks, variant):
@@ -83,23 +83,11 @@ def unipc_coefficients(sigmas, order=3, variant="bh2", lower_order_final=True, c
                  corr_terms=cterms)
 
 
-def sample_unipc(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                 order=3, variant="bh2", lower_order_final=True, corrector=True, eval_scales=None):
-    sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    table_ = unipc_coefficients(sigmas, order, variant, lower_order_final, corrector)
-    return run_multistep(Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales), x, table_, callback)
-
-
-class UniPC(SolverSpec):
+class UniPC(MultistepSolver):
     name = "unipc"
     orders = (1, 2, 3)
     default_order = 3
     description = "UniPC multistep predictor-corrector (bh1/bh2), orders 1-3, 1 NFE per step"
-
-    def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            order=3, variant="bh2", lower_order_final=True, corrector=True, eval_scales=None, **_):
-        return sample_unipc(denoiser, x, sigmas, sigmas_eval, cond, callback, check, int(order), variant,
-                            lower_order_final, corrector, eval_scales)
 
     def coefficients(self, sigmas, order=3, variant="bh2", lower_order_final=True, corrector=True, **_):
         return unipc_coefficients(sigmas, int(order), variant, lower_order_final, corrector)
