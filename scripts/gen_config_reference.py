@@ -93,7 +93,8 @@ GLOSSARY = {
     "train.iters_phase3": "Iterations of phase 3 (the learned coefficients; only when train.learn has them).",
     "train.win_rate": "Bound of the decoupled offsets, as a fraction of the smallest grid gap.",
     "train.r": "Soft-teacher radius set directly (null = gamma * d / NFE^2; 0 = hard loss).",
-    "train.val_every": "Validate every this many iterations.",
+    "train.val_every": "Validate every this many iterations (LD3's phases).",
+    "train.val_every_coefficients": "Validate every this many iterations once the learned coefficients train.",
     "train.seed": "Seed of the batch order (the top-level seed by default).",
     "eval.compare": "Schedules to score: ld3 (the learned one) and baseline names (`ld3 schedules` lists them).",
     "eval.fid_batch_size": "Images per Inception batch (does not change the result).",
@@ -322,9 +323,11 @@ def render(config_dir: Path = CONFIGS) -> str:
             _fill_from_glossary(cf, group)
             title = f"### `{group}={f.stem}`" + (" (default)" if f.stem == default else "")
             lines += [title, ""]
-            if cf.header:
-                lines += [_cell(cf.header), ""]
-            lines += _table(cf.entries, prefix=f"{group}.") + [""]
+            glob_pkg = cf.header.startswith("@package _global_")  # a preset whose keys are top-level paths
+            header = cf.header.replace("@package _global_", "", 1).strip() if glob_pkg else cf.header
+            if header:
+                lines += [_cell(header), ""]
+            lines += _table(cf.entries, prefix="" if glob_pkg else f"{group}.") + [""]
     experiments = sorted((config_dir / "experiment").glob("*.yaml"))
     if experiments:
         lines += ["## Experiments (`+experiment=<name>`)", "",

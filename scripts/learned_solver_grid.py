@@ -117,6 +117,12 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
     return rec
 
 
+def _bold_lowest(values: list[float]) -> list[str]:
+    """The values as table cells (4 decimals), the lowest in bold."""
+    low = min(values)
+    return [f"**{v:.4f}**" if v == low else f"{v:.4f}" for v in values]
+
+
 def render(records: list[dict]) -> str:
     """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3."""
     out = []
@@ -134,7 +140,7 @@ def render(records: list[dict]) -> str:
             ratios.append(ratio)
             t = r["time"]
             cols = [f"{r['solver']}-{r['order']}", str(r["nfe"]), f"{r['baselines'][best]['rmse']:.4f} ({best})",
-                    f"{r['ld3']['rmse']:.4f}", f"{r['learned']['rmse']:.4f}", f"**{r['learned_steps']['rmse']:.4f}**",
+                    *_bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps")]),
                     f"{ratio:.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({t['wall'] / t['ld3_wall']:.2f}x)"]
             if fd:
                 cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")

@@ -84,6 +84,7 @@ def option_rules(kinds: list[str]) -> dict[str, Rule]:
         "r": _number(lambda v: v >= 0, ">= 0 (0 = hard loss)", optional=True),
         "shift_lr": _number(lambda v: v > 0, "> 0", optional=True),
         "val_every": _whole(1),
+        "val_every_coefficients": _whole(1),
         "grad_checkpoint": ((lambda v: v in ("auto", True, False)), "auto, true or false"),
         "seed": _whole(),
     }
@@ -120,7 +121,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     iters_phase1: int = 50
     iters_phase2: int = 125
-    iters_phase3: int = 150
+    iters_phase3: int = 300
     alternate_rounds: int = 0
     win_rate: float = 0.5
     offset_units: str = "window"
@@ -130,6 +131,7 @@ class TrainOptions:
     r: Optional[float] = None
     shift_lr: Optional[float] = None
     val_every: int = 1
+    val_every_coefficients: int = 5
     grad_checkpoint: Any = "auto"
     seed: int = 0
 

@@ -313,7 +313,8 @@ class LD3Trainer:
             self.phase_iter += 1
             rec.update(iteration=self.iteration, phase=phase.name, lr=self.optimizers[self._active(phase)[0]].lr,
                        seconds=time.perf_counter() - start)
-            if self.iteration % max(1, self.opt.val_every) == 0:
+            every = self.opt.val_every_coefficients if phase.coefficients else self.opt.val_every
+            if self.iteration % max(1, every) == 0:
                 rec.update(self._validate(phase))
             self.history.append(rec)
             self.elapsed = time.perf_counter() - start

@@ -138,6 +138,11 @@ def test_learned_coefficients_lower_the_validation_loss_below_ld3(setup):
                          learn=["steps", "offsets", "coefficients"], **FAST, iters_phase3=30)
     ld3_val = res.after_phase["offsets"]
     assert res.best_phase == "coefficients" and res.best_val < 0.9 * ld3_val, (res.best_val, ld3_val)
+    # LD3's phases validate every iteration (as `ld3 train`), the coefficient phase every 5th (its default)
+    validated = {ph: [h["iteration"] for h in res.history if h["phase"] == ph and "val" in h]
+                 for ph in ("steps", "offsets", "coefficients")}
+    assert validated["steps"] == list(range(1, 16)) and validated["offsets"] == list(range(16, 31))
+    assert validated["coefficients"] == list(range(35, 61, 5))
     table = res.sampler.coefficients
     assert table is not None and table.steps == 5 and float(table.pred.abs().sum()) > 0
     with torch.no_grad():  # the phase-2 sampler is the LD3 schedule of the same run, without coefficients
