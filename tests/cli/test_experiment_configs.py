@@ -81,3 +81,14 @@ def test_a_sweep_over_solvers_gives_each_solver_only_its_own_options():
         assert set(opts) <= {"order", "variant", "lower_order_final", "corrector", "solver_type", "coefficients"}
         if name != "unipc":
             assert "variant" not in opts
+
+
+def test_the_learned_solver_preset_changes_only_what_is_learned_and_the_pairs():
+    """`train=learned_solver` runs LD3's phases as `ld3 train` does (its LD3 part is what it is compared with):
+    of the train options only `learn` differs from the default; the teacher makes more pairs."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        base = OmegaConf.to_container(compose("train").train, resolve=True)
+        preset = compose("train", overrides=["train=learned_solver"])
+    got = OmegaConf.to_container(preset.train, resolve=True)
+    assert {k for k in got if got[k] != base.get(k)} == {"learn"}
+    assert got["learn"] == ["steps", "offsets", "coefficients"] and preset.teacher.n == 1000

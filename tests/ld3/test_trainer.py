@@ -163,3 +163,16 @@ def test_nfe_3_trains_for_every_solver(setup, solver, opts, learn):
     with torch.no_grad():
         out = res.solve(model, held[:4] * 80)
     assert bool(torch.isfinite(out).all())
+
+
+def test_ld3_part_of_a_learned_solver_run_is_exactly_an_ld3_run(setup):
+    """The phase-2 state of a run that also learns coefficients is bit-identical to an LD3-only run with the same
+    options: the learned solver is compared with exactly the LD3 that `ld3 train` gives on the same pairs."""
+    model, x, y, _, _ = setup
+    kw = dict(solver_options={"order": 2}, **FAST)
+    ld3 = learn_schedule(model, "dpmpp", 4, x, y, learn=["steps", "offsets"], **kw)
+    full = learn_schedule(model, "dpmpp", 4, x, y, learn=["steps", "offsets", "coefficients"], iters_phase3=5, **kw)
+    part = full.phase_samplers["offsets"]
+    assert torch.equal(part.sigmas, ld3.sampler.sigmas) and full.after_phase["offsets"] == ld3.best_val
+    if ld3.sampler.sigmas_eval is not None:
+        assert torch.equal(part.sigmas_eval, ld3.sampler.sigmas_eval)
