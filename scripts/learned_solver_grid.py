@@ -59,19 +59,28 @@ def heldout_errors(ctx, run, noises, targets) -> dict:
     return {"rmse": float(per.mean().sqrt()), "median": float(per.sqrt().median())}
 
 
-def fd_exact(ctx, run, n: int = 5000) -> float:
-    """Pixel-space Frechet distance of ``n`` samples (eval's seeds) to ``n`` exact samples of the model."""
+FD_N = 5000  # samples per side of fd_exact
+
+
+def exact_statistics(ctx) -> tuple:
+    """Pixel statistics ``(mu, sigma)`` of :data:`FD_N` exact samples of the model (one set for a whole cell)."""
+    from ld3_cli.metrics.pixel_fd import exact_sample_images, pixel_statistics
+
+    return pixel_statistics(exact_sample_images(ctx.model, FD_N, int(ctx.cfg.seed)))[:2]
+
+
+def fd_exact(ctx, run, exact: tuple) -> float:
+    """Pixel-space Frechet distance of :data:`FD_N` samples (eval's seeds) to the exact statistics ``exact``."""
     from ld3_cli.data.seeds import noise_for_seeds
     from ld3_cli.metrics.frechet import frechet_distance
     from ld3_cli.metrics.images import to_uint8
-    from ld3_cli.metrics.pixel_fd import exact_sample_images, pixel_statistics
+    from ld3_cli.metrics.pixel_fd import pixel_statistics
 
-    noises = noise_for_seeds(range(int(ctx.cfg.sample.seed_offset), int(ctx.cfg.sample.seed_offset) + n),
-                             tuple(ctx.model.shape))
+    off = int(ctx.cfg.sample.seed_offset)
+    noises = noise_for_seeds(range(off, off + FD_N), tuple(ctx.model.shape))
     with torch.no_grad():
         images = [to_uint8(ctx.model.decode(run(noises[i:i + 500] * ctx.model.schedule.sigma_max)))
-                  for i in range(0, n, 500)]
-    exact = pixel_statistics(exact_sample_images(ctx.model, n, int(ctx.cfg.seed)))[:2]
+                  for i in range(0, FD_N, 500)]
     return float(frechet_distance(*pixel_statistics(iter(images))[:2], *exact))
 
 
@@ -109,10 +118,11 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
     full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients"])
     only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
     runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve, "learned": only.solve}
+    exact = exact_statistics(ctx) if hasattr(ctx.model, "sample_exact") else None
     for name, run in runs.items():
         rec[name] = heldout_errors(ctx, lambda x, r=run: r(ctx.model, x), noises, targets)
-        if hasattr(ctx.model, "sample_exact"):
-            rec[name]["fd_exact"] = fd_exact(ctx, lambda x, r=run: r(ctx.model, x))
+        if exact is not None:
+            rec[name]["fd_exact"] = fd_exact(ctx, lambda x, r=run: r(ctx.model, x), exact)
     rec["ld3"]["val"], rec["learned_steps"]["val"] = full.after_phase["offsets"], full.best_val
     return rec
 

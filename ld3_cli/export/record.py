@@ -29,6 +29,7 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule
+from ..solvers.base import DEFAULT_NOISE_ESTIMATE
 from ..solvers.multistep import MultistepCoefficients
 
 RECORD_FORMAT = "ld3-schedule"
@@ -91,7 +92,7 @@ class ExportSchedule:
     model_key: str
     provenance: dict = field(default_factory=dict)
     eval_scales: Optional[torch.Tensor] = None
-    noise_estimate: str = "step"
+    noise_estimate: str = DEFAULT_NOISE_ESTIMATE
     coefficients: Optional[MultistepCoefficients] = None
     learned_coefficients: bool = False
 

@@ -7,6 +7,7 @@ for a baseline) -- and this file runs it without ld3: the same operations in the
 """
 from __future__ import annotations
 
+from ..solvers.base import DEFAULT_NOISE_ESTIMATE
 from .record import ExportSchedule
 
 RUNNER = '''"""Run an ld3 schedule export (schedule.json) with any sigma-space denoiser; needs only torch.
@@ -46,7 +47,7 @@ def sample(denoiser, x, record):
     sig, sig_eval = tensor(record["sigmas"]), tensor(record["sigmas_eval"])
     net_sig = sig_eval.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     scales = None if record.get("eval_scales") is None else tensor(record["eval_scales"])
-    at_eval = record.get("noise_estimate", "step") == "eval"
+    at_eval = record.get("noise_estimate", {default_estimate!r}) == "eval"
     a, b = tensor(c["a"], x.dtype), tensor(c["b"], x.dtype)
     pred = tensor(c["pred"], x.dtype) if c["pred"] and c["pred"][0] else torch.zeros(len(c["a"]), 0, dtype=x.dtype)
     corr = None if c.get("corr") is None else tensor(c["corr"], x.dtype)
@@ -95,4 +96,4 @@ def runner_script(es: ExportSchedule) -> str:
 
     what = (f"{es.name}: {es.solver_label()}, NFE {es.nfe}"
             + (", learned coefficients" if es.learned_coefficients else ""))
-    return RUNNER.format(version=__version__, what=what)
+    return RUNNER.format(version=__version__, what=what, default_estimate=DEFAULT_NOISE_ESTIMATE)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Optional
 
 from ..errors import ConfigError
-from ..solvers.base import NOISE_ESTIMATES
+from ..solvers.base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES
 from .losses import LOSSES
 from .optim import OFFSET_OPTIMIZERS
 from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
@@ -126,7 +126,7 @@ class TrainOptions:
     win_rate: float = 0.5
     offset_units: str = "window"
     eval_scale: str = "model"
-    noise_estimate: str = "step"
+    noise_estimate: str = DEFAULT_NOISE_ESTIMATE
     gamma: float = 0.001
     r: Optional[float] = None
     shift_lr: Optional[float] = None

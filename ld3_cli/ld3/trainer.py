@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -332,11 +331,7 @@ class LD3Trainer:
 
     def _best_sampler(self) -> Sampler:
         """The sampler of the current parameters as the best phase runs them (detached, on the CPU)."""
-        s = self._current(self._best_phase(), grad=False)
-        return Sampler(s.solver, s.sigmas.detach().cpu(), dict(s.options),
-                       None if s.sigmas_eval is None else s.sigmas_eval.detach().cpu(),
-                       None if s.eval_scales is None else s.eval_scales.detach().cpu(), s.noise_estimate,
-                       _detached(s.coefficients))
+        return self._current(self._best_phase(), grad=False).detached()
 
     def _result(self) -> LearnedSchedule:
         o, phase = self.opt, self._best_phase()
@@ -415,13 +410,6 @@ class LD3Trainer:
             state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
             if state:
                 optim.load(state)
-
-
-def _detached(table):
-    if table is None:
-        return None
-    return replace(table, a=table.a.detach().cpu(), b=table.b.detach().cpu(), pred=table.pred.detach().cpu(),
-                   corr=None if table.corr is None else table.corr.detach().cpu())
 
 
 def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, targets: torch.Tensor,

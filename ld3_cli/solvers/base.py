@@ -59,6 +59,7 @@ def prepare_grid(x: Tensor, sigmas: Tensor, sigmas_eval: Optional[Tensor], check
 
 
 NOISE_ESTIMATES = ("eval", "step")
+DEFAULT_NOISE_ESTIMATE = "step"  # see Evaluator; docs/reproduction.md has the measurements
 
 
 def prepare_scales(x: Tensor, eval_scales: Optional[Tensor]) -> Optional[Tensor]:
@@ -91,7 +92,7 @@ class Evaluator:
     """
 
     def __init__(self, denoiser, sigmas: Tensor, sigmas_eval: Tensor, cond: Any, x: Tensor,
-                 eval_scales: Optional[Tensor] = None, noise_estimate: str = "step"):
+                 eval_scales: Optional[Tensor] = None, noise_estimate: str = DEFAULT_NOISE_ESTIMATE):
         if noise_estimate not in NOISE_ESTIMATES:
             raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
         sdt = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -8,11 +8,11 @@ Slopes are the Evaluator's noise estimates, ``d = (x - D(x, sigma)) / sigma`` wi
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid, scale
+from .base import DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid, scale
 
 
 def sample_heun(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-                eval_scales=None, noise_estimate="step"):
+                eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     n = sigmas.numel() - 1
@@ -48,5 +48,5 @@ class Heun(SolverSpec):
         return (nfe + 1) // 2
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            eval_scales=None, noise_estimate="step", **_):
+            eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE, **_):
         return sample_heun(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate)

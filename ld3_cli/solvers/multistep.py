@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import Evaluator, SolverSpec, prepare_grid
+from .base import DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid
 
 Tensor = torch.Tensor
 FORMS = ("data", "noise")
@@ -138,7 +138,7 @@ def _combine(weights: Tensor, diffs: list) -> Tensor | float:
 
 
 def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, sigmas_eval=None, cond=None,
-                     callback=None, check=True, eval_scales=None, noise_estimate="step") -> Tensor:
+                     callback=None, check=True, eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE) -> Tensor:
     """Run an explicit coefficient table (a base solver's or a learned one) as a solver."""
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     if coefficients.steps != sigmas.numel() - 1:
@@ -162,7 +162,7 @@ class MultistepSolver(SolverSpec):
                                       if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "sigmas"})
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
-            noise_estimate="step", **options):
-        sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-        ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
-        return run_multistep(ev, x, self.coefficients(sigmas, **options), callback)
+            noise_estimate=DEFAULT_NOISE_ESTIMATE, **options):
+        sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)  # the table needs the prepared grid
+        return sample_multistep(denoiser, x, sigmas, self.coefficients(sigmas, **options), sigmas_eval, cond,
+                                callback, False, eval_scales, noise_estimate)

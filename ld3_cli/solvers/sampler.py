@@ -9,12 +9,13 @@ for a learned solver, its full coefficient table (:class:`~ld3_cli.solvers.multi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
 
 from ..errors import ConfigError
+from .base import DEFAULT_NOISE_ESTIMATE
 from .multistep import MultistepCoefficients, sample_multistep
 
 Tensor = torch.Tensor
@@ -31,7 +32,7 @@ class Sampler:
     options: dict = field(default_factory=dict)
     sigmas_eval: Optional[Tensor] = None
     eval_scales: Optional[Tensor] = None
-    noise_estimate: str = "step"
+    noise_estimate: str = DEFAULT_NOISE_ESTIMATE
     coefficients: Optional[MultistepCoefficients] = None
 
     @property
@@ -46,14 +47,27 @@ class Sampler:
     def table(self) -> Optional[MultistepCoefficients]:
         """The multistep table this sampler runs: the learned one, else the solver's own on ``sigmas``
         (``None`` for a solver that is not a linear multistep method, Heun)."""
-        if self.coefficients is not None:
-            return self.coefficients
+        return self.coefficients if self.coefficients is not None else self.base_table()
+
+    def base_table(self) -> Optional[MultistepCoefficients]:
+        """The solver's own table on ``sigmas`` (what learned coefficients correct; ``None`` for Heun)."""
         from . import get_solver
 
         try:
             return get_solver(self.solver).coefficients(self.sigmas.to(torch.float64), **self.options)
         except ConfigError:
             return None
+
+    def detached(self) -> "Sampler":
+        """The same sampler with every tensor detached and on the CPU (dtypes and ``None`` fields kept)."""
+        def cpu(t):
+            return None if t is None else t.detach().cpu()
+
+        c = self.coefficients
+        if c is not None:
+            c = replace(c, a=cpu(c.a), b=cpu(c.b), pred=cpu(c.pred), corr=cpu(c.corr))
+        return replace(self, sigmas=cpu(self.sigmas), options=dict(self.options), sigmas_eval=cpu(self.sigmas_eval),
+                       eval_scales=cpu(self.eval_scales), coefficients=c)
 
     def solve(self, denoiser, x: Tensor, cond=None, callback=None, check: bool = True) -> Tensor:
         """The final state from ``x`` (the state at ``sigmas[0]``); ``check=False`` skips the grid validation
@@ -98,4 +112,4 @@ class Sampler:
                                                  tensors["coef.pred"], tensors.get("coef.corr"),
                                                  tuple(info["pred_terms"]), tuple(info.get("corr_terms", ())))
         return cls(plain["solver"], tensors["sigmas"], dict(plain.get("options", {})), tensors.get("sigmas_eval"),
-                   tensors.get("eval_scales"), plain.get("noise_estimate", "step"), coefficients)
+                   tensors.get("eval_scales"), plain.get("noise_estimate", DEFAULT_NOISE_ESTIMATE), coefficients)

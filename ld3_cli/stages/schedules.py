@@ -111,12 +111,8 @@ def table(title: str, labeled: list[tuple[str, list[float]]]) -> str:
 
 def learned_tables(ctx: StageContext):
     """``(learned, base)`` multistep tables when the learned schedule carries learned coefficients, else None."""
-    from ..solvers import get_solver
-
     sampler, _ = schedule_for(ctx, "ld3")
-    if sampler.coefficients is None:
-        return None
-    return sampler.coefficients, get_solver(ctx.solver_name).coefficients(sampler.sigmas, **ctx.solver_options)
+    return None if sampler.coefficients is None else (sampler.coefficients, sampler.base_table())
 
 
 def default_out(ctx: StageContext) -> Path:

@@ -121,8 +121,7 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
     try:
         from ..utils.plots import schedule_plot
 
-        base = trainer.spec.coefficients(res.sigmas, **res.solver_options) if res.sampler.coefficients is not None \
-            else None
+        base = res.sampler.base_table() if res.sampler.coefficients is not None else None
         files["schedule.png"] = schedule_plot(res, trainer.baselines, sched, base)
     except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
         log.warning("could not draw schedule.png: %s", e)
