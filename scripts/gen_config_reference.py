@@ -94,6 +94,7 @@ GLOSSARY = {
     "train.win_rate": "Bound of the decoupled offsets, as a fraction of the smallest grid gap.",
     "train.r": "Soft-teacher radius set directly (null = gamma * d / NFE^2; 0 = hard loss).",
     "train.val_every": "Validate every this many iterations (LD3's phases).",
+    "train.batch_size_coefficients": "Training pairs per iteration once the coefficients train (0 = batch_size).",
     "train.val_every_coefficients": "Validate every this many iterations once the learned coefficients train.",
     "train.seed": "Seed of the batch order (the top-level seed by default).",
     "eval.compare": "Schedules to score: ld3 (the learned one) and baseline names (`ld3 schedules` lists them).",

@@ -2,6 +2,7 @@
 
     python scripts/learned_solver_grid.py mnist_gmm --solvers dpmpp:2,unipc:3,ipndm:3 --nfe 3,4,5,6 --pairs 1000
     python scripts/learned_solver_grid.py mnist_ddpm --pairs 400 -- model.path=/path/to/ddpm_mnist_starter.pth
+    python scripts/learned_solver_grid.py mnist_ddpm --jobs 12 -- model.path=...  # a GPU: every cell at once
     python scripts/learned_solver_grid.py --render results.jsonl         # the markdown tables of finished cells
 
 For each cell (model, solver:order, NFE), on the first ``--pairs`` teacher pairs of ``ld3 teacher-sample``
@@ -77,7 +78,7 @@ def fd_exact(ctx, run, exact: tuple) -> float:
     from ld3_cli.metrics.pixel_fd import pixel_statistics
 
     off = int(ctx.cfg.sample.seed_offset)
-    noises = noise_for_seeds(range(off, off + FD_N), tuple(ctx.model.shape))
+    noises = noise_for_seeds(range(off, off + FD_N), tuple(ctx.model.shape)).to(ctx.device, ctx.model.dtype)
     with torch.no_grad():
         images = [to_uint8(ctx.model.decode(run(noises[i:i + 500] * ctx.model.schedule.sigma_max)))
                   for i in range(0, FD_N, 500)]
@@ -108,7 +109,7 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
     ctx = context(model, solver, order, nfe, pairs, extra)
     teacher = teacher_artifact(ctx).tensors()
     held = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=heldout).tensors()
-    noises, targets = held["noises"].to(ctx.model.dtype), held["images"]
+    noises, targets = held["noises"].to(ctx.device, ctx.model.dtype), held["images"].to(ctx.device)
     rec = {"model": model, "solver": solver, "order": order, "nfe": nfe, "pairs": pairs, "heldout": heldout,
            "extra": extra, "baselines": {}}
     for name in BASELINES:
@@ -169,6 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--pairs", type=int, default=1000, help="teacher pairs (half validate)")
     ap.add_argument("--heldout", type=int, default=1000, help="held-out noises")
     ap.add_argument("--out", default="learned_solver_grid.jsonl")
+    ap.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
     ap.add_argument("--render", metavar="JSONL", help="print the tables of a finished grid and exit")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -177,15 +179,43 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(render([json.loads(line) for line in Path(args.render).read_text().splitlines() if line.strip()]))
         return 0
     torch.set_num_threads(1)
-    for nfe in (int(v) for v in args.nfe.split(",")):
-        for item in args.solvers.split(","):
-            solver, _, order = item.partition(":")
-            rec = cell(args.model, solver, int(order or 3), nfe, args.pairs, args.heldout, extra)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            print(f"{args.model} {solver}-{order} NFE {nfe}: LD3 {rec['ld3']['rmse']:.4f}, learned solver + steps "
-                  f"{rec['learned_steps']['rmse']:.4f}, learned solver {rec['learned']['rmse']:.4f}", flush=True)
+    cells = [(item.partition(":")[0], int(item.partition(":")[2] or 3), int(nfe))
+             for nfe in args.nfe.split(",") for item in args.solvers.split(",")]
+    if args.jobs > 1 and len(cells) > 1:
+        return run_parallel(args, cells, extra)
+    for solver, order, nfe in cells:
+        rec = cell(args.model, solver, order, nfe, args.pairs, args.heldout, extra)
+        with open(args.out, "a") as f:  # one line per cell: appends from parallel jobs do not interleave
+            f.write(json.dumps(rec) + "\n")
+        print(f"{args.model} {solver}-{order} NFE {nfe}: LD3 {rec['ld3']['rmse']:.4f}, learned solver + steps "
+              f"{rec['learned_steps']['rmse']:.4f}, learned solver {rec['learned']['rmse']:.4f}", flush=True)
     return 0
+
+
+def run_parallel(args, cells: list[tuple], extra: list[str]) -> int:
+    """Each cell in its own process, ``--jobs`` at a time (a GPU runs many small solvers at once far better
+    than one after another); the teacher pairs are made first, once, so the jobs only read them."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ld3_cli.stages.artifacts import teacher_artifact
+
+    solver, order, nfe = cells[0]
+    ctx = context(args.model, solver, order, nfe, args.pairs, extra)
+    teacher_artifact(ctx)
+    teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=args.heldout)
+
+    def one(c):
+        cmd = [sys.executable, __file__, args.model, "--solvers", f"{c[0]}:{c[1]}", "--nfe", str(c[2]),
+               "--pairs", str(args.pairs), "--heldout", str(args.heldout), "--out", args.out, "--", *extra]
+        return subprocess.run(cmd).returncode
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        codes = list(pool.map(one, cells))
+    failed = [c for c, rc in zip(cells, codes) if rc]
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def option_rules(kinds: list[str]) -> dict[str, Rule]:
         "lpips_weights": ((lambda v: v is None or isinstance(v, str)), "a path (or null)"),
         "val_fraction": _number(lambda v: 0 < v < 1, "in (0, 1)"),
         "batch_size": _whole(1),
+        "batch_size_coefficients": _whole(0),
         "val_batch_size": _whole(0),
         "lr": _number(lambda v: v > 0, "> 0"),
         "momentum": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -107,6 +108,7 @@ class TrainOptions:
     lpips_weights: Optional[str] = None
     val_fraction: float = 0.5
     batch_size: int = 2
+    batch_size_coefficients: int = 50
     val_batch_size: int = 0
     lr: float = 5e-3
     momentum: float = 0.9
@@ -121,7 +123,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     iters_phase1: int = 50
     iters_phase2: int = 125
-    iters_phase3: int = 300
+    iters_phase3: int = 150
     alternate_rounds: int = 0
     win_rate: float = 0.5
     offset_units: str = "window"

@@ -11,10 +11,10 @@ learns is ``train.learn``, any subset of
   (:class:`~ld3_cli.ld3.coefficients.CoefficientParameterization`, in the spirit of S4S).
 
 Training runs in phases (:func:`plan_phases`): ``steps`` (``iters_phase1``), then ``steps + offsets``
-(``iters_phase2``) -- exactly LD3 -- then the coefficients, jointly with what else is learned
-(``iters_phase3``) or, with ``alternate_rounds = k > 0``, in ``k`` rounds that alternate coefficients
-alone and time steps alone (S4S-Alt).  Every phase starts from the best parameters so far with fresh
-optimisers.
+(``iters_phase2``) -- exactly LD3 -- then the coefficients (``iters_phase3`` iterations of
+``batch_size_coefficients`` pairs), jointly with what else is learned or, with ``alternate_rounds = k > 0``,
+in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt).  Every phase starts
+from the best parameters so far with fresh optimisers.
 
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
 RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); RMSprop on the
@@ -284,6 +284,13 @@ class LD3Trainer:
                     opt.lr = max(opt.lr * self.opt.lr_decay, floor)
         return {"val": val, "best_val": self.best_val, "improved": improved}
 
+    def _batch_size(self, phase: Phase) -> int:
+        """Training pairs per iteration: ``batch_size_coefficients`` (when > 0) in a phase that runs the learned
+        coefficients, ``batch_size`` otherwise; at most the training split."""
+        o = self.opt
+        bs = o.batch_size_coefficients if phase.coefficients and o.batch_size_coefficients else o.batch_size
+        return max(1, min(int(bs), self.n_train))
+
     def _phase_done(self, phase: Phase) -> bool:
         first = self.optimizers[self._active(phase)[0]]
         return self.phase_iter >= phase.budget or first.lr <= self.opt.min_lr
@@ -293,9 +300,9 @@ class LD3Trainer:
         """Train through every phase; calls ``checkpoint(self)`` after each validation."""
         self.start()
         start = time.perf_counter() - self.elapsed
-        bs = max(1, min(int(self.opt.batch_size), self.n_train))
         while self.phase < len(self.phases):
             phase = self.phases[self.phase]
+            bs = self._batch_size(phase)
             if self._phase_done(phase):
                 self.phase, self.phase_iter, self.bad = self.phase + 1, 0, 0
                 self._load_param_state(self.best_state)

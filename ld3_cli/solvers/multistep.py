@@ -105,7 +105,7 @@ def table(form: str, a: list, b: list, pred: list, pred_terms: list, history: in
 
 def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=None) -> Tensor:
     """Integrate with table ``c`` from ``x`` at ``sigmas[0]``; returns the state at ``sigmas[N]``."""
-    cast = {k: None if v is None else v.to(x.dtype) for k, v in
+    cast = {k: None if v is None else v.to(device=x.device, dtype=x.dtype) for k, v in
             (("a", c.a), ("b", c.b), ("pred", c.pred), ("corr", c.corr))}
     noise = c.form == "noise"
     hist: list[Tensor] = []  # F_i, F_{i-1}, ... (latest first)

@@ -311,3 +311,11 @@ def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
     assert all(k in rec[name] for name in ("ld3", "learned", "learned_steps") for k in ("rmse", "fd_exact"))
     table = grid.render([rec])
     assert "| unipc-3 | 3 |" in table and "Geometric mean" in table
+    # --jobs: each cell in its own process, the teacher pairs made once first; a cell is what a sequential run gives
+    par = tmp_path / "par.jsonl"
+    overrides = args[args.index("--"):]
+    assert grid.main(["mnist_gmm", "--solvers", "unipc:3,dpmpp:2", "--nfe", "3", "--pairs", "16", "--heldout", "12",
+                      "--out", str(par), "--jobs", "2", *overrides]) == 0
+    got = {r["solver"]: r for r in map(json.loads, par.read_text().splitlines())}
+    assert set(got) == {"unipc", "dpmpp"}
+    assert all(got["unipc"][k]["rmse"] == rec[k]["rmse"] for k in ("ld3", "learned", "learned_steps"))

@@ -176,3 +176,25 @@ def test_ld3_part_of_a_learned_solver_run_is_exactly_an_ld3_run(setup):
     assert torch.equal(part.sigmas, ld3.sampler.sigmas) and full.after_phase["offsets"] == ld3.best_val
     if ld3.sampler.sigmas_eval is not None:
         assert torch.equal(part.sigmas_eval, ld3.sampler.sigmas_eval)
+
+
+def test_coefficient_phase_trains_on_its_own_batch_size(setup):
+    """``batch_size_coefficients`` sets the training batch of the coefficient phase only: the denoiser sees
+    batches of ``batch_size`` in LD3's phases and of ``batch_size_coefficients`` once the coefficients train
+    (scoring and validation run whole splits: 20 of the 40 pairs each)."""
+    model, x, y, _, _ = setup
+    seen: dict[str, set] = {}
+
+    class Counting(torch.nn.Module):
+        schedule, decode = model.schedule, model.decode
+
+        def forward(self, xt, sigma, cond=None):
+            name = trainer.phases[min(trainer.phase, len(trainer.phases) - 1)].name
+            seen.setdefault(name, set()).add(xt.shape[0])
+            return model(xt, sigma, cond)
+
+    opts = TrainOptions(batch_size=4, batch_size_coefficients=8, iters_phase1=3, iters_phase2=3, iters_phase3=6,
+                        learn=("steps", "offsets", "coefficients"))
+    trainer = LD3Trainer(Counting(), "dpmpp", {"order": 2}, 4, x, y, options=opts)
+    trainer.run()
+    assert seen == {"steps": {4, 20}, "offsets": {4, 20}, "coefficients": {8, 20}}, seen
