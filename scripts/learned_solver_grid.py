@@ -179,8 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(render([json.loads(line) for line in Path(args.render).read_text().splitlines() if line.strip()]))
         return 0
     torch.set_num_threads(1)
-    cells = [(item.partition(":")[0], int(item.partition(":")[2] or 3), int(nfe))
-             for nfe in args.nfe.split(",") for item in args.solvers.split(",")]
+    cells = [(solver, int(order or 3), int(nfe)) for nfe in args.nfe.split(",")
+             for solver, _, order in (item.partition(":") for item in args.solvers.split(","))]
     if args.jobs > 1 and len(cells) > 1:
         return run_parallel(args, cells, extra)
     for solver, order, nfe in cells:

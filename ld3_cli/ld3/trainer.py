@@ -302,13 +302,13 @@ class LD3Trainer:
         start = time.perf_counter() - self.elapsed
         while self.phase < len(self.phases):
             phase = self.phases[self.phase]
-            bs = self._batch_size(phase)
             if self._phase_done(phase):
                 self.phase, self.phase_iter, self.bad = self.phase + 1, 0, 0
                 self._load_param_state(self.best_state)
                 self.after_phase[phase.name] = (self.best_val, self._best_sampler())
                 self._make_optimizers()
                 continue
+            bs = self._batch_size(phase)
             if self.perm is None or self.batch_pos + bs > self.n_train:  # a new epoch (drop the ragged tail)
                 self.perm = torch.randperm(self.n_train, generator=self.gen)
                 self.batch_pos = 0
