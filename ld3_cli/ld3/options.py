@@ -6,7 +6,8 @@
 :class:`~ld3_cli.errors.ConfigError` line, so the CLI's preflight stops a bad ``train.*`` before a
 model loads.  The vocabularies come from where they are defined: ``param``, ``offset_units`` and
 ``eval_scale`` from :mod:`~ld3_cli.ld3.parameterization`, ``loss`` from :data:`~ld3_cli.ld3.losses.LOSSES`,
-``offsets_optimizer`` from :data:`~ld3_cli.ld3.optim.OFFSET_OPTIMIZERS`, ``noise_estimate`` from the
+``offsets_optimizer`` / ``coefficients_optimizer`` from :data:`~ld3_cli.ld3.optim.OFFSET_OPTIMIZERS` /
+:data:`~ld3_cli.ld3.optim.COEFFICIENT_OPTIMIZERS`, ``noise_estimate`` from the
 solvers' :data:`~ld3_cli.solvers.base.NOISE_ESTIMATES`, ``init`` and ``init_candidates`` from the
 registered discretizations.
 """
@@ -18,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 from ..errors import ConfigError
 from ..solvers.base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES
 from .losses import LOSSES
-from .optim import OFFSET_OPTIMIZERS
+from .optim import COEFFICIENT_OPTIMIZERS, OFFSET_OPTIMIZERS
 from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
 
 DEFAULT_INIT_CANDIDATES = ("logsnr", "edm", "time_uniform", "time_quadratic")
@@ -63,6 +64,8 @@ def option_rules(kinds: list[str]) -> dict[str, Rule]:
         "lr": _number(lambda v: v > 0, "> 0"),
         "momentum": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
         "offsets_optimizer": _one_of(OFFSET_OPTIMIZERS),
+        "coefficients_optimizer": _one_of(COEFFICIENT_OPTIMIZERS),
+        "coefficient_decay": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
         "lr_offsets": _number(lambda v: v > 0, "> 0"),
         "lr_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
         "min_lr": _number(lambda v: v >= 0, ">= 0"),
@@ -115,6 +118,8 @@ class TrainOptions:
     offsets_optimizer: str = "rmsprop"
     lr_offsets: float = 0.005
     lr_coefficients: float = 0.01
+    coefficients_optimizer: str = "rmsprop"
+    coefficient_decay: float = 0.0
     coefficient_history: int = 0
     coefficient_constraint: bool = True
     lr_decay: float = 0.8

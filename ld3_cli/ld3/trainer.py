@@ -17,8 +17,9 @@ in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt)
 from the best parameters so far with fresh optimisers.
 
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
-RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); RMSprop on the
-coefficient corrections; gradient-norm clipping at 1 per group; learning-rate decay by ``lr_decay``
+RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); RMSprop (or Adam,
+``coefficients_optimizer``; optionally with a decoupled decay, ``coefficient_decay``) on the coefficient
+corrections; gradient-norm clipping at 1 per group; learning-rate decay by ``lr_decay``
 after ``patience`` validations without improvement (restoring the best parameters); a phase ends at
 its budget or when its first group's learning rate reaches ``min_lr``.  Differences, for speed or
 rigour: validation uses the *hard* loss from the true noises in one batch (what sampling sees), the
@@ -42,7 +43,7 @@ from ..solvers import get_solver
 from ..solvers.sampler import Sampler
 from .coefficients import CoefficientParameterization
 from .losses import resolve_loss
-from .optim import SGD, RMSpropMomentum, zero_grad
+from .optim import Adam, SGD, RMSpropMomentum, zero_grad
 from .options import TrainOptions
 from .parameterization import ScheduleParameterization
 from .phases import Phase, plan_phases
@@ -178,7 +179,11 @@ class LD3Trainer:
                 self.optimizers[name] = SGD(p, lr=o.lr_offsets / self.nfe)
             else:
                 lr = {"steps": o.lr, "offsets": o.lr_offsets, "coefficients": o.lr_coefficients}[group]
-                self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum)
+                decay = o.coefficient_decay if group == "coefficients" else 0.0
+                if group == "coefficients" and o.coefficients_optimizer == "adam":
+                    self.optimizers[name] = Adam(p, lr=lr, decay=decay)
+                else:
+                    self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum, decay=decay)
 
     def _active(self, phase: Phase) -> list[str]:
         """Optimiser names of a phase's groups."""

@@ -27,6 +27,8 @@ def test_the_defaults_pass():
     ("param", "sigma", "train.param must be lambda or time, got 'sigma'"),
     ("loss", "l3", "train.loss must be auto, l2, l1, pseudo_huber or lpips, got 'l3'"),
     ("offsets_optimizer", "adam", "train.offsets_optimizer must be rmsprop or sgd, got 'adam'"),
+    ("coefficients_optimizer", "sgd", "train.coefficients_optimizer must be adam or rmsprop, got 'sgd'"),
+    ("coefficient_decay", 1.0, "train.coefficient_decay must be in [0, 1), got 1.0"),
     ("init", "fancy", "train.init must be auto or one of"),
     ("init_candidates", [], "train.init_candidates must be a non-empty list"),
     ("val_fraction", 1.0, "train.val_fraction must be in (0, 1), got 1.0"),

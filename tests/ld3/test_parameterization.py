@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ld3_cli.ld3.optim import SGD, RMSpropMomentum
+from ld3_cli.ld3.optim import SGD, Adam, RMSpropMomentum
 from ld3_cli.ld3.parameterization import ScheduleParameterization
 from ld3_cli.ld3.soft_teacher import accept_moves, default_radius, project_to_ball
 from ld3_cli.schedules import EDM, VPDiscrete, VPLinear, discretize
@@ -119,6 +119,7 @@ def test_optimisers_follow_torch_update_rules():
     grads = [torch.randn(5, generator=g, dtype=torch.float64) for _ in range(6)]
     for ours_cls, theirs in ((lambda p: RMSpropMomentum(p, lr=5e-3, momentum=0.9),
                               lambda p: torch.optim.RMSprop([p], lr=5e-3, momentum=0.9)),
+                             (lambda p: Adam(p, lr=1e-2), lambda p: torch.optim.Adam([p], lr=1e-2)),
                              (lambda p: SGD(p, lr=0.1), lambda p: torch.optim.SGD([p], lr=0.1))):
         a = torch.zeros(5, dtype=torch.float64, requires_grad=True)
         b = torch.zeros(5, dtype=torch.float64, requires_grad=True)
@@ -129,3 +130,24 @@ def test_optimisers_follow_torch_update_rules():
             ob.step()
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
     assert math.isfinite(float(a.sum()))
+
+
+@pytest.mark.parametrize("make", [lambda p: RMSpropMomentum(p, lr=5e-3, momentum=0.9, decay=0.1),
+                                  lambda p: Adam(p, lr=1e-2, decay=0.1)])
+def test_decoupled_decay(make):
+    """``decay`` shrinks the parameter by that fraction after each update: with zero gradients p_k = 0.9^k p_0;
+    with gradients it is the plain update followed by the shrink."""
+    p = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    opt = make(p)
+    for _ in range(5):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    assert torch.allclose(p.detach(), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * 0.9 ** 5, rtol=1e-14)
+    p, q = (torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True) for _ in range(2))
+    opt, plain = make(p), make(q)
+    plain.decay = 0.0
+    g = torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64)
+    p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    plain.step()
+    assert torch.allclose(p.detach(), 0.9 * q.detach(), rtol=1e-14)

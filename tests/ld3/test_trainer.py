@@ -48,9 +48,14 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     assert res.baselines[res.init]["train"] == min(v["train"] for v in res.baselines.values())
 
 
-def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup):
-    model, x, y, _, _ = setup
-    opts = TrainOptions(**FAST, seed=3)
+@pytest.mark.parametrize("learn,stop_at,extra", [
+    (("steps", "offsets"), 11, {}), (("steps", "offsets", "coefficients"), 40, {}),
+    (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02})])
+def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
+    """Interrupted mid phase 1 (LD3) or mid phase 3 (the coefficients and their optimiser's state), the resumed
+    run takes the uninterrupted one's path step by step and ends where it does."""
+    model, x, y, held, _ = setup
+    opts = TrainOptions(**FAST, seed=3, learn=learn, iters_phase3=20, **extra)
     full = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts).run()
     first = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts)
     saved = {}
@@ -59,7 +64,7 @@ def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup):
         pass
 
     def checkpoint(tr):
-        if tr.iteration == 11:  # interrupt mid phase 1... (state is saved at a validation)
+        if tr.iteration == stop_at:  # interrupt mid phase (state is saved at a validation)
             saved["t"] = {k: v.clone() for k, v in tr.state_tensors().items()}
             saved["i"] = json.loads(json.dumps(tr.state_info()))
             raise Stop
@@ -71,6 +76,11 @@ def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup):
     res = resumed.run()
     assert torch.equal(res.sigmas, full.sigmas) and torch.equal(res.sigmas_eval, full.sigmas_eval)
     assert res.best_val == full.best_val and res.iterations == full.iterations
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]  # the same path, step by step
+    if "coefficients" in learn:
+        assert resumed.phases[saved["i"]["phase"]].coefficients  # stopped inside phase 3
+        with torch.no_grad():
+            assert torch.equal(res.solve(model, held[:4] * 80), full.solve(model, held[:4] * 80))
 
 
 def test_same_seed_same_schedule(setup):
