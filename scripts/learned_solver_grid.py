@@ -4,6 +4,7 @@
     python scripts/learned_solver_grid.py mnist_ddpm --pairs 400 -- model.path=/path/to/ddpm_mnist_starter.pth
     python scripts/learned_solver_grid.py mnist_ddpm --jobs 12 -- model.path=...  # a GPU: every cell at once
     python scripts/learned_solver_grid.py --render results.jsonl         # the markdown tables of finished cells
+    python scripts/learned_solver_grid.py --summary seed0.jsonl seed1.jsonl  # one row per grid (seeds, variants)
 
 For each cell (model, solver:order, NFE), on the first ``--pairs`` teacher pairs of ``ld3 teacher-sample``
 (half of them validate), with the ``train=learned_solver`` settings:
@@ -162,6 +163,35 @@ def render(records: list[dict]) -> str:
     return "\n".join(out)
 
 
+def summary(grids: dict[str, list[dict]]) -> str:
+    """One markdown row per finished grid (e.g. one per training seed): the geometric mean of (learned solver +
+    steps) / LD3, its worst cell, the cells more than 2 % worse than LD3, the geometric mean of the validation MSE
+    ratio, the cells whose ``fd_exact`` is above LD3's, and the range of whole-run / LD3 training time."""
+    def gmean(xs):
+        return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+    out = ["| grid | overrides | cells | geometric mean | worst cell | cells > 2 % worse | validation MSE ratio | "
+           "fd_exact above LD3's | training time / LD3's |", "|" + "---|" * 9]
+    for name, recs in grids.items():
+        ratio = {f"{r['solver']}-{r['order']} NFE {r['nfe']}": r["learned_steps"]["rmse"] / r["ld3"]["rmse"]
+                 for r in recs}
+        worst = max(ratio, key=ratio.get)
+        val = gmean([r["learned_steps"]["val"] / r["ld3"]["val"] for r in recs])
+        fd = sum(r["learned_steps"]["fd_exact"] > r["ld3"]["fd_exact"] for r in recs if "fd_exact" in r["ld3"])
+        has_fd = any("fd_exact" in r["ld3"] for r in recs)
+        times = [r["time"]["wall"] / r["time"]["ld3_wall"] for r in recs]
+        overrides = " ".join(sorted({o for r in recs for o in r.get("extra", [])
+                                     if not o.startswith(("cache_dir=", "model.path="))})) or "-"
+        out.append(f"| {name} | {overrides} | {len(recs)} | {gmean(list(ratio.values())):.3f} | "
+                   f"{ratio[worst]:.3f} ({worst}) | {sum(x > 1.02 for x in ratio.values())} | {val:.3f} | "
+                   f"{fd if has_fd else '-'} | {min(times):.2f}-{max(times):.2f}x |")
+    return "\n".join(out)
+
+
+def _read(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Overrides after -- go to every run.")
     ap.add_argument("model", nargs="?", default="mnist_gmm")
@@ -172,11 +202,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default="learned_solver_grid.jsonl")
     ap.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
     ap.add_argument("--render", metavar="JSONL", help="print the tables of a finished grid and exit")
+    ap.add_argument("--summary", metavar="JSONL", nargs="+",
+                    help="print one summary row per finished grid (e.g. one per train.seed) and exit")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.render:
-        print(render([json.loads(line) for line in Path(args.render).read_text().splitlines() if line.strip()]))
+        print(render(_read(args.render)))
+        return 0
+    if args.summary:
+        print(summary({Path(p).name: _read(p) for p in args.summary}))
         return 0
     torch.set_num_threads(1)
     cells = [(solver, int(order or 3), int(nfe)) for nfe in args.nfe.split(",")

@@ -319,3 +319,29 @@ def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
     got = {r["solver"]: r for r in map(json.loads, par.read_text().splitlines())}
     assert set(got) == {"unipc", "dpmpp"}
     assert all(got["unipc"][k]["rmse"] == rec[k]["rmse"] for k in ("ld3", "learned", "learned_steps"))
+
+
+def test_learned_solver_grid_summarises_grids(tmp_path, capsys):
+    """--summary: one row per grid with the geometric mean, worst cell, cells > 2 % worse, validation ratio,
+    fd_exact count and time range, from the records alone (closed-form values)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("ld3_grid_script", REPO / "scripts" / "learned_solver_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+
+    def rec(nfe, ld3, ours, fd=(1.0, 1.0), t=(10.0, 15.0)):
+        return {"model": "mnist_gmm", "solver": "dpmpp", "order": 2, "nfe": nfe, "extra": ["train.seed=1"],
+                "ld3": {"rmse": ld3, "val": ld3 ** 2, "fd_exact": fd[0]},
+                "learned_steps": {"rmse": ours, "val": ours ** 2, "fd_exact": fd[1]},
+                "time": {"ld3_wall": t[0], "wall": t[1]}}
+
+    path = tmp_path / "seed1.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (rec(3, 0.1, 0.08), rec(4, 0.1, 0.05, (1.0, 1.5), (10.0, 19.0)),
+                                                        rec(5, 0.1, 0.103))) + "\n")
+    assert grid.main(["--summary", str(path)]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    gm = (0.8 * 0.5 * 1.03) ** (1 / 3)
+    assert row == (f"| seed1.jsonl | train.seed=1 | 3 | {gm:.3f} | 1.030 (dpmpp-2 NFE 5) | 1 | {gm ** 2:.3f} | 1 | "
+                   "1.50-1.90x |")
