@@ -135,6 +135,10 @@ def _bold_lowest(values: list[float]) -> list[str]:
     return [f"**{v:.4f}**" if v == low else f"{v:.4f}" for v in values]
 
 
+def _gmean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
 def render(records: list[dict]) -> str:
     """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3."""
     out = []
@@ -157,7 +161,7 @@ def render(records: list[dict]) -> str:
             if fd:
                 cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
             out.append("| " + " | ".join(cols) + " |")
-        gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        gm = _gmean(ratios)
         out += ["", f"Geometric mean of (learned solver + steps) / LD3 over {len(ratios)} cells: **{gm:.3f}** "
                     f"(worst cell {max(ratios):.3f}, best {min(ratios):.3f}).", ""]
     return "\n".join(out)
@@ -167,24 +171,21 @@ def summary(grids: dict[str, list[dict]]) -> str:
     """One markdown row per finished grid (e.g. one per training seed): the geometric mean of (learned solver +
     steps) / LD3, its worst cell, the cells more than 2 % worse than LD3, the geometric mean of the validation MSE
     ratio, the cells whose ``fd_exact`` is above LD3's, and the range of whole-run / LD3 training time."""
-    def gmean(xs):
-        return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
     out = ["| grid | overrides | cells | geometric mean | worst cell | cells > 2 % worse | validation MSE ratio | "
            "fd_exact above LD3's | training time / LD3's |", "|" + "---|" * 9]
     for name, recs in grids.items():
         ratio = {f"{r['solver']}-{r['order']} NFE {r['nfe']}": r["learned_steps"]["rmse"] / r["ld3"]["rmse"]
                  for r in recs}
         worst = max(ratio, key=ratio.get)
-        val = gmean([r["learned_steps"]["val"] / r["ld3"]["val"] for r in recs])
-        fd = sum(r["learned_steps"]["fd_exact"] > r["ld3"]["fd_exact"] for r in recs if "fd_exact" in r["ld3"])
-        has_fd = any("fd_exact" in r["ld3"] for r in recs)
+        val = _gmean([r["learned_steps"]["val"] / r["ld3"]["val"] for r in recs])
+        with_fd = [r for r in recs if "fd_exact" in r["ld3"]]
+        fd = sum(r["learned_steps"]["fd_exact"] > r["ld3"]["fd_exact"] for r in with_fd) if with_fd else "-"
         times = [r["time"]["wall"] / r["time"]["ld3_wall"] for r in recs]
         overrides = " ".join(sorted({o for r in recs for o in r.get("extra", [])
                                      if not o.startswith(("cache_dir=", "model.path="))})) or "-"
-        out.append(f"| {name} | {overrides} | {len(recs)} | {gmean(list(ratio.values())):.3f} | "
+        out.append(f"| {name} | {overrides} | {len(recs)} | {_gmean(list(ratio.values())):.3f} | "
                    f"{ratio[worst]:.3f} ({worst}) | {sum(x > 1.02 for x in ratio.values())} | {val:.3f} | "
-                   f"{fd if has_fd else '-'} | {min(times):.2f}-{max(times):.2f}x |")
+                   f"{fd} | {min(times):.2f}-{max(times):.2f}x |")
     return "\n".join(out)
 
 

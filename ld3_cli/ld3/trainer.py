@@ -177,13 +177,14 @@ class LD3Trainer:
             group = name.split(".")[0]
             if group == "offsets" and o.offsets_optimizer == "sgd":
                 self.optimizers[name] = SGD(p, lr=o.lr_offsets / self.nfe)
+            elif group == "coefficients" and o.coefficients_optimizer == "adam":
+                self.optimizers[name] = Adam(p, lr=o.lr_coefficients, decay=o.coefficient_decay)
+            elif group == "coefficients":
+                self.optimizers[name] = RMSpropMomentum(p, lr=o.lr_coefficients, momentum=o.momentum,
+                                                        decay=o.coefficient_decay)
             else:
-                lr = {"steps": o.lr, "offsets": o.lr_offsets, "coefficients": o.lr_coefficients}[group]
-                decay = o.coefficient_decay if group == "coefficients" else 0.0
-                if group == "coefficients" and o.coefficients_optimizer == "adam":
-                    self.optimizers[name] = Adam(p, lr=lr, decay=decay)
-                else:
-                    self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum, decay=decay)
+                lr = o.lr if group == "steps" else o.lr_offsets
+                self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum)
 
     def _active(self, phase: Phase) -> list[str]:
         """Optimiser names of a phase's groups."""

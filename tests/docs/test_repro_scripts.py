@@ -288,16 +288,23 @@ def test_published_csv_is_the_reference_copy():
 
 
 # -- learned_solver_grid.py -----------------------------------------------------------------------
-def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
-    """One tiny cell end to end: LD3 and the learned solver + steps from one run, the coefficients-only run, the
-    baselines; LD3 is exactly the phase-2 result of that run, and the table reports the cell."""
+def _grid_script():
+    """scripts/learned_solver_grid.py as a module (scripts/ is not a package)."""
     import importlib.util
-    import json
-    import shutil
 
     spec = importlib.util.spec_from_file_location("ld3_grid_script", REPO / "scripts" / "learned_solver_grid.py")
     grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid)
+    return grid
+
+
+def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
+    """One tiny cell end to end: LD3 and the learned solver + steps from one run, the coefficients-only run, the
+    baselines; LD3 is exactly the phase-2 result of that run, and the table reports the cell."""
+    import json
+    import shutil
+
+    grid = _grid_script()
     shutil.copytree(fitted_cache, tmp_path / "c")
     out = tmp_path / "g.jsonl"
     args = ["mnist_gmm", "--solvers", "unipc:3", "--nfe", "3", "--pairs", "16", "--heldout", "12", "--out", str(out),
@@ -324,12 +331,9 @@ def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
 def test_learned_solver_grid_summarises_grids(tmp_path, capsys):
     """--summary: one row per grid with the geometric mean, worst cell, cells > 2 % worse, validation ratio,
     fd_exact count and time range, from the records alone (closed-form values)."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("ld3_grid_script", REPO / "scripts" / "learned_solver_grid.py")
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
+    grid = _grid_script()
 
     def rec(nfe, ld3, ours, fd=(1.0, 1.0), t=(10.0, 15.0)):
         return {"model": "mnist_gmm", "solver": "dpmpp", "order": 2, "nfe": nfe, "extra": ["train.seed=1"],
