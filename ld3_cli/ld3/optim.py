@@ -15,8 +15,9 @@ pulls in the compiler stack (seconds of start-up on a CPU machine).
 :class:`SGD` at ``lr_offsets / NFE``, the paper's code); ``train.coefficients_optimizer`` that of the
 learned coefficient corrections: one of :data:`COEFFICIENT_OPTIMIZERS` (``rmsprop``: :class:`RMSpropMomentum`,
 whose uncorrected first steps are ~10x ``lr`` and, with momentum, move the fresh corrections far at once;
-``adam``: :class:`Adam`, whose bias-corrected steps are about ``lr``), both with ``train.coefficient_decay``:
-a decoupled decay (``p <- (1 - decay) p`` after each update) that pulls the corrections towards the base solver.
+``adam``, the default: :class:`Adam`, whose bias-corrected steps are about ``lr``), both with
+``train.coefficient_decay``: a decoupled decay (``p <- (1 - decay) p`` after each update) that pulls the
+corrections towards the base solver.
 """
 from __future__ import annotations
 

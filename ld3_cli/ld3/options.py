@@ -117,8 +117,8 @@ class TrainOptions:
     momentum: float = 0.9
     offsets_optimizer: str = "rmsprop"
     lr_offsets: float = 0.005
-    lr_coefficients: float = 0.01
-    coefficients_optimizer: str = "rmsprop"
+    lr_coefficients: float = 0.05
+    coefficients_optimizer: str = "adam"
     coefficient_decay: float = 0.0
     coefficient_history: int = 0
     coefficient_constraint: bool = True

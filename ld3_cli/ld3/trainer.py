@@ -17,7 +17,7 @@ in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt)
 from the best parameters so far with fresh optimisers.
 
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
-RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); RMSprop (or Adam,
+RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); Adam (or RMSprop,
 ``coefficients_optimizer``; optionally with a decoupled decay, ``coefficient_decay``) on the coefficient
 corrections; gradient-norm clipping at 1 per group; learning-rate decay by ``lr_decay``
 after ``patience`` validations without improvement (restoring the best parameters); a phase ends at

@@ -49,7 +49,8 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
 
 
 @pytest.mark.parametrize("learn,stop_at,extra", [
-    (("steps", "offsets"), 11, {}), (("steps", "offsets", "coefficients"), 40, {}),
+    (("steps", "offsets"), 11, {}),
+    (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "rmsprop", "lr_coefficients": 0.01}),
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
     """Interrupted mid phase 1 (LD3) or mid phase 3 (the coefficients and their optimiser's state), the resumed
@@ -77,6 +78,7 @@ def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, st
     assert torch.equal(res.sigmas, full.sigmas) and torch.equal(res.sigmas_eval, full.sigmas_eval)
     assert res.best_val == full.best_val and res.iterations == full.iterations
     assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]  # the same path, step by step
+    assert [h.get("val") for h in res.history] == [h.get("val") for h in full.history]  # and the same validations
     if "coefficients" in learn:
         assert resumed.phases[saved["i"]["phase"]].coefficients  # stopped inside phase 3
         with torch.no_grad():
