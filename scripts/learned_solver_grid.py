@@ -139,6 +139,16 @@ def _gmean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
+def _ratio(r: dict, metric: str = "rmse") -> float:
+    """(learned solver + steps) / LD3 of one cell's record, on ``metric`` (``rmse`` held out, ``val`` MSE)."""
+    return r["learned_steps"][metric] / r["ld3"][metric]
+
+
+def _time_ratio(r: dict) -> float:
+    """Whole-run training time over its LD3 part, in one run."""
+    return r["time"]["wall"] / r["time"]["ld3_wall"]
+
+
 def render(records: list[dict]) -> str:
     """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3."""
     out = []
@@ -152,12 +162,12 @@ def render(records: list[dict]) -> str:
         ratios = []
         for r in rows:
             best = min(r["baselines"], key=lambda k: r["baselines"][k]["rmse"])
-            ratio = r["learned_steps"]["rmse"] / r["ld3"]["rmse"]
+            ratio = _ratio(r)
             ratios.append(ratio)
             t = r["time"]
             cols = [f"{r['solver']}-{r['order']}", str(r["nfe"]), f"{r['baselines'][best]['rmse']:.4f} ({best})",
                     *_bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps")]),
-                    f"{ratio:.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({t['wall'] / t['ld3_wall']:.2f}x)"]
+                    f"{ratio:.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({_time_ratio(r):.2f}x)"]
             if fd:
                 cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
             out.append("| " + " | ".join(cols) + " |")
@@ -174,13 +184,12 @@ def summary(grids: dict[str, list[dict]]) -> str:
     out = ["| grid | overrides | cells | geometric mean | worst cell | cells > 2 % worse | validation MSE ratio | "
            "fd_exact above LD3's | training time / LD3's |", "|" + "---|" * 9]
     for name, recs in grids.items():
-        ratio = {f"{r['solver']}-{r['order']} NFE {r['nfe']}": r["learned_steps"]["rmse"] / r["ld3"]["rmse"]
-                 for r in recs}
+        ratio = {f"{r['solver']}-{r['order']} NFE {r['nfe']}": _ratio(r) for r in recs}
         worst = max(ratio, key=ratio.get)
-        val = _gmean([r["learned_steps"]["val"] / r["ld3"]["val"] for r in recs])
+        val = _gmean([_ratio(r, "val") for r in recs])
         with_fd = [r for r in recs if "fd_exact" in r["ld3"]]
         fd = sum(r["learned_steps"]["fd_exact"] > r["ld3"]["fd_exact"] for r in with_fd) if with_fd else "-"
-        times = [r["time"]["wall"] / r["time"]["ld3_wall"] for r in recs]
+        times = [_time_ratio(r) for r in recs]
         overrides = " ".join(sorted({o for r in recs for o in r.get("extra", [])
                                      if not o.startswith(("cache_dir=", "model.path="))})) or "-"
         out.append(f"| {name} | {overrides} | {len(recs)} | {_gmean(list(ratio.values())):.3f} | "
