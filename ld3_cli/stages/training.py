@@ -26,6 +26,7 @@ import torch
 
 from ..errors import NumericalError
 from ..ld3.checkpoint import TrainState
+from ..ld3.phases import plan_phases
 from ..ld3 import LD3Trainer, LearnedSchedule, TrainOptions
 from ..store import Artifact, atomic_write_text, make_key, to_plain
 from .artifacts import teacher_artifact
@@ -62,6 +63,10 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
              "%d val, batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe,
              trainer.n_steps, ",".join(opts.learn), trainer.init_name, trainer.loss_name, trainer.radius,
              trainer.n_train, trainer.eps_val.shape[0], opts.batch_size, "on" if trainer.grad_checkpoint else "off")
+    if "coefficients" in opts.learn:
+        log.info("phases: %s; the coefficients with %s at lr %g, batch %d", ", ".join(
+            f"{p.name} {p.budget} it" for p in plan_phases(opts)), opts.coefficients_optimizer, opts.lr_coefficients,
+            opts.batch_size_coefficients or opts.batch_size)
     total = opts.total_iterations()
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
 

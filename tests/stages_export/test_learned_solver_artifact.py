@@ -3,6 +3,8 @@ learned -- `ld3 sample` from the stored schedule equals the exported schedule.js
 sampler read back from the artifact equals the one the stage wrote."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from stages_export_helpers import make_ctx
@@ -21,10 +23,14 @@ LEARN = ["train.learn=[steps,offsets,coefficients]", "train.iters_phase3=4", "so
          "nfe=4"]
 
 
-def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_thread):
+def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_thread, caplog):
     store = tmp_path / "store"
     teacher_sample.run(make_ctx("teacher-sample", store, LEARN))
-    art = train.run(make_ctx("train", store, LEARN))
+    with caplog.at_level(logging.INFO, logger="ld3"):
+        art = train.run(make_ctx("train", store, LEARN))
+    # the run says up front what phase 3 will do
+    assert "phases: steps 3 it, offsets 3 it, coefficients 4 it; the coefficients with adam at lr 0.05, batch 50" \
+        in caplog.text
     schedule = art.json("schedule.json")
     assert schedule["learn"] == ["steps", "offsets", "coefficients"] and schedule["sampler"]["learned_coefficients"]
     ctx = make_ctx("sample", store, [*LEARN, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
