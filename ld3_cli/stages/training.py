@@ -34,6 +34,9 @@ from .context import StageContext
 from .keys import schedule_fields
 
 log = logging.getLogger("ld3")
+# training pairs (half of configs/train/learned_solver.yaml's teacher.n) below which learned coefficients gained
+# less over LD3 on the mixture (docs/reproduction.md, "How many teacher pairs")
+LEARNED_SOLVER_TRAIN_PAIRS = 500
 KIND = "schedules"
 
 
@@ -67,6 +70,11 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
         log.info("phases: %s; the coefficients with %s at lr %g, batch %d", ", ".join(
             f"{p.name} {p.budget} it" for p in plan_phases(opts)), opts.coefficients_optimizer, opts.lr_coefficients,
             opts.batch_size_coefficients or opts.batch_size)
+        if trainer.n_train < LEARNED_SOLVER_TRAIN_PAIRS:
+            log.warning("learning solver coefficients from %d training pairs: they fit few pairs and gain less over "
+                        "LD3 than with %d (teacher.n=%d, as train=learned_solver makes; measured in "
+                        "docs/reproduction.md, 'How many teacher pairs')", trainer.n_train,
+                        LEARNED_SOLVER_TRAIN_PAIRS, 2 * LEARNED_SOLVER_TRAIN_PAIRS)
     total = opts.total_iterations()
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
 

@@ -31,6 +31,8 @@ def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_
     # the run says up front what phase 3 will do
     assert "phases: steps 3 it, offsets 3 it, coefficients 4 it; the coefficients with adam at lr 0.05, batch 50" \
         in caplog.text
+    # ... and that 4 training pairs are far fewer than the measured best (500, train=learned_solver's teacher.n / 2)
+    assert "learning solver coefficients from 4 training pairs" in caplog.text
     schedule = art.json("schedule.json")
     assert schedule["learn"] == ["steps", "offsets", "coefficients"] and schedule["sampler"]["learned_coefficients"]
     ctx = make_ctx("sample", store, [*LEARN, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
@@ -59,3 +61,14 @@ def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_
     png = tmp_path / "s.png"
     schedules_stage.run(make_ctx("schedules", store, [*LEARN, f"schedules.out={png}", "schedules.include=[ld3,edm]"]))
     assert png.stat().st_size > 0 and (art.path / "schedule.png").stat().st_size > 0
+
+
+def test_the_few_pairs_warning_threshold_is_half_the_learned_solver_preset():
+    """The stage warns below the training pairs that train=learned_solver gives (half of its teacher.n validate)."""
+    from omegaconf import OmegaConf
+
+    from ld3_cli.cli.apps import config_dir
+    from ld3_cli.stages.training import LEARNED_SOLVER_TRAIN_PAIRS
+
+    preset = OmegaConf.load(config_dir() / "train" / "learned_solver.yaml")
+    assert LEARNED_SOLVER_TRAIN_PAIRS == preset.teacher.n // 2
