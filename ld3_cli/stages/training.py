@@ -26,7 +26,6 @@ import torch
 
 from ..errors import NumericalError
 from ..ld3.checkpoint import TrainState
-from ..ld3.phases import plan_phases
 from ..ld3 import LD3Trainer, LearnedSchedule, TrainOptions
 from ..store import Artifact, atomic_write_text, make_key, to_plain
 from .artifacts import teacher_artifact
@@ -50,6 +49,18 @@ def train_schedule(ctx: StageContext) -> Artifact:
     return art
 
 
+def _log_coefficient_plan(trainer: LD3Trainer, opts: TrainOptions) -> None:
+    """Say up front what a run that learns coefficients will do, and warn when it has too few training pairs."""
+    log.info("phases: %s; the coefficients with %s at lr %g, batch %d",
+             ", ".join(f"{p.name} {p.budget} it" for p in trainer.phases), opts.coefficients_optimizer,
+             opts.lr_coefficients, opts.batch_size_coefficients or opts.batch_size)
+    if trainer.n_train < LEARNED_SOLVER_TRAIN_PAIRS:
+        log.warning("learning solver coefficients from %d training pairs: they fit few pairs and gain less over LD3 "
+                    "than with %d (teacher.n=%d, as train=learned_solver makes; measured in docs/reproduction.md, "
+                    "'How many teacher pairs')", trainer.n_train, LEARNED_SOLVER_TRAIN_PAIRS,
+                    2 * LEARNED_SOLVER_TRAIN_PAIRS)
+
+
 def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
     """Train (resuming a saved state) and return the artifact's contents."""
     n = int(teacher.config["n"])
@@ -67,14 +78,7 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
              trainer.n_steps, ",".join(opts.learn), trainer.init_name, trainer.loss_name, trainer.radius,
              trainer.n_train, trainer.eps_val.shape[0], opts.batch_size, "on" if trainer.grad_checkpoint else "off")
     if "coefficients" in opts.learn:
-        log.info("phases: %s; the coefficients with %s at lr %g, batch %d", ", ".join(
-            f"{p.name} {p.budget} it" for p in plan_phases(opts)), opts.coefficients_optimizer, opts.lr_coefficients,
-            opts.batch_size_coefficients or opts.batch_size)
-        if trainer.n_train < LEARNED_SOLVER_TRAIN_PAIRS:
-            log.warning("learning solver coefficients from %d training pairs: they fit few pairs and gain less over "
-                        "LD3 than with %d (teacher.n=%d, as train=learned_solver makes; measured in "
-                        "docs/reproduction.md, 'How many teacher pairs')", trainer.n_train,
-                        LEARNED_SOLVER_TRAIN_PAIRS, 2 * LEARNED_SOLVER_TRAIN_PAIRS)
+        _log_coefficient_plan(trainer, opts)
     total = opts.total_iterations()
     bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
 
