@@ -290,7 +290,7 @@ class LD3Trainer:
                     opt.lr = max(opt.lr * self.opt.lr_decay, floor)
         return {"val": val, "best_val": self.best_val, "improved": improved}
 
-    def _batch_size(self, phase: Phase) -> int:
+    def batch_size(self, phase: Phase) -> int:
         """Training pairs per iteration: ``batch_size_coefficients`` (when > 0) in a phase that runs the learned
         coefficients, ``batch_size`` otherwise; at most the training split."""
         o = self.opt
@@ -314,7 +314,7 @@ class LD3Trainer:
                 self.after_phase[phase.name] = (self.best_val, self._best_sampler())
                 self._make_optimizers()
                 continue
-            bs = self._batch_size(phase)
+            bs = self.batch_size(phase)
             if self.perm is None or self.batch_pos + bs > self.n_train:  # a new epoch (drop the ragged tail)
                 self.perm = torch.randperm(self.n_train, generator=self.gen)
                 self.batch_pos = 0

@@ -53,7 +53,7 @@ def _log_coefficient_plan(trainer: LD3Trainer, opts: TrainOptions) -> None:
     """Say up front what a run that learns coefficients will do, and warn when it has too few training pairs."""
     log.info("phases: %s; the coefficients with %s at lr %g, batch %d",
              ", ".join(f"{p.name} {p.budget} it" for p in trainer.phases), opts.coefficients_optimizer,
-             opts.lr_coefficients, opts.batch_size_coefficients or opts.batch_size)
+             opts.lr_coefficients, trainer.batch_size(next(p for p in trainer.phases if p.coefficients)))
     if trainer.n_train < LEARNED_SOLVER_TRAIN_PAIRS:
         log.warning("learning solver coefficients from %d training pairs: they fit few pairs and gain less over LD3 "
                     "than with %d (teacher.n=%d, as train=learned_solver makes; measured in docs/reproduction.md, "

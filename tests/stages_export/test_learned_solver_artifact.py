@@ -28,8 +28,8 @@ def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_
     teacher_sample.run(make_ctx("teacher-sample", store, LEARN))
     with caplog.at_level(logging.INFO, logger="ld3"):
         art = train.run(make_ctx("train", store, LEARN))
-    # the run says up front what phase 3 will do
-    assert "phases: steps 3 it, offsets 3 it, coefficients 4 it; the coefficients with adam at lr 0.05, batch 50" \
+    # the run says up front what phase 3 will do (its batch of 50 capped at the 4 training pairs)
+    assert "phases: steps 3 it, offsets 3 it, coefficients 4 it; the coefficients with adam at lr 0.05, batch 4" \
         in caplog.text
     # ... and that 4 training pairs are far fewer than the measured best (500, train=learned_solver's teacher.n / 2)
     assert "learning solver coefficients from 4 training pairs" in caplog.text
