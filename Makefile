@@ -13,6 +13,13 @@ MODEL   ?= mnist_gmm
 REPRO_SETUPS  = mnist cifar10 ffhq afhqv2 lsun imagenet sd15
 REPRO_TARGETS = $(addprefix repro-,$(REPRO_SETUPS))
 
+# k-diffusion's own samplers, for the tests that compare ld3's exports with them (tests skip without it).  Its
+# package __init__ imports clip and wandb and a plain install pins numpy < 2, so it goes, without dependencies, into
+# a folder of its own that the tests import k_diffusion.sampling / .external from.
+KDIFFUSION_DIR ?= $(VENV)/k-diffusion
+KDIFFUSION_INSTALL = $(BIN)/python -m pip install --quiet --no-deps --target $(KDIFFUSION_DIR) k-diffusion==0.1.1.post1 \
+	torchsde==0.2.6 trampoline==0.1.2 torchdiffeq==0.2.5 || echo "k-diffusion not installed: the tests that compare with it skip"
+
 .PHONY: install demo test test-all lint bench sweep clean distclean help $(REPRO_TARGETS)
 
 help:
@@ -26,6 +33,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(KDIFFUSION_INSTALL)
 	touch $(STAMP)
 
 demo: install

@@ -1,5 +1,7 @@
 """Helpers shared by several test folders (importable because tests/ holds the root conftest.py)."""
 import contextlib
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +56,41 @@ def single_thread():
     """Autouse in the folders whose conftest imports it: each test runs under :func:`one_thread`."""
     with one_thread():
         yield
+
+
+KDIFFUSION_DIR = Path(os.environ.get("LD3_KDIFFUSION_DIR",
+                                    Path(__file__).resolve().parents[1] / ".venv" / "k-diffusion"))
+
+
+def kdiffusion():
+    """``(k_diffusion.sampling, k_diffusion.external)`` of the real k-diffusion 0.1.1.post1 that ``make install`` puts
+    in ``.venv/k-diffusion`` (or ``$LD3_KDIFFUSION_DIR``), imported without the package ``__init__`` (which imports
+    clip and wandb); the calling test skips when it is not there."""
+    import importlib
+    import sys
+    import types
+
+    root = KDIFFUSION_DIR / "k_diffusion"
+    if not (root / "sampling.py").is_file():
+        pytest.skip(f"k-diffusion is not installed at {KDIFFUSION_DIR} (`make install` puts it there; "
+                    "LD3_KDIFFUSION_DIR=... points elsewhere)")
+    if "k_diffusion" not in sys.modules:
+        package = types.ModuleType("k_diffusion")
+        package.__path__ = [str(root)]
+        sys.modules["k_diffusion"] = package
+        if str(KDIFFUSION_DIR) not in sys.path:
+            sys.path.append(str(KDIFFUSION_DIR))  # torchsde, torchdiffeq, trampoline (installed beside it)
+    return importlib.import_module("k_diffusion.sampling"), importlib.import_module("k_diffusion.external")
+
+
+class CountingDenoiser(torch.nn.Module):
+    """A smooth, state-dependent stand-in for a network in sigma-space (``D(x, sigma) -> x0``) that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, sigma, cond=None):
+        self.calls += 1
+        s = sigma.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+        return torch.tanh(0.3 * x) / (1 + s * s).sqrt() + 0.05 * x.mean(dim=(1, 2, 3), keepdim=True)

@@ -120,16 +120,28 @@ def _rounding_note(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
 
 
 def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
-    gap = es.decoupled_gap()
     lines = [f'"""diffusers schedulers for {es.model} ({es.model_key}).', ""]
     lines += wrap(es.made_for())
     lines.append("")
+    lines += wrap("Exactly what was learned: LD3Scheduler (ld3_diffusers.py, beside this file) runs the whole "
+                  "sampler -- the time steps, the decoupled evaluation times and scales and any learned "
+                  "coefficients -- inside a stock pipeline, one network evaluation per pipeline step:")
+    lines += ["", "    pipe.scheduler = LD3Scheduler.from_export(EXPORT_DIR)",
+              "    image = pipe(prompt, num_inference_steps=pipe.scheduler.nfe).images[0]", ""]
+    lines += wrap("Pipelines that do not multiply their start noise by scheduler.init_noise_sigma (DDPMPipeline, "
+                  "StableDiffusion3Pipeline) need latents=torch.randn(shape) * pipe.scheduler.init_noise_sigma.")
+    lines.append("")
     lines += wrap(
-        "SIGMAS are EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at sigma_min; for DDPM-type "
-        "models this is diffusers' own sigma = sqrt((1 - alphas_cumprod) / alphas_cumprod).  "
-        "EulerDiscreteScheduler.set_timesteps(sigmas=SIGMAS) uses the list as given (float32, nothing appended): "
-        "ld3's steps, ending at sigma_min.  END_AT_ZERO = True appends 0: one more step and network call, onto the "
-        "denoised image (diffusers' usual ending).")
+        "The stock schedulers below carry the time steps only.  SIGMAS are EDM noise levels (x = x0 + sigma * "
+        "noise), sigma_max first; for DDPM-type models this is diffusers' own sigma = sqrt((1 - alphas_cumprod) / "
+        "alphas_cumprod).  " + ("SIGMAS is the list this schedule was trained on for a stock Euler sampler, ending "
+                                "with 0: EulerDiscreteScheduler runs it exactly as ld3 validated it."
+                                if es.solver == "k_euler" else
+                                "SIGMAS is ld3's grid, ending at sigma_min; END_AT_ZERO = True appends 0 (one more "
+                                "step and network call, diffusers' usual ending)."))
+    lines += wrap("EulerDiscreteScheduler is built with timestep_spacing=\"linspace\", so its init_noise_sigma is "
+                  "SIGMAS[0] (with \"leading\" spacing, as Stable Diffusion's configs have, it would start from "
+                  "sqrt(1 + SIGMAS[0]^2) instead).")
     if es.kind == "edm":
         lines += wrap("EDMEulerScheduler (for EDM models) always appends a terminal sigma (0 here): SIGMAS plus one "
                       "step to 0, i.e. one network call more than ld3.")
@@ -137,17 +149,12 @@ def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
         lines += wrap("FlowMatchEulerDiscreteScheduler (for flow models) takes flow times t = sigma / (1 + sigma) "
                       "(FLOW_T) with shift=1 -- a pipeline's own shift must be set to 1, or it shifts them again -- "
                       "and appends 0: FLOW_T plus one step to t = 0, one network call more than ld3.")
-    lines += ["", "Not expressible in diffusers (these schedulers carry the time steps only; schedule.json with "
-              "ld3_sampler.py runs all of it):"]
-    if gap > 0 or es.time_steps_only():
-        for part in es.time_steps_only():
+    warning = es.stock_warning() if es.solver != "k_euler" else None
+    lost = es.time_steps_only()
+    if warning or lost:
+        lines += ["", "What a stock scheduler on these sigmas does not run (LD3Scheduler does):"]
+        for part in lost + ([warning] if warning else []):
             lines += wrap(f"* {part}.", indent="  ", hang="  ")
-    else:
-        lines += wrap("* (no decoupled evaluation times here: SIGMAS_EVAL == SIGMAS, nothing lost there)",
-                      indent="  ", hang="  ")
-    lines += wrap(f"* the solver: the schedule was optimised for ld3's {es.solver_short()}; a diffusers scheduler "
-                  "(Euler here, first order) runs on the same times but is not the method that was optimised.",
-                  indent="  ", hang="  ")
     lines.append("")
     return lines + _rounding_note(es, rep) + ['"""']
 
@@ -171,13 +178,15 @@ def diffusers_snippet(es: ExportSchedule, model_path: Optional[str] = None) -> s
     lines += _constants(es, model_path)
     for _, _, body in sections:
         lines += body
-    return "\n".join(lines + _footer(recommended))
+    return "\n".join(lines + _footer(es, recommended))
 
 
 def _constants(es: ExportSchedule, model_path: Optional[str]) -> list[str]:
     lines = [
-        "# ld3's grid (EDM sigmas) and where ld3's solver evaluates the network (not expressible in diffusers)",
-        f"SIGMAS = {float_list(es.sigmas.tolist())}",
+        "import os",
+        "EXPORT_DIR = os.path.dirname(os.path.abspath(__file__))  # this folder: schedule.json, ld3_diffusers.py",
+        "# the stock list (EDM sigmas) and where ld3's solver evaluates the network (LD3Scheduler runs that)",
+        f"SIGMAS = {float_list(es.stock_sigmas)}",
         f"SIGMAS_EVAL = {float_list(es.sigmas_eval.tolist())}",
         f"# the model's native time t at SIGMAS ({es.kind} noise schedule)",
         f"NATIVE_T = {float_list(es.t.tolist())}",
@@ -207,8 +216,9 @@ def _builder(constant: list[str], signature: str, doc: str, body: list[str]) -> 
 def _euler_section() -> list[str]:
     return _builder([], "euler_scheduler(end_at_zero=END_AT_ZERO)",
                     "EulerDiscreteScheduler on SIGMAS (its `sigmas` equal SIGMAS in float32, plus 0 with end_at_zero).",
-                    ["scheduler = EulerDiscreteScheduler(**BETAS)",
-                     "scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero else []))"])
+                    ["scheduler = EulerDiscreteScheduler(**BETAS, timestep_spacing=\"linspace\")",
+                     "scheduler.set_timesteps(sigmas=list(SIGMAS) + ([0.0] if end_at_zero and SIGMAS[-1] > 0 else "
+                     "[]))"])
 
 
 def _edm_section(es: ExportSchedule) -> list[str]:
@@ -245,14 +255,28 @@ def _dpm_section(es: ExportSchedule, rep: dict) -> list[str]:
          "scheduler.set_timesteps(timesteps=INTEGER_TIMESTEPS)"])
 
 
-def _footer(recommended: str) -> list[str]:
+def _footer(es: ExportSchedule, recommended: str) -> list[str]:
+    if es.kind == "vp_discrete":
+        stock = ["#   pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, "
+                 "timestep_spacing=\"linspace\")",
+                 "#   image = pipe(prompt, sigmas=SIGMAS).images[0]"]
+    elif es.kind == "flow":
+        stock = ["#   pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=1.0, "
+                 "use_dynamic_shifting=False)",
+                 "#   image = pipe(prompt, sigmas=FLOW_T).images[0]"]
+    else:
+        stock = [f"#   {recommended}() builds the scheduler; a pipeline that calls set_timesteps(num_inference_steps) "
+                 "itself replaces its sigmas -- use LD3Scheduler there"]
     return [
         "",
         "",
         f"scheduler = {recommended}()",
-        "# with a pipeline whose __call__ takes `sigmas` (e.g. StableDiffusionPipeline):",
-        "#   pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)",
-        "#   image = pipe(prompt, sigmas=SIGMAS).images[0]",
+        "# exactly what ld3 learned, in any stock pipeline:",
+        "#   import sys; sys.path.insert(0, EXPORT_DIR); from ld3_diffusers import LD3Scheduler",
+        "#   pipe.scheduler = LD3Scheduler.from_export(EXPORT_DIR)",
+        "#   image = pipe(prompt, num_inference_steps=pipe.scheduler.nfe).images[0]",
+        "# the time steps only, in a stock scheduler (pipelines whose __call__ takes `sigmas`):",
+        *stock,
         "",
         'if __name__ == "__main__":',
         "    print(type(scheduler).__name__)",

@@ -8,9 +8,15 @@ Conventions (those of the whole package):
   times; equal to ``sigmas`` for a baseline).  Only ``sigmas_eval[0..N-1]`` are ever used.
 * ``t``: the model's native time (``NoiseSchedule.t``); ``lambda = -log(sigma)`` (log-SNR).
 * ``eval_scales[0..N]`` (optional): the state scale of each decoupled evaluation, and
-  ``coefficients``: the solver's multistep table (learned, or the solver's own) -- only
-  ``schedule.json`` (run by ``ld3_sampler.py``) carries them; the other formats carry the time
-  steps only and say so.
+  ``coefficients``: the solver's multistep table (learned, or the solver's own) -- ``schedule.json``
+  carries them, and the runners written beside it (``ld3_sampler.py``, ``ld3_kdiffusion.py``,
+  ``ld3_diffusers.py``, the ComfyUI node pack) run all of it; the sigma lists for stock samplers carry the
+  time steps only and say so.
+* ``to_zero``: the solver is a stock k-diffusion sampler (``k_euler``, ``k_dpmpp_2m``, ``k_heun``) whose list
+  is the grid plus a final 0 (:attr:`ExportSchedule.stock_sigmas`); such a schedule was trained for that
+  stock sampler and runs there exactly.
+* ``network``: how the model's network is called (space, prediction, time fed at ``sigmas_eval``;
+  :func:`~ld3_cli.models.conventions.network_convention`), for the diffusers scheduler.
 
 Numbers are written with ``repr(float)`` (shortest text that reads back to the same float64),
 so every text format round-trips bit-exactly; :func:`decimal_text` gives the same without an
@@ -29,11 +35,13 @@ import torch
 from .. import __version__
 from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule
+from ..solvers import SOLVERS
 from ..solvers.base import DEFAULT_NOISE_ESTIMATE
 from ..solvers.multistep import MultistepCoefficients
+from ..solvers.stock import STOCK_SAMPLERS
 
 RECORD_FORMAT = "ld3-schedule"
-RECORD_VERSION = 2  # 2: eval_scales, noise_estimate and the coefficient table
+RECORD_VERSION = 3  # 2: eval_scales, noise_estimate and the coefficient table; 3: to_zero, network, trained_for
 
 
 def _finite(v: float) -> float:
@@ -95,6 +103,7 @@ class ExportSchedule:
     noise_estimate: str = DEFAULT_NOISE_ESTIMATE
     coefficients: Optional[MultistepCoefficients] = None
     learned_coefficients: bool = False
+    network: Optional[dict] = None
 
     def __post_init__(self):
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten().cpu()
@@ -131,6 +140,36 @@ class ExportSchedule:
     def kind(self) -> str:
         """The noise-schedule kind (``edm``, ``vp_discrete``, ``vp_linear``, ``vp_cosine``, ``flow``)."""
         return self.noise_schedule.kind
+
+    @property
+    def to_zero(self) -> bool:
+        """Whether the solver is a stock sampler whose list ends with 0 (the grid plus one step onto 0)."""
+        spec = SOLVERS.get(self.solver)
+        return bool(spec is not None and spec.ends_at_zero)
+
+    @property
+    def stock_sigmas(self) -> list:
+        """The list to hand a stock sampler: the grid, plus the final 0 of a stock-sampler schedule."""
+        return self.sigmas.tolist() + ([0.0] if self.to_zero else [])
+
+    def trained_for(self) -> dict:
+        """``{"sampler": ld3 solver, "stock": {library: sampler} or None}``: where the schedule runs as validated."""
+        return {"sampler": self.solver, "stock": STOCK_SAMPLERS.get(self.solver)}
+
+    def stock_warning(self) -> Optional[str]:
+        """Why a stock sampler on these sigmas is not what ld3 validated (``None`` for a stock-sampler schedule)."""
+        if self.to_zero:
+            return None
+        return (f"this schedule was trained for ld3's {self.solver_short()}, not for a stock sampler: a stock "
+                "sampler on these sigmas runs another method (docs/export.md measures what that loses). Run it "
+                "exactly with ld3_kdiffusion.sample_ld3 / ld3_diffusers.LD3Scheduler / the comfyui_ld3 node, or "
+                "train for the stock sampler: ld3 train solver=k_dpmpp_2m (or k_euler, k_heun)")
+
+    def slug(self) -> str:
+        """``<model>-<schedule>-<solver><order>-nfe<N>[-<key>]``: a file name for this schedule."""
+        order = self.solver_options.get("order")
+        key = str(self.provenance.get("artifact_key") or "")[:8]
+        return "-".join(p for p in (self.model, self.name, f"{self.solver}{order or ''}", f"nfe{self.nfe}", key) if p)
 
     def decoupled_gap(self) -> float:
         """Largest relative difference ``|sigma_eval_i / sigma_i - 1|`` over the evaluated points ``i < N``."""
@@ -187,12 +226,18 @@ class ExportSchedule:
             "noise_estimate": self.noise_estimate,
             "learned_coefficients": self.learned_coefficients,
             "coefficients": _table(self.coefficients),
+            "to_zero": self.to_zero,
+            "stock_sigmas": self.stock_sigmas,
+            "trained_for": self.trained_for(),
+            "network": self.network,
             "provenance": dict(self.provenance),
             "conventions": ("sigmas: EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at "
                             "sigma_min; the solver steps on sigmas and evaluates the network at sigmas_eval[i] "
                             "for step i < steps (sigmas_eval[steps] is unused); t: the model's native time; "
                             "lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
-                            "solver evaluates the network and combines its outputs (ld3_sampler.py runs them)"),
+                            "solver evaluates the network and combines its outputs (ld3_sampler.py runs them); "
+                            "to_zero: the run ends with a step onto 0 (stock_sigmas is the list a stock sampler "
+                            "takes); network: how the model's network is called (ld3_diffusers.py reads it)"),
         }
 
 
@@ -201,4 +246,4 @@ def _table(c: Optional[MultistepCoefficients]) -> Optional[dict]:
         return None
     return {"form": c.form, "a": c.a.tolist(), "b": c.b.tolist(), "pred": c.pred.tolist(),
             "corr": None if c.corr is None else c.corr.tolist(), "pred_terms": list(c.pred_terms),
-            "corr_terms": list(c.corr_terms)}
+            "corr_terms": list(c.corr_terms), "to_zero": c.to_zero}

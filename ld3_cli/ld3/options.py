@@ -178,3 +178,16 @@ def check_train_options(options: Mapping[str, Any]) -> TrainOptions:
     Raises :class:`ConfigError` for an unknown option or a value outside its range, naming both.
     """
     return TrainOptions.from_dict(dict(options))
+
+
+def effective_learn(learn, spec) -> tuple:
+    """What ``train.learn`` means for solver ``spec``: a stock sampler (``spec.evaluates_on_grid``) evaluates the
+    network on its own list, so it has no decoupled times (``offsets`` is dropped) and its coefficients are the
+    library's (``coefficients`` is refused with a ConfigError naming the fix)."""
+    learn = tuple(learn)
+    if not getattr(spec, "evaluates_on_grid", False):
+        return learn
+    if "coefficients" in learn:
+        raise ConfigError(f"solver '{spec.name}' is a stock sampler: its coefficients are k-diffusion's and cannot be "
+                          "learned; use train.learn=[steps] with it, or a learned solver with solver=dpmpp or unipc")
+    return tuple(k for k in learn if k != "offsets") or ("steps",)

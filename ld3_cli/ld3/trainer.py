@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -44,7 +45,7 @@ from ..solvers.sampler import Sampler
 from .coefficients import CoefficientParameterization
 from .losses import resolve_loss
 from .optim import Adam, SGD, RMSpropMomentum, zero_grad
-from .options import TrainOptions
+from .options import TrainOptions, effective_learn
 from .parameterization import ScheduleParameterization
 from .phases import Phase, plan_phases
 from .result import LearnedSchedule
@@ -88,10 +89,16 @@ class LD3Trainer:
     def __init__(self, denoiser, solver: str, solver_options: dict, nfe: int, noises: torch.Tensor,
                  targets: torch.Tensor, cond: Optional[torch.Tensor] = None,
                  options: Optional[TrainOptions] = None, progress: Optional[Callable[[dict], None]] = None):
-        self.opt = o = options or TrainOptions()
+        o = options or TrainOptions()
         o.validate()
         self.denoiser = denoiser
         self.spec = get_solver(solver)
+        learn = effective_learn(o.learn, self.spec)
+        if learn != tuple(o.learn):  # a stock sampler: the time steps take the decoupled phase's budget too
+            o = replace(o, learn=learn, iters_phase1=o.iters_phase1 + o.iters_phase2)
+            log.info("solver %s evaluates the network on its own grid: learning the time steps only, for "
+                     "%d iterations", self.spec.name, o.iters_phase1)
+        self.opt = o
         self.solver = self.spec.name
         self.n_steps = self.spec.steps_for_nfe(nfe)
         self.solver_options = dict(solver_options or {})

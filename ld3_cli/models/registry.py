@@ -43,8 +43,13 @@ class BuildContext:
 
 
 def build_model(cfg: dict, ctx: BuildContext):
-    """Instantiate the model described by ``cfg`` (a plain dict)."""
+    """Instantiate the model described by ``cfg`` (a plain dict).
+
+    ``time_rounding`` (any model kind; default ``none``): ``nearest`` rounds a discrete-time network's time to the
+    nearest training step, as ComfyUI does (:func:`~ld3_cli.models.adapters.set_time_rounding`).
+    """
     cfg = dict(cfg)
+    rounding = str(cfg.pop("time_rounding", None) or "none")
     if "_target_" in cfg:
         from hydra.utils import instantiate
 
@@ -61,6 +66,9 @@ def build_model(cfg: dict, ctx: BuildContext):
     if not isinstance(model, Denoiser):
         raise ConfigError(f"model built from {cfg.get('_target_', cfg.get('kind'))} is a {type(model).__name__}, "
                           "not an ld3_cli.models.Denoiser; subclass Denoiser (see README 'Your own model')")
+    from .adapters import set_time_rounding
+
+    set_time_rounding(model, rounding)
     return model.to(ctx.device).eval().requires_grad_(False)
 
 

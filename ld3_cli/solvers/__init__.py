@@ -15,9 +15,11 @@ from .dpmpp import DPMSolverPP
 from .euler import Euler
 from .heun import Heun
 from .ipndm import IPNDM
+from .stock import KDPMPP2M, KEuler, KHeun
 from .unipc import UniPC
 
-SOLVERS: dict[str, SolverSpec] = {s.name: s for s in (Euler(), Heun(), DPMSolverPP(), UniPC(), IPNDM(), DEIS())}
+SOLVERS: dict[str, SolverSpec] = {s.name: s for s in (Euler(), Heun(), DPMSolverPP(), UniPC(), IPNDM(), DEIS(),
+                                                      KEuler(), KDPMPP2M(), KHeun())}
 ALIASES = {"ddim": "euler", "dpm_solver++": "dpmpp", "dpmsolver++": "dpmpp", "uni_pc": "unipc", "dpm++": "dpmpp"}
 
 

@@ -157,6 +157,10 @@ class SolverSpec:
     default_order = 1
     description = ""
     options: dict = {}
+    # True for a stock sampler that evaluates the network on its own list: no decoupled times, no state scales
+    evaluates_on_grid = False
+    # True when the run ends with one more step from the grid's last sigma onto 0 (k-diffusion's lists)
+    ends_at_zero = False
 
     # run() arguments that are the grid contract, not options a config sets
     CONTRACT = frozenset({"self", "denoiser", "x", "sigmas", "sigmas_eval", "cond", "callback", "check",

@@ -15,9 +15,15 @@ def sample_heun(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None,
                 eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE):
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
-    n = sigmas.numel() - 1
+    return heun_steps(ev, x, sigmas, callback)
+
+
+def heun_steps(ev: Evaluator, x, steps_to, callback=None):
+    """Heun over the step points ``steps_to`` (the grid, or the grid with a final 0), evaluating grid point ``i``
+    through ``ev``; the last step is Euler."""
+    n = steps_to.numel() - 1
     for i in range(n):
-        s, s_next = scale(sigmas[i], x), scale(sigmas[i + 1], x)
+        s, s_next = scale(steps_to[i], x), scale(steps_to[i + 1], x)
         den = ev(x, i)
         if callback is not None:
             callback(i, x, den)

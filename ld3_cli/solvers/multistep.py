@@ -39,6 +39,8 @@ class MultistepCoefficients:
 
     form: ``"data"`` or ``"noise"``.  a, b: ``[N]``.  pred: ``[N, K - 1]`` (``K`` = history length).
     corr: ``[N - 1, K]`` or ``None`` (no corrector).  pred_terms / corr_terms: history differences used per step.
+    to_zero: the table has one step more than its grid, the last one from the grid's final sigma onto 0
+    (k-diffusion's and ComfyUI's convention: their sigma lists end with 0; see :mod:`~ld3_cli.solvers.stock`).
     """
 
     form: str
@@ -48,6 +50,7 @@ class MultistepCoefficients:
     corr: Optional[Tensor]
     pred_terms: tuple
     corr_terms: tuple = ()
+    to_zero: bool = False
 
     def __post_init__(self):
         n = self.a.shape[0]
@@ -66,6 +69,11 @@ class MultistepCoefficients:
     @property
     def steps(self) -> int:
         return int(self.a.shape[0])
+
+    @property
+    def grid_steps(self) -> int:
+        """Steps of the sigma grid the table runs on (``steps - 1`` for a table that ends with a step onto 0)."""
+        return self.steps - 1 if self.to_zero else self.steps
 
     @property
     def history(self) -> int:
@@ -89,7 +97,7 @@ class MultistepCoefficients:
 
 
 def table(form: str, a: list, b: list, pred: list, pred_terms: list, history: int, corr: Optional[list] = None,
-          corr_terms: Optional[list] = None) -> MultistepCoefficients:
+          corr_terms: Optional[list] = None, to_zero: bool = False) -> MultistepCoefficients:
     """Assemble a table from per-step scalars (0-d tensors) and lists of history weights (padded with zeros)."""
     ref = a[0]
     zero = torch.zeros((), dtype=ref.dtype, device=ref.device)
@@ -100,7 +108,7 @@ def table(form: str, a: list, b: list, pred: list, pred_terms: list, history: in
 
     return MultistepCoefficients(form, torch.stack(a), torch.stack(b), rows(pred, history - 1),
                                  None if corr is None else rows(corr, history), tuple(pred_terms),
-                                 tuple(corr_terms or ()))
+                                 tuple(corr_terms or ()), to_zero)
 
 
 def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=None) -> Tensor:
@@ -141,8 +149,9 @@ def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, s
                      callback=None, check=True, eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE) -> Tensor:
     """Run an explicit coefficient table (a base solver's or a learned one) as a solver."""
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
-    if coefficients.steps != sigmas.numel() - 1:
-        raise ConfigError(f"the coefficient table has {coefficients.steps} steps, the grid {sigmas.numel() - 1}")
+    if coefficients.grid_steps != sigmas.numel() - 1:
+        raise ConfigError(f"the coefficient table runs on {coefficients.grid_steps} grid steps, the grid has "
+                          f"{sigmas.numel() - 1}")
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
     return run_multistep(ev, x, coefficients, callback)
 

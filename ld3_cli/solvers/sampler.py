@@ -98,6 +98,8 @@ class Sampler:
         if self.coefficients is not None:
             c = self.coefficients
             d["coefficients"] = {"form": c.form, "pred_terms": list(c.pred_terms), "corr_terms": list(c.corr_terms)}
+            if c.to_zero:
+                d["coefficients"]["to_zero"] = True
         return d
 
     @classmethod
@@ -110,6 +112,7 @@ class Sampler:
                 raise ConfigError("a learned-coefficient sampler without its coefficient tensors")
             coefficients = MultistepCoefficients(info["form"], tensors["coef.a"], tensors["coef.b"],
                                                  tensors["coef.pred"], tensors.get("coef.corr"),
-                                                 tuple(info["pred_terms"]), tuple(info.get("corr_terms", ())))
+                                                 tuple(info["pred_terms"]), tuple(info.get("corr_terms", ())),
+                                                 bool(info.get("to_zero", False)))
         return cls(plain["solver"], tensors["sigmas"], dict(plain.get("options", {})), tensors.get("sigmas_eval"),
                    tensors.get("eval_scales"), plain.get("noise_estimate", DEFAULT_NOISE_ESTIMATE), coefficients)

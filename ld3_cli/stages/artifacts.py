@@ -123,7 +123,7 @@ def load_sampler(art: Artifact, schedule) -> Sampler:
         sampler = Sampler.from_tensors({**t, "sigmas": sig}, plain)
     except (ConfigError, KeyError) as e:
         raise CorruptArtifactError(f"{art.path}: its learned coefficients are inconsistent ({e}){rebuild}") from None
-    if sampler.coefficients is not None and sampler.coefficients.steps != n:
+    if sampler.coefficients is not None and sampler.coefficients.grid_steps != n:
         raise CorruptArtifactError(f"{art.path}: its coefficient table has {sampler.coefficients.steps} steps, "
                                    f"not {n}{rebuild}")
     return sampler

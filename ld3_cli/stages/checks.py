@@ -16,7 +16,7 @@ from .. import search  # noqa: F401 - registers the searched baselines (gits, dm
 from ..errors import ConfigError, Ld3Error
 from ..data.datasets import dataset_channels
 from ..ld3.losses import check_loss
-from ..ld3.options import check_train_options
+from ..ld3.options import check_train_options, effective_learn
 from ..metrics.suite import check_suite
 from ..models.registry import BUILDERS
 from ..models.speed import AUTOCAST_CHOICES
@@ -104,6 +104,7 @@ def _check(cfg, files: bool) -> None:
     _check_schedule_names(cfg)
     check_suite(str(cfg.eval.metrics))
     train = check_train_options(to_plain(cfg.train))
+    effective_learn(train.learn, get_solver(str(cfg.solver.name)))  # a stock sampler learns no coefficients
     if files and str(cfg.get("stage")) in TRAINING_STAGES:  # LPIPS without its files stops here, before a model loads
         check_loss(train.loss, dataset_channels(to_plain(cfg.dataset)), train.lpips_weights)
     if int(cfg.sample.n) < 1:

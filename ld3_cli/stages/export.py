@@ -5,10 +5,11 @@ NFE, else a baseline name) and the formats ``export.format`` (``all`` or any of 
 diffusers, kdiffusion, comfyui).  Files, in ``export.out`` (default
 ``<cache>/exports/<model key>/<schedule>-<solver>-nfe<N>[-<key>]/``):
 
-    schedule.json          sigmas, sigmas_eval, native t, t_eval, lambdas, solver, NFE, model, provenance
-    diffusers_snippet.py   builds diffusers schedulers on the schedule (and says what diffusers loses)
-    kdiffusion_sigmas.py   a torch tensor for k_diffusion.sampling.sample_*
-    comfyui_sigmas.txt     one line for ComfyUI's ManualSigmas node (SIGMAS); comfyui_sigmas.json
+    schedule.json          the whole sampler (grid, decoupled evaluation, coefficients, network convention)
+    ld3_sampler.py         runs schedule.json exactly (torch only); the runners below adapt it
+    ld3_kdiffusion.py      sample_ld3: k-diffusion's sampler signature     kdiffusion_sigmas.py  stock lists
+    ld3_diffusers.py       LD3Scheduler for stock diffusers pipelines      diffusers_snippet.py  stock schedulers
+    comfyui_ld3/           a ComfyUI node pack (SAMPLER + SIGMAS)          comfyui_sigmas*.txt   ManualSigmas lines
 
 Every file is written atomically; see docs/export.md and :mod:`ld3_cli.export`.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..export import ExportSchedule, integer_timesteps, parse_formats, write_export
+from ..models.conventions import network_convention
 from .artifacts import baseline_options, learned_schedule, load_sampler, schedule_for
 from .context import StageContext
 
@@ -50,7 +52,8 @@ def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
                           noise_schedule=sched, solver=ctx.solver_name, solver_options=dict(ctx.solver_options),
                           nfe=ctx.nfe, model=str(ctx.model_cfg.get("name", ctx.model_key)), model_key=ctx.model_key,
                           provenance=prov, eval_scales=sampler.eval_scales, noise_estimate=sampler.noise_estimate,
-                          coefficients=sampler.table(), learned_coefficients=sampler.coefficients is not None)
+                          coefficients=sampler.table(), learned_coefficients=sampler.coefficients is not None,
+                          network=network_convention(ctx.model, sampler.evaluation_sigmas))
 
 
 def run(ctx: StageContext) -> dict:
@@ -63,7 +66,7 @@ def run(ctx: StageContext) -> dict:
     out_dir = Path(str(out)).expanduser() if out else default_out(ctx, name, es.provenance.get("artifact_key"))
     model_path = ctx.model_cfg.get("path") if ctx.model_cfg.get("kind") == "diffusers" else None
     paths = write_export(es, out_dir, formats, model_path)
-    _report(es, paths, formats)
+    _report(es, [p.relative_to(out_dir).as_posix() for p in paths], formats)
     print(f"export: {out_dir}")
     return {"out": out_dir, "files": paths, "schedule": es}
 
@@ -74,15 +77,24 @@ def _report(es: ExportSchedule, paths, formats) -> None:
     gap = es.decoupled_gap()
     if gap > 0:
         print("  sigma_eval " + " ".join(f"{v:.5g}" for v in es.sigmas_eval.tolist()))
-        print(f"  note: the decoupled evaluation times differ from the grid by up to {gap:.2%}; only schedule.json "
-              "keeps them (diffusers, k-diffusion and ComfyUI evaluate on the grid)")
-    if es.learned_coefficients:
-        print("  note: the solver's coefficients were learned too; only schedule.json (run by ld3_sampler.py) "
-              "carries them -- the diffusers, k-diffusion and ComfyUI files carry the time steps only")
+    if es.to_zero:
+        stock = ", ".join(f"{lib} {name.split('(')[0].strip()}" for lib, name in es.trained_for()["stock"].items())
+        print(f"  trained for the stock sampler: {stock}, on the list " + " ".join(
+            f"{v:.5g}" for v in es.stock_sigmas) + " -- it runs there as ld3 validated it")
+    else:
+        lost = es.time_steps_only()
+        print("  exact runners (the whole sampler" + (": " + "; ".join(lost) if lost else "") + "): "
+              "ld3_kdiffusion.sample_ld3, ld3_diffusers.LD3Scheduler, the comfyui_ld3 node pack, ld3_sampler.py")
+        if any(f in formats for f in ("diffusers", "kdiffusion", "comfyui")):
+            print(f"  WARNING: the stock-sampler sigma lists drop all of that: {es.stock_warning()}")
+    net = es.network or {}
+    if "comfyui" in formats and es.kind == "vp_discrete" and net.get("time_rounding") != "nearest":
+        print("  note: ComfyUI rounds this model's network time to the nearest training step; ld3 trained on the exact "
+              "step (train with model.time_rounding=nearest to match ComfyUI exactly)")
     if "diffusers" in formats:
         rep = integer_timesteps(es)
         if rep is not None:
             merged = f"; rounding merges steps {rep['merged']}" if rep["merged"] else ""
             print(f"  note: integer timesteps (DPMSolverMultistep) move sigma by up to {rep['max_rel_change']:.2%}"
                   f"{merged} -- the table is in diffusers_snippet.py")
-    print("  files: " + ", ".join(p.name for p in paths))
+    print("  files: " + ", ".join(paths))

@@ -43,6 +43,8 @@ def _file_identity(path: Any) -> Any:
 def model_key(model_cfg: Any, autocast: Any = None) -> str:
     m = to_plain(model_cfg)
     fields = {k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}
+    if fields.get("time_rounding") in (None, "none"):  # the default: keys made before the option stay valid
+        fields.pop("time_rounding", None)
     if autocast:
         fields["autocast"] = str(autocast)
     for k in ("path", "checkpoint", "weights"):

@@ -40,7 +40,8 @@ def test_unknown_stage_is_exit_2_with_choices(capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["solver=rk45"], "unknown solver 'rk45'; choose one of: deis, dpmpp, euler, heun, ipndm, unipc"),
+    (["solver=rk45"], "unknown solver 'rk45'; choose one of: deis, dpmpp, euler, heun, ipndm, k_dpmpp_2m, k_euler, "
+                      "k_heun, unipc"),
     (["model=nope"], "mnist_gmm"),
     (["nfe=0"], "nfe must be at least 1"),
     (["solver=heun", "nfe=4"], "Heun needs an odd NFE"),

@@ -24,7 +24,8 @@ from ld3_cli.cli.main import main
     ("train", ["solver=heun", "nfe=4"], ["Heun needs an odd NFE", "nfe"]),
     ("eval", ["solver=dpmpp", "solver.order=3", "nfe=2"], ["needs at least 3 steps"]),
     ("teacher-sample", ["teacher.nfe=0"], ["nfe must be at least 1, got 0"]),
-    ("train", ["solver=rk45"], ["unknown solver 'rk45'", "choose one of: deis, dpmpp, euler, heun, ipndm, unipc"]),
+    ("train", ["solver=rk45"], ["unknown solver 'rk45'", "choose one of: deis, dpmpp, euler, heun, ipndm, k_dpmpp_2m, "
+                                                          "k_euler, k_heun, unipc"]),
     ("run", ["model=nope"], ["unknown model 'nope'", "choose one of:", "mnist_gmm"]),
     ("sample", ["dataset=nope"], ["unknown dataset 'nope'", "choose one of:", "mnist5k"]),
     ("sample", ["schedule=fancy"], ["schedule 'fancy' is unknown", "use ld3 or one of"]),

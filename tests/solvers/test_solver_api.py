@@ -121,7 +121,7 @@ def test_nfe_bookkeeping_and_refusals():
         get_solver("rk45")
     with pytest.raises(ConfigError, match="strictly decreasing"):
         solve("euler", CountingMixture(), x_T(), torch.tensor([80.0, 1.0, 2.0, 0.002]))
-    assert set(SOLVERS) == {"euler", "heun", "dpmpp", "unipc", "ipndm", "deis"}
+    assert set(SOLVERS) == {"euler", "heun", "dpmpp", "unipc", "ipndm", "deis", "k_euler", "k_dpmpp_2m", "k_heun"}
     assert get_solver("ddim") is get_solver("euler")
 
 

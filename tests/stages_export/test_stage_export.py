@@ -17,7 +17,7 @@ from ld3_cli.stages import export as export_stage
 
 
 def _exec(text: str) -> dict:
-    ns = {"__name__": "ld3_export_snippet"}
+    ns = {"__name__": "ld3_export_snippet", "__file__": "snippet.py"}
     exec(compile(text, "snippet.py", "exec"), ns)  # noqa: S102 - our own generated file
     return ns
 
@@ -61,10 +61,19 @@ def test_json_round_trip_equals_artifact(exported, learned_store, learned_tensor
 
 def test_all_files_written_atomically(exported):
     res, out, _ = exported
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["comfyui_sigmas.json", "comfyui_sigmas.txt", "diffusers_snippet.py", "kdiffusion_sigmas.py",
-                     "ld3_sampler.py", "schedule.json"]  # and no temporary files left behind
-    assert sorted(p.name for p in res["files"]) == names
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    slug = res["schedule"].slug()
+    assert names == ["comfyui_ld3/__init__.py", "comfyui_ld3/ld3_kdiffusion.py", "comfyui_ld3/ld3_sampler.py",
+                     f"comfyui_ld3/schedules/{slug}.json", "comfyui_sigmas.json", "comfyui_sigmas.txt",
+                     "comfyui_sigmas_to_zero.txt", "diffusers_snippet.py", "kdiffusion_sigmas.py", "ld3_diffusers.py",
+                     "ld3_kdiffusion.py", "ld3_sampler.py", "schedule.json"]  # and no temporary files left behind
+    assert sorted(p.relative_to(out).as_posix() for p in res["files"]) == names
+    # the runtime files are ld3's tested sources, copied as they are; the pack's schedule is schedule.json
+    from ld3_cli.export.runtime import runtime_source
+
+    assert (out / "ld3_kdiffusion.py").read_text() == runtime_source("ld3_kdiffusion.py")
+    assert (out / "comfyui_ld3" / "__init__.py").read_text() == runtime_source("comfyui_nodes.py")
+    assert (out / "comfyui_ld3" / "schedules" / f"{slug}.json").read_text() == (out / "schedule.json").read_text()
 
 
 def test_kdiffusion_literal_parses_back(exported, learned_tensors):
@@ -72,8 +81,11 @@ def test_kdiffusion_literal_parses_back(exported, learned_tensors):
     text = (out / "kdiffusion_sigmas.py").read_text()
     assert parse_tensor_literal(text) == learned_tensors["sigmas"].tolist()  # exact floats, without executing
     ns = _exec(text)
-    assert ns["sigmas"].dtype == torch.float64 and torch.equal(ns["sigmas"], learned_tensors["sigmas"])
-    assert ns["sigmas_to_zero"].tolist() == learned_tensors["sigmas"].tolist() + [0.0]
+    # float32: k-diffusion computes in the list's dtype, and a float64 list breaks a float32 model
+    sig32 = learned_tensors["sigmas"].float()
+    assert ns["sigmas"].dtype == torch.float32 and torch.equal(ns["sigmas"], sig32)
+    assert ns["sigmas_to_zero"].tolist() == sig32.tolist() + [0.0]
+    assert "ld3_kdiffusion import SIGMAS, sample_ld3" in text and "WARNING: this schedule was trained for ld3's" in text
 
 
 def test_comfyui_list_parses_back(exported, learned_tensors):
@@ -81,6 +93,8 @@ def test_comfyui_list_parses_back(exported, learned_tensors):
     line = (out / "comfyui_sigmas.txt").read_text()
     assert "e" not in line.lower() and len(line.strip().splitlines()) == 1  # ManualSigmas reads plain decimals
     assert parse_comfyui_text(line) == learned_tensors["sigmas"].tolist()
+    assert parse_comfyui_text((out / "comfyui_sigmas_to_zero.txt").read_text()) == \
+        learned_tensors["sigmas"].tolist() + [0.0]
     data = json.loads((out / "comfyui_sigmas.json").read_text())
     assert data["space"] == "sigma" and data["sigmas"] == learned_tensors["sigmas"].tolist()
     assert data["sigmas_to_zero"] == data["sigmas"] + [0.0]
@@ -193,7 +207,8 @@ def test_baseline_export_equals_discretize(learned_store, tmp_path):
     store, _ = learned_store
     ctx = make_ctx("export", store, ["schedule=edm", "export.format=[json,kdiffusion]", f"export.out={tmp_path}"])
     res = export_stage.run(ctx)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdiffusion_sigmas.py", "ld3_sampler.py", "schedule.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kdiffusion_sigmas.py", "ld3_kdiffusion.py", "ld3_sampler.py",
+                                                          "schedule.json"]
     data = load_schedule_json(tmp_path / "schedule.json")
     expected = discretize("edm", 5, ctx.model.schedule)
     assert data["sigmas"] == expected.tolist() == data["sigmas_eval"]
@@ -206,8 +221,8 @@ def test_default_out_dir(learned_store, capsys):
     ctx = make_ctx("export", store, ["export.format=comfyui"])
     res = export_stage.run(ctx)
     expected = store / "exports" / ctx.model_key / f"ld3-unipc3-nfe5-{art.key}"
-    assert res["out"] == expected and sorted(p.name for p in expected.iterdir()) == ["comfyui_sigmas.json",
-                                                                                     "comfyui_sigmas.txt"]
+    assert res["out"] == expected and sorted(p.name for p in expected.iterdir()) == [
+        "comfyui_ld3", "comfyui_sigmas.json", "comfyui_sigmas.txt", "comfyui_sigmas_to_zero.txt"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"export: {expected}"
 
 
@@ -266,9 +281,10 @@ def test_ld3_sampler_py_runs_the_export_exactly_as_ld3(tmp_path, learned):
     assert torch.equal(ns["sample"](_denoiser, x32, record), sampler.solve(_denoiser, x32))
 
 
-def test_time_step_formats_say_they_carry_the_time_steps_only(tmp_path):
+def test_time_step_formats_say_what_they_drop_and_where_it_runs_exactly(tmp_path):
     _, _, _, es = _learned_export(tmp_path, True)
-    for name in ("diffusers_snippet.py", "kdiffusion_sigmas.py", "comfyui_sigmas.json"):
+    for name, runner in (("diffusers_snippet.py", "LD3Scheduler"), ("kdiffusion_sigmas.py", "sample_ld3"),
+                         ("comfyui_sigmas.json", "comfyui_ld3")):
         text = " ".join((tmp_path / name).read_text().replace("#", " ").split())
-        assert "time steps only" in text and "learned solver coefficients" in text, name
-        assert "state scales" in text, name
+        assert "learned solver coefficients" in text and "state scales" in text, name
+        assert "not for a stock sampler" in text and runner in text, name

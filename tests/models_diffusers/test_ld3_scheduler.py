@@ -1,0 +1,180 @@
+"""LD3Scheduler (the export's ld3_diffusers.py) inside stock diffusers pipelines, unmodified but for
+``pipe.scheduler = ...``: a DDPM UNet2DModel pipeline, Stable Diffusion with classifier-free guidance and a
+Stable Diffusion 3 (flow matching) pipeline reproduce ld3's own sampler on the same model and noises, for an LD3
+schedule (decoupled evaluation times and scales) and a learned solver (a full coefficient table); the scheduler
+round-trips through save_pretrained / from_pretrained and refuses what it cannot run."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from ld3_cli.export import ExportSchedule, write_export
+from ld3_cli.models import BuildContext, build_model
+from ld3_cli.models.conventions import network_convention
+from ld3_cli.schedules import discretize
+from ld3_cli.solvers.sampler import Sampler
+
+pytest.importorskip("diffusers")
+PROMPTS = ["a red cat", "blue sky", "green field"]
+RTOL = 1e-4  # the acceptance: relative max abs difference to ld3's final states
+
+
+def _learned_sampler(model, solver, opts, nfe, learned: bool, seed=0) -> Sampler:
+    """An LD3-like sampler on the model's schedule: time-uniform steps, perturbed evaluation times with the VP
+    state scales alpha(sigma) / alpha(sigma_eval) (the official semantics); ``learned``: a perturbed full table."""
+    g = torch.Generator().manual_seed(seed)
+    sched = model.schedule
+    sig = discretize("time_uniform", nfe, sched)
+    ev = sig.clone()
+    ev[1:-1] = sig[1:-1] * (1 + 0.08 * torch.rand(nfe - 1, generator=g, dtype=torch.float64) - 0.04)
+    scales = sched.alpha_at(sig) / sched.alpha_at(ev)
+    s = Sampler(solver, sig, dict(opts), ev, scales, "step")
+    if learned:
+        t = s.base_table().widen(nfe).full()
+        corr = None if t.corr is None else t.corr + 0.02 * torch.randn(t.corr.shape, generator=g, dtype=torch.float64)
+        s.coefficients = dataclasses.replace(
+            t, pred=t.pred + 0.02 * torch.randn(t.pred.shape, generator=g, dtype=torch.float64), corr=corr)
+    return s
+
+
+def _export(model, s: Sampler, folder):
+    es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, model.schedule, s.solver, s.options, s.steps, "tiny",
+                        "tiny-0", eval_scales=s.eval_scales, noise_estimate=s.noise_estimate, coefficients=s.table(),
+                        learned_coefficients=s.coefficients is not None,
+                        network=network_convention(model, s.evaluation_sigmas))
+    write_export(es, folder, ["diffusers"])
+    return folder
+
+
+def _scheduler_class(folder):
+    """LD3Scheduler imported from the export folder's own ld3_diffusers.py (as a user does)."""
+    name = f"ld3_diffusers_{abs(hash(str(folder)))}"
+    spec = importlib.util.spec_from_file_location(name, folder / "ld3_diffusers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.LD3Scheduler
+
+
+def _watch_final_state(scheduler) -> list:
+    """Record each step's ``prev_sample`` (the last is the state the pipeline decodes); the pipeline is not touched.
+    Needed where a pipeline clamps its output (DDPMPipeline), and the random tiny networks give states far outside
+    [-1, 1]."""
+    seen, step = [], scheduler.step
+
+    def watched(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(out.prev_sample if hasattr(out, "prev_sample") else out[0])
+        return out
+
+    scheduler.step = watched
+    return seen
+
+
+def _rel(a, b) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+CASES = [("unipc", {"order": 3}, False), ("unipc", {"order": 3}, True), ("dpmpp", {"order": 2}, True)]
+
+
+@pytest.mark.parametrize("solver,opts,learned", CASES, ids=["ld3-unipc", "learned-unipc", "learned-dpmpp"])
+def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, solver, opts, learned):
+    from diffusers import DDPMPipeline
+
+    model = build_model({"kind": "diffusers", "path": str(ddpm_dir)}, BuildContext())
+    s = _learned_sampler(model, solver, opts, 4, learned)
+    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    assert scheduler.nfe == 4 and scheduler.timesteps.shape == (4,)
+    pipe = DDPMPipeline.from_pretrained(ddpm_dir)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    final = _watch_final_state(scheduler)
+    with torch.no_grad():
+        images = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=4,
+                      output_type="pt").images
+        noise = torch.randn((3, *model.shape), generator=torch.Generator().manual_seed(0))
+        ours = s.solve(model, noise * float(s.sigmas[0]))
+    # DDPMPipeline starts from unscaled noise: init_noise_sigma = alpha(sigma_max) sigma_max, 2e-5 from 1 here
+    assert abs(scheduler.init_noise_sigma - 1) < 1e-4
+    assert torch.equal(images, (final[-1] / 2 + 0.5).clamp(0, 1))   # what the pipeline decodes
+    assert _rel(final[-1], ours) <= RTOL
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["ld3", "learned"])
+def test_stable_diffusion_with_guidance_and_the_ld3_scheduler_equals_ld3(sd_dir, tmp_path, learned):
+    pytest.importorskip("transformers")
+    from diffusers import StableDiffusionPipeline
+
+    model = build_model({"kind": "diffusers", "path": str(sd_dir), "prompts": PROMPTS, "guidance_scale": 7.5},
+                        BuildContext())
+    s = _learned_sampler(model, "unipc", {"order": 3}, 5, learned, seed=1)
+    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    idx = torch.tensor([2, 0])
+    noise = torch.randn((2, *model.shape), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        # StableDiffusionPipeline multiplies the latents it is given (or draws) by init_noise_sigma itself
+        latents = pipe([PROMPTS[i] for i in idx.tolist()], num_inference_steps=5, guidance_scale=7.5,
+                       latents=noise, output_type="latent").images
+        ours = s.solve(model, noise * float(s.sigmas[0]), idx)
+    assert _rel(latents, ours) <= RTOL
+
+
+def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path):
+    pytest.importorskip("transformers")
+    from diffusers import StableDiffusion3Pipeline
+
+    model = build_model({"kind": "diffusers", "path": str(sd3_dir), "prompts": PROMPTS, "max_sequence_length": 8,
+                         "guidance_scale": 3.0}, BuildContext())
+    s = _learned_sampler(model, "dpmpp", {"order": 2}, 4, True, seed=2)
+    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    assert scheduler.config.network_kind == "flow" and scheduler.config.prediction_type == "flow_prediction"
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir, text_encoder_3=None, tokenizer_3=None)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    idx = torch.tensor([1, 2])
+    noise = torch.randn((2, *model.shape), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        # SD3 pipelines start from the latents as given: scaled by init_noise_sigma (t_max = 80 / 81 here)
+        latents = pipe([PROMPTS[i] for i in idx.tolist()], num_inference_steps=4, guidance_scale=3.0,
+                       latents=noise * scheduler.init_noise_sigma, output_type="latent",
+                       max_sequence_length=8).images
+        ours = s.solve(model, noise * float(s.sigmas[0]), idx)
+    assert scheduler.init_noise_sigma == pytest.approx(80 / 81, rel=1e-12)
+    assert _rel(latents, ours) <= RTOL
+
+
+def test_the_scheduler_round_trips_and_refuses_what_it_cannot_run(ddpm_dir, tmp_path, caplog):
+    model = build_model({"kind": "diffusers", "path": str(ddpm_dir)}, BuildContext())
+    s = _learned_sampler(model, "unipc", {"order": 3}, 4, True)
+    cls = _scheduler_class(_export(model, s, tmp_path / "export"))
+    a = cls.from_export(tmp_path / "export")
+    a.save_pretrained(tmp_path / "saved")
+    b = cls.from_pretrained(tmp_path / "saved")
+    assert dict(b.config) == dict(a.config) and torch.equal(a.timesteps, b.timesteps)
+    assert b.init_noise_sigma == a.init_noise_sigma
+    # the same run, step by step, from both
+    x = torch.randn(2, *model.shape, generator=torch.Generator().manual_seed(5)) * a.init_noise_sigma
+    outs = []
+    for sch in (a, b):
+        sch.set_timesteps(4)
+        lat = x
+        for t in sch.timesteps:
+            lat = sch.step(torch.tanh(lat) * 0.1 + t / 5000, t, lat).prev_sample
+        outs.append(lat)
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="exactly 4 network evaluations; call the pipeline with num_inference_steps=4"):
+        a.set_timesteps(50)
+    with pytest.raises(ValueError, match="no custom timesteps or sigmas"):
+        a.set_timesteps(sigmas=[1.0, 0.5])
+    with pytest.raises(ValueError, match="all 4 evaluations"):
+        a.step(torch.zeros_like(x), 0, x)
+    with pytest.raises(NotImplementedError, match="image-to-image"):
+        a.add_noise(x, x, torch.tensor([1]))

@@ -1,0 +1,132 @@
+"""The torch-only runtime that `ld3 export` ships (ld3_cli/export/runtime/): it equals ld3's own solvers bit for bit,
+one network evaluation at a time, for every solver and for what LD3 and the learned solver add (decoupled times and
+scales, learned coefficient tables); the stock-sampler solvers equal k-diffusion's own functions; the files import
+nothing of ld3."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+import pytest
+import torch
+from ld3_test_helpers import CountingDenoiser as Smooth
+
+from ld3_cli.export import ExportSchedule
+from ld3_cli.export.runtime import FILES, ld3_kdiffusion, ld3_sampler, runtime_source
+from ld3_cli.schedules import discretize
+from ld3_cli.schedules.noise import EDM
+from ld3_cli.solvers import get_solver
+from ld3_cli.solvers.sampler import Sampler
+
+CASES = [("unipc", {"order": 3}), ("unipc", {"order": 2, "variant": "bh1"}), ("dpmpp", {"order": 3}),
+         ("dpmpp", {"order": 2}), ("ipndm", {"order": 3}), ("deis", {"order": 3}), ("euler", {}), ("heun", {}),
+         ("k_euler", {}), ("k_dpmpp_2m", {}), ("k_heun", {})]
+
+
+def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5, seed=0):
+    """A sampler like LD3's (perturbed evaluation times and scales) and the learned solver's (a perturbed full
+    table), on the edm baseline grid for ``nfe``."""
+    g = torch.Generator().manual_seed(seed)
+    steps = get_solver(solver).steps_for_nfe(nfe)
+    sig = discretize("edm", steps, schedule)
+    ev = scales = None
+    if decoupled:
+        ev = sig * (1 + 0.05 * torch.randn(steps + 1, generator=g, dtype=torch.float64))
+        ev[-1] = sig[-1]
+        scales = 1 + 0.02 * torch.randn(steps + 1, generator=g, dtype=torch.float64)
+    s = Sampler(solver, sig, dict(opts), ev, scales, "eval" if learned else "step")
+    if learned:
+        t = s.base_table().widen(steps).full()
+        noise = 0.01 * torch.randn(t.pred.shape, generator=g, dtype=torch.float64)
+        corr = None if t.corr is None else t.corr + 0.01 * torch.randn(t.corr.shape, generator=g, dtype=torch.float64)
+        s.coefficients = dataclasses.replace(t, pred=t.pred + noise, corr=corr)
+    return s
+
+
+def _record(s: Sampler, schedule=EDM()) -> dict:
+    return ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, schedule, s.solver, s.options, 5, "m", "m-0",
+                          eval_scales=s.eval_scales, noise_estimate=s.noise_estimate, coefficients=s.table(),
+                          learned_coefficients=s.coefficients is not None).record()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("solver,opts", CASES, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in CASES])
+def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
+    net = Smooth()
+    variants = [(False, False)]
+    if not get_solver(solver).evaluates_on_grid:
+        variants.append((True, False))                               # LD3: decoupled times and scales
+        if solver not in ("heun", "euler"):
+            variants.append((True, True))                            # the learned solver
+    for decoupled, learned in variants:
+        s = _sampler(solver, opts, decoupled, learned)
+        record = _record(s)
+        x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=dtype) * float(s.sigmas[0])
+        net.calls = 0
+        ours = s.solve(net, x)
+        nfe = net.calls
+        net.calls = 0
+        theirs = ld3_sampler.sample(net, x, record)
+        assert net.calls == nfe == len(ld3_sampler.evaluation_points(record))
+        assert nfe == get_solver(solver).nfe(s.steps)
+        assert torch.equal(ours, theirs), (solver, decoupled, learned)
+        # k-diffusion's calling convention: model(x, sigma * s_in, **extra_args), float32 grid accepted
+        kd = ld3_kdiffusion.make_sampler(record)
+        got = kd(lambda z, sigma, scale: net(z, sigma) * scale, x, torch.tensor(record["sigmas"]).float(),
+                 extra_args={"scale": 1.0}, disable=True)
+        assert torch.equal(got, ours)
+
+
+def test_the_step_by_step_run_and_its_callbacks():
+    s = _sampler("unipc", {"order": 3}, True, True)
+    record = _record(s)
+    net = Smooth()
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80
+    seen, theirs = [], []
+    s.solve(net, x, callback=lambda i, xi, d: seen.append((i, xi.clone())))
+    run = ld3_sampler.LD3Run(record, x)
+    while not run.done:
+        i = run.grid_index
+        x_in, sigma = run.network_input()
+        assert torch.equal(sigma, torch.full((2,), record["sigmas_eval"][i], dtype=torch.float64))
+        run.advance(net(x_in, sigma), lambda i, xi, d: theirs.append((i, xi.clone())))
+    assert [i for i, _ in seen] == [i for i, _ in theirs] == list(range(5))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(seen, theirs))
+    with pytest.raises(RuntimeError, match="finished"):
+        run.network_input()
+
+
+def test_the_kdiffusion_signature_refuses_another_grid_and_reports_steps():
+    s = _sampler("dpmpp", {"order": 2}, True, False)
+    record = _record(s)
+    kd = ld3_kdiffusion.make_sampler(record)
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64) * 80
+    with pytest.raises(ValueError, match="its own grid of 6 sigmas.*Pass SIGMAS"):
+        kd(lambda z, sigma: z, x, torch.linspace(80, 0.002, 6))
+    with pytest.raises(ValueError, match="given 7 values"):
+        kd(lambda z, sigma: z, x, torch.tensor(record["sigmas"] + [0.0]))
+    steps = []
+    kd(lambda z, sigma: 0.5 * z, x, record["sigmas"], callback=steps.append, disable=True)
+    assert [d["i"] for d in steps] == list(range(5)) and set(steps[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
+    assert float(steps[2]["sigma"]) == record["sigmas"][2]
+
+
+def test_records_it_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="not an ld3 schedule export"):
+        ld3_sampler.LD3Run({"sigmas": [1.0, 0.5]}, torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="has no coefficient table"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
+                                  "solver": "dpmpp", "coefficients": None})
+    with pytest.raises(FileNotFoundError, match="no ld3 export"):
+        ld3_sampler.load_schedule("/nonexistent/folder")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_runtime_files_import_nothing_of_ld3(name):
+    """What `ld3 export` ships runs where ld3 is not installed: torch (and the library it plugs into) only."""
+    tree = ast.parse(runtime_source(name))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 and n.level == 0}
+    assert imported <= {"__future__", "json", "logging", "math", "pathlib", "typing", "torch", "importlib", "sys",
+                        "tqdm", "diffusers", "comfy"}, imported
