@@ -85,8 +85,10 @@ def main() -> None:
     p.add_argument("--nfe", default="4,6", help="comma-separated NFEs (default 4,6)")
     p.add_argument("--cache", default="ld3-cache-take-home", help="the store (default ./ld3-cache-take-home)")
     p.add_argument("--ays", action="store_true", help="also the AYS list (models with model.ays_family)")
-    p.add_argument("overrides", nargs="*", help="more ld3 overrides after --, e.g. model.path=...")
-    a = p.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = p.parse_args(argv[:cut])
+    a.overrides = argv[cut + 1:]  # more ld3 overrides after --, e.g. model.path=...
     cache = Path(a.cache).resolve()
     common = [f"model={a.model}", *a.overrides]
     ld3("teacher-sample", common, cache)

@@ -51,13 +51,27 @@ def _export(model, s: Sampler, folder):
 
 
 def _scheduler_class(folder):
-    """LD3Scheduler imported from the export folder's own ld3_diffusers.py (as a user does)."""
+    """LD3Scheduler imported from the export folder's own ld3_diffusers.py, with the folder on sys.path (as a user
+    does; its runner ld3_sampler.py is imported from there)."""
     name = f"ld3_diffusers_{abs(hash(str(folder)))}"
     spec = importlib.util.spec_from_file_location(name, folder / "ld3_diffusers.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
     return module.LD3Scheduler
+
+
+def _pipeline(cls, folder, model, s, export, **kwargs):
+    """A stock pipeline of class ``cls`` from ``folder`` whose scheduler is the LD3Scheduler of ``s``, exported to
+    ``export``."""
+    scheduler = _scheduler_class(_export(model, s, export)).from_export(export)
+    pipe = cls.from_pretrained(folder, **kwargs)
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _watch_final_state(scheduler) -> list:
@@ -88,11 +102,9 @@ def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, sol
 
     model = build_model({"kind": "diffusers", "path": str(ddpm_dir)}, BuildContext())
     s = _learned_sampler(model, solver, opts, 4, learned)
-    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    pipe = _pipeline(DDPMPipeline, ddpm_dir, model, s, tmp_path)
+    scheduler = pipe.scheduler
     assert scheduler.nfe == 4 and scheduler.timesteps.shape == (4,)
-    pipe = DDPMPipeline.from_pretrained(ddpm_dir)
-    pipe.scheduler = scheduler
-    pipe.set_progress_bar_config(disable=True)
     final = _watch_final_state(scheduler)
     with torch.no_grad():
         images = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=4,
@@ -113,10 +125,7 @@ def test_stable_diffusion_with_guidance_and_the_ld3_scheduler_equals_ld3(sd_dir,
     model = build_model({"kind": "diffusers", "path": str(sd_dir), "prompts": PROMPTS, "guidance_scale": 7.5},
                         BuildContext())
     s = _learned_sampler(model, "unipc", {"order": 3}, 5, learned, seed=1)
-    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
-    pipe = StableDiffusionPipeline.from_pretrained(sd_dir, safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = scheduler
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _pipeline(StableDiffusionPipeline, sd_dir, model, s, tmp_path, safety_checker=None, requires_safety_checker=False)
     idx = torch.tensor([2, 0])
     noise = torch.randn((2, *model.shape), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -134,11 +143,9 @@ def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path):
     model = build_model({"kind": "diffusers", "path": str(sd3_dir), "prompts": PROMPTS, "max_sequence_length": 8,
                          "guidance_scale": 3.0}, BuildContext())
     s = _learned_sampler(model, "dpmpp", {"order": 2}, 4, True, seed=2)
-    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    pipe = _pipeline(StableDiffusion3Pipeline, sd3_dir, model, s, tmp_path, text_encoder_3=None, tokenizer_3=None)
+    scheduler = pipe.scheduler
     assert scheduler.config.network_kind == "flow" and scheduler.config.prediction_type == "flow_prediction"
-    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir, text_encoder_3=None, tokenizer_3=None)
-    pipe.scheduler = scheduler
-    pipe.set_progress_bar_config(disable=True)
     idx = torch.tensor([1, 2])
     noise = torch.randn((2, *model.shape), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():

@@ -129,4 +129,4 @@ def test_the_runtime_files_import_nothing_of_ld3(name):
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
                  and n.level == 0}
     assert imported <= {"__future__", "json", "logging", "math", "pathlib", "typing", "torch", "importlib", "sys",
-                        "tqdm", "diffusers", "comfy"}, imported
+                        "tqdm", "diffusers", "comfy", "ld3_sampler"}, imported

@@ -24,14 +24,8 @@ import torch
 
 try:
     from . import ld3_sampler
-except ImportError:  # a flat copy of the export folder: load the runner beside this file
-    import importlib.util
-    import sys
-
-    _spec = importlib.util.spec_from_file_location("ld3_sampler", Path(__file__).with_name("ld3_sampler.py"))
-    ld3_sampler = importlib.util.module_from_spec(_spec)
-    sys.modules.setdefault("ld3_sampler", ld3_sampler)
-    _spec.loader.exec_module(ld3_sampler)
+except ImportError:  # the export folder itself is on sys.path
+    import ld3_sampler
 
 GRID_RTOL = 1e-6  # float32 copies of the grid are accepted
 
