@@ -125,7 +125,8 @@ def test_stable_diffusion_with_guidance_and_the_ld3_scheduler_equals_ld3(sd_dir,
     model = build_model({"kind": "diffusers", "path": str(sd_dir), "prompts": PROMPTS, "guidance_scale": 7.5},
                         BuildContext())
     s = _learned_sampler(model, "unipc", {"order": 3}, 5, learned, seed=1)
-    pipe = _pipeline(StableDiffusionPipeline, sd_dir, model, s, tmp_path, safety_checker=None, requires_safety_checker=False)
+    pipe = _pipeline(StableDiffusionPipeline, sd_dir, model, s, tmp_path, safety_checker=None,
+                     requires_safety_checker=False)
     idx = torch.tensor([2, 0])
     noise = torch.randn((2, *model.shape), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
