@@ -93,17 +93,21 @@ def _rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-CASES = [("unipc", {"order": 3}, False), ("unipc", {"order": 3}, True), ("dpmpp", {"order": 2}, True)]
+CASES = [("unipc", {"order": 3}, False, "eps"), ("unipc", {"order": 3}, True, "eps"),
+         ("dpmpp", {"order": 2}, True, "eps"), ("unipc", {"order": 3}, True, "v")]
 
 
-@pytest.mark.parametrize("solver,opts,learned", CASES, ids=["ld3-unipc", "learned-unipc", "learned-dpmpp"])
-def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, solver, opts, learned):
+@pytest.mark.parametrize("solver,opts,learned,prediction", CASES,
+                         ids=["ld3-unipc", "learned-unipc", "learned-dpmpp", "learned-unipc-v"])
+def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, solver, opts, learned, prediction):
+    """A DDPM-type UNet2DModel pipeline; ``v``: the same network read as a v-predictor (model.prediction=v)."""
     from diffusers import DDPMPipeline
 
-    model = build_model({"kind": "diffusers", "path": str(ddpm_dir)}, BuildContext())
+    model = build_model({"kind": "diffusers", "path": str(ddpm_dir), "prediction": prediction}, BuildContext())
     s = _learned_sampler(model, solver, opts, 4, learned)
     pipe = _pipeline(DDPMPipeline, ddpm_dir, model, s, tmp_path)
     scheduler = pipe.scheduler
+    assert scheduler.config.prediction_type == {"eps": "epsilon", "v": "v_prediction"}[prediction]
     assert scheduler.nfe == 4 and scheduler.timesteps.shape == (4,)
     final = _watch_final_state(scheduler)
     with torch.no_grad():
@@ -156,6 +160,31 @@ def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path):
                        max_sequence_length=8).images
         ours = s.solve(model, noise * float(s.sigmas[0]), idx)
     assert scheduler.init_noise_sigma == pytest.approx(80 / 81, rel=1e-12)
+    assert _rel(latents, ours) <= RTOL
+
+
+def test_an_edm_preconditioned_network_in_a_pipeline_loop_equals_ld3(tmp_path):
+    """EDM preconditioning (c_in in scale_model_input, c_noise = log(sigma) / 4 as the timestep, c_skip / c_out in
+    step), driven by the loop every diffusers pipeline runs, on a tiny random EDM network."""
+    from ld3_cli.models.edm.precond import EDMPrecond
+
+    torch.manual_seed(0)
+    model = EDMPrecond(8, 1, model_type="SongUNet", model_channels=8, channel_mult=[1], num_blocks=1,
+                       attn_resolutions=[]).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    s = _learned_sampler(model, "unipc", {"order": 3}, 5, True, seed=3)
+    scheduler = _scheduler_class(_export(model, s, tmp_path)).from_export(tmp_path)
+    assert scheduler.config.network_kind == "edm" and scheduler.init_noise_sigma == pytest.approx(80.0)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    scheduler.set_timesteps(scheduler.nfe)
+    latents = noise * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            f_x = model.model(scheduler.scale_model_input(latents, t), t.expand(2), None)
+            latents = scheduler.step(f_x, t, latents).prev_sample
+        ours = s.solve(model, noise * float(s.sigmas[0]))
     assert _rel(latents, ours) <= RTOL
 
 
