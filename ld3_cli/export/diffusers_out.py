@@ -119,6 +119,20 @@ def _rounding_note(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
     return lines + wrap(text)
 
 
+def _sigmas_sentence(es: ExportSchedule) -> str:
+    if es.solver == "k_euler":
+        return ("SIGMAS is the list this schedule was trained on for a stock Euler sampler, ending with 0: "
+                "EulerDiscreteScheduler runs it exactly as ld3 validated it.")
+    if es.to_zero:
+        stock = es.trained_for()["stock"]["k-diffusion"]
+        return (f"SIGMAS is the list this schedule was trained on for k-diffusion's {stock} (ComfyUI's "
+                f"{es.trained_for()['stock']['ComfyUI']}), ending with 0; EulerDiscreteScheduler runs it as Euler, "
+                f"not as {stock} -- use that sampler, or LD3Scheduler, to get what ld3 validated.  SIGMAS_EVAL and "
+                "NATIVE_T are the grid without its 0.")
+    return ("SIGMAS is ld3's grid, ending at sigma_min; END_AT_ZERO = True appends 0 (one more step and network call, "
+            "diffusers' usual ending).")
+
+
 def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
     lines = [f'"""diffusers schedulers for {es.model} ({es.model_key}).', ""]
     lines += wrap(es.made_for())
@@ -134,11 +148,7 @@ def _docstring(es: ExportSchedule, rep: Optional[dict]) -> list[str]:
     lines += wrap(
         "The stock schedulers below carry the time steps only.  SIGMAS are EDM noise levels (x = x0 + sigma * "
         "noise), sigma_max first; for DDPM-type models this is diffusers' own sigma = sqrt((1 - alphas_cumprod) / "
-        "alphas_cumprod).  " + ("SIGMAS is the list this schedule was trained on for a stock Euler sampler, ending "
-                                "with 0: EulerDiscreteScheduler runs it exactly as ld3 validated it."
-                                if es.solver == "k_euler" else
-                                "SIGMAS is ld3's grid, ending at sigma_min; END_AT_ZERO = True appends 0 (one more "
-                                "step and network call, diffusers' usual ending)."))
+        "alphas_cumprod).  " + _sigmas_sentence(es))
     lines += wrap("EulerDiscreteScheduler is built with timestep_spacing=\"linspace\", so its init_noise_sigma is "
                   "SIGMAS[0] (with \"leading\" spacing, as Stable Diffusion's configs have, it would start from "
                   "sqrt(1 + SIGMAS[0]^2) instead).")

@@ -5,7 +5,8 @@ Conventions (those of the whole package):
 * ``sigmas[0..N]``: the solver's grid, EDM noise levels (``x = x0 + sigma * n``), strictly
   decreasing from ``sigma_max`` to ``sigma_min > 0``; ``N`` steps.
 * ``sigmas_eval[0..N]``: where the solver evaluates the network at step ``i`` (LD3's decoupled
-  times; equal to ``sigmas`` for a baseline).  Only ``sigmas_eval[0..N-1]`` are ever used.
+  times; equal to ``sigmas`` for a baseline).  Only ``sigmas_eval[0..N-1]`` are used, except by a stock-sampler
+  schedule (``to_zero``), whose last step evaluates at ``sigmas_eval[N] == sigmas[N]``.
 * ``t``: the model's native time (``NoiseSchedule.t``); ``lambda = -log(sigma)`` (log-SNR).
 * ``eval_scales[0..N]`` (optional): the state scale of each decoupled evaluation, and
   ``coefficients``: the solver's multistep table (learned, or the solver's own) -- ``schedule.json``
@@ -233,8 +234,8 @@ class ExportSchedule:
             "provenance": dict(self.provenance),
             "conventions": ("sigmas: EDM noise levels (x = x0 + sigma * noise), sigma_max first, ending at "
                             "sigma_min; the solver steps on sigmas and evaluates the network at sigmas_eval[i] "
-                            "for step i < steps (sigmas_eval[steps] is unused); t: the model's native time; "
-                            "lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
+                            "for step i < steps (sigmas_eval[steps] is unused unless to_zero); t: the model's native "
+                            "time; lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
                             "solver evaluates the network and combines its outputs (ld3_sampler.py runs them); "
                             "to_zero: the run ends with a step onto 0 (stock_sigmas is the list a stock sampler "
                             "takes); network: how the model's network is called (ld3_diffusers.py reads it)"),

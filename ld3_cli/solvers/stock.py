@@ -116,8 +116,9 @@ class KHeun(SolverSpec):
     def steps_for_nfe(self, nfe: int, **options) -> int:
         nfe = int(nfe)
         if nfe < 3 or nfe % 2 == 0:
+            near = [3] if nfe < 3 else [nfe - 1, nfe + 1]
             raise ConfigError(f"solver 'k_heun' needs an odd NFE >= 3 (N steps plus the Euler step onto 0 cost "
-                              f"2N + 1 evaluations); got nfe={nfe}. Use nfe={max(3, nfe - 1)} or {nfe + 1}.")
+                              f"2N + 1 evaluations); got nfe={nfe}. Use nfe=" + " or ".join(map(str, near)) + ".")
         return (nfe - 1) // 2
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,

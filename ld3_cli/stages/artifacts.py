@@ -124,8 +124,8 @@ def load_sampler(art: Artifact, schedule) -> Sampler:
     except (ConfigError, KeyError) as e:
         raise CorruptArtifactError(f"{art.path}: its learned coefficients are inconsistent ({e}){rebuild}") from None
     if sampler.coefficients is not None and sampler.coefficients.grid_steps != n:
-        raise CorruptArtifactError(f"{art.path}: its coefficient table has {sampler.coefficients.steps} steps, "
-                                   f"not {n}{rebuild}")
+        raise CorruptArtifactError(f"{art.path}: its coefficient table runs {sampler.coefficients.grid_steps} grid "
+                                   f"steps, not {n}{rebuild}")
     return sampler
 
 

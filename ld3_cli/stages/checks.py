@@ -104,7 +104,8 @@ def _check(cfg, files: bool) -> None:
     _check_schedule_names(cfg)
     check_suite(str(cfg.eval.metrics))
     train = check_train_options(to_plain(cfg.train))
-    effective_learn(train.learn, get_solver(str(cfg.solver.name)))  # a stock sampler learns no coefficients
+    if str(cfg.get("stage")) in TRAINING_STAGES:  # a stock sampler learns no coefficients
+        effective_learn(train.learn, get_solver(str(cfg.solver.name)))
     if files and str(cfg.get("stage")) in TRAINING_STAGES:  # LPIPS without its files stops here, before a model loads
         check_loss(train.loss, dataset_channels(to_plain(cfg.dataset)), train.lpips_weights)
     if int(cfg.sample.n) < 1:

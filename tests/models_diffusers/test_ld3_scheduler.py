@@ -141,7 +141,7 @@ def test_stable_diffusion_with_guidance_and_the_ld3_scheduler_equals_ld3(sd_dir,
     assert _rel(latents, ours) <= RTOL
 
 
-def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path):
+def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path, caplog):
     pytest.importorskip("transformers")
     from diffusers import StableDiffusion3Pipeline
 
@@ -160,6 +160,7 @@ def test_sd3_flow_pipeline_with_the_ld3_scheduler_equals_ld3(sd3_dir, tmp_path):
                        max_sequence_length=8).images
         ours = s.solve(model, noise * float(s.sigmas[0]), idx)
     assert scheduler.init_noise_sigma == pytest.approx(80 / 81, rel=1e-12)
+    assert "latents = torch.randn(shape) * scheduler.init_noise_sigma" in caplog.text   # said at load
     assert _rel(latents, ours) <= RTOL
 
 
@@ -215,3 +216,45 @@ def test_the_scheduler_round_trips_and_refuses_what_it_cannot_run(ddpm_dir, tmp_
         a.step(torch.zeros_like(x), 0, x)
     with pytest.raises(NotImplementedError, match="image-to-image"):
         a.add_noise(x, x, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("solver,nfe", [("heun", 5), ("k_heun", 5), ("k_dpmpp_2m", 4), ("unipc", 4)])
+def test_the_scheduler_loop_for_every_kind_of_run_and_what_a_pipeline_does_to_its_latents(tmp_path, solver, nfe):
+    """Heun (two evaluations a step), the stock samplers' step onto 0, and the latents a pipeline hands back: a copy
+    (set again from the sample), half precision (ld3's state stays float32) and an in-place edit (seen)."""
+    from ld3_cli.models.adapters import NetworkDenoiser
+    from ld3_cli.schedules.noise import VPDiscrete
+    from ld3_cli.solvers import get_solver
+
+    sched = VPDiscrete.linear()
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def net(x_t, t, cond=None):                                    # an eps network on the native state
+        return torch.tanh(conv(x_t.float())) * 0.5 + (t.float() / 2000).view(-1, 1, 1, 1)
+
+    model = NetworkDenoiser(net, sched).requires_grad_(False)
+    steps = get_solver(solver).steps_for_nfe(nfe)
+    s = Sampler(solver, discretize("time_uniform", steps, sched), {})
+    es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, sched, solver, {}, nfe, "m", "m-0",
+                        coefficients=s.table(), network=network_convention(model, s.evaluation_sigmas))
+    write_export(es, tmp_path, ["diffusers"])
+    scheduler = _scheduler_class(tmp_path).from_export(tmp_path)
+    assert scheduler.nfe == nfe == len(scheduler.timesteps)
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = s.solve(model, noise * float(s.sigmas[0]))
+
+        def loop(hand_back, dtype=torch.float32):
+            scheduler.set_timesteps(nfe)
+            lat = (noise * scheduler.init_noise_sigma).to(dtype)
+            for t in scheduler.timesteps:
+                lat = hand_back(scheduler.step(net(lat, t.expand(2)).to(dtype), t, lat).prev_sample)
+            return lat
+
+        assert _rel(loop(lambda x: x), ours) <= 1e-6                 # our own sample back: no rounding at all
+        assert _rel(loop(lambda x: x.clone()), ours) <= RTOL         # a copy: set again from it
+        half = loop(lambda x: x, torch.float16)
+        assert half.dtype == torch.float16 and _rel(half, ours) <= 5e-3   # the network's fp16 input/output only
+        # an in-place edit of the latents (a step-end callback) reaches the state as an edited copy does
+        assert _rel(loop(lambda x: x.mul_(1.001)), loop(lambda x: x * 1.001)) <= 1e-6

@@ -105,6 +105,11 @@ def test_the_kdiffusion_signature_refuses_another_grid_and_reports_steps():
         kd(lambda z, sigma: z, x, torch.linspace(80, 0.002, 6))
     with pytest.raises(ValueError, match="given 7 values"):
         kd(lambda z, sigma: z, x, torch.tensor(record["sigmas"] + [0.0]))
+    # a stock-sampler schedule also takes its own stock list (ending with 0); ld3's own solvers do not
+    stock = _record(_sampler("k_dpmpp_2m", {}, False, False))
+    run = ld3_kdiffusion.make_sampler(stock)
+    assert torch.equal(run(lambda z, sigma: 0.5 * z, x, stock["stock_sigmas"]),
+                       run(lambda z, sigma: 0.5 * z, x, stock["sigmas"]))
     steps = []
     kd(lambda z, sigma: 0.5 * z, x, record["sigmas"], callback=steps.append, disable=True)
     assert [d["i"] for d in steps] == list(range(5)) and set(steps[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}

@@ -114,6 +114,21 @@ def test_the_comfyui_node_pack_equals_ld3_sample(exports, which):
     assert _rel(stock_start, ours) > 3 * TOL
 
 
+def test_the_comfyui_node_refuses_a_flow_schedule(tmp_path):
+    """ComfyUI's sigma for a flow model is the flow time: the node runs EDM-sigma schedules only, and says so."""
+    from ld3_cli.schedules.noise import FlowMatching
+
+    sched = FlowMatching()
+    sig = discretize("logsnr", 4, sched)
+    s = Sampler("dpmpp", sig, {"order": 2})
+    es = ExportSchedule("logsnr", sig, sig, sched, "dpmpp", {"order": 2}, 4, "flow", "flow-0", coefficients=s.table())
+    write_export(es, tmp_path, ["comfyui"])
+    comfy.install()
+    pack = _import(tmp_path / "comfyui_ld3", "comfyui_ld3_flow")
+    with pytest.raises(ValueError, match="flow-matching model.*LD3Scheduler"):
+        pack.LD3Sampler().get_sampler(pack.schedule_names()[0])
+
+
 # -- the real MNIST DDPM ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ddpm(ddpm_weights):
@@ -181,6 +196,10 @@ def test_the_comfyui_node_on_the_ddpm_rounds_time_as_comfyui(ddpm, tmp_path, cap
     pack = _import(tmp_path / "comfyui_ld3", "comfyui_ld3_ddpm")
     sampler_obj, sigmas = pack.LD3Sampler().get_sampler(pack.schedule_names()[0])
     assert "ComfyUI rounds" not in caplog.text               # it was made for ComfyUI's rounding: no warning
+    _ddpm_export(exact, tmp_path / "exact", True)
+    pack_exact = _import(tmp_path / "exact" / "comfyui_ld3", "comfyui_ld3_ddpm_exact")
+    pack_exact.LD3Sampler().get_sampler(pack_exact.schedule_names()[0])
+    assert "ComfyUI rounds it to the nearest training step" in caplog.text   # an exact-time schedule is flagged
     wrap = comfy.ModelWrap(comfy.EpsModel(lambda z, t: exact.eps(z, t), exact.schedule.alphas_cumprod))
     noises = noise_for_seeds(range(1_000_000, 1_000_004), (1, 28, 28))
     with torch.no_grad():

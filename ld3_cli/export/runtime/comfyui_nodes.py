@@ -42,8 +42,13 @@ def load(name: str) -> dict:
         raise FileNotFoundError(f"no ld3 schedule {name!r} in {SCHEDULES}; copy an export's schedule.json there")
     record = json.loads(path.read_text())
     ld3_sampler.check_record(record, str(path))
+    kind = (record.get("noise_schedule") or {}).get("kind")
+    if kind == "flow":
+        raise ValueError(f"ld3 schedule {name!r} is for a flow-matching model, whose sigma in ComfyUI is the flow time "
+                         "t (ModelSamplingDiscreteFlow); this node runs EDM-sigma schedules (EDM and DDPM-type "
+                         "models). Use comfyui_sigmas.txt with a stock sampler, or ld3_diffusers.LD3Scheduler")
     net = record.get("network") or {}
-    if (record.get("noise_schedule") or {}).get("kind") == "vp_discrete" and net.get("time_rounding") != "nearest":
+    if kind == "vp_discrete" and net.get("time_rounding") != "nearest":
         log.warning("ld3 schedule %s was trained on the exact network time; ComfyUI rounds it to the nearest "
                     "training step for this model, so results differ slightly from ld3's (train with "
                     "model.time_rounding=nearest to match exactly)", name)

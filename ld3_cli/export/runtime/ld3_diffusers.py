@@ -74,8 +74,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                  schedule_name: str = "ld3"):
         if network_kind not in NETWORK_KINDS:
             raise ValueError(f"network_kind must be one of {NETWORK_KINDS}, got {network_kind!r}")
-        if prediction_type not in PREDICTIONS:
-            raise ValueError(f"prediction_type must be one of {PREDICTIONS}, got {prediction_type!r}")
+        if prediction_type not in PREDICTIONS or (network_kind == "edm" and prediction_type != "epsilon"):
+            raise ValueError(f"prediction_type must be one of {PREDICTIONS} (epsilon, EDM's F, for an EDM network), "
+                             f"got {prediction_type!r} for a {network_kind} network")
         if len(timestep_labels) != len(sigmas) or len(sigmas_eval) != len(sigmas):
             raise ValueError(f"sigmas, sigmas_eval and timestep_labels need {len(sigmas)} values each")
         self.record = {"format": ld3_sampler.FORMAT, "sigmas": list(sigmas), "sigmas_eval": list(sigmas_eval),
@@ -100,8 +101,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         record = ld3_sampler.load_schedule(path)
         net = record.get("network")
         if not net:
-            raise ValueError(f"{path}: the export has no \"network\" section (how the model's network is called); "
-                             "re-export it with this ld3 version")
+            raise ValueError(f"{path}: ld3 does not know how this model's network is called in diffusers (an analytic "
+                             "model, a custom denoiser, or an export older than this ld3); run the export with your "
+                             "own denoiser through ld3_kdiffusion.make_sampler or ld3_sampler.sample instead")
         return cls(sigmas=record["sigmas"], sigmas_eval=record["sigmas_eval"], solver=record["solver"],
                    timestep_labels=net["time_labels"], coefficients=record.get("coefficients"),
                    eval_scales=record.get("eval_scales"), noise_estimate=record.get("noise_estimate", "step"),
@@ -145,7 +147,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         self._reset()
 
     def _reset(self) -> None:
-        self._run, self._step_index, self._last = None, 0, None
+        self._run, self._step_index, self._last, self._last_version = None, 0, None, -1
 
     @property
     def step_index(self) -> int:
@@ -159,8 +161,8 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         s = float(self.config.sigmas_eval[self.points[k]])
         return sample / math.sqrt(s * s + self.config.sigma_data ** 2)
 
-    def _denoised(self, out: torch.Tensor, x_in: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
-        """ld3's x0 estimate from the network output ``out`` at ``x_in`` (sigma-space) / ``sample`` (its space)."""
+    def _denoised(self, out: torch.Tensor, x_in: torch.Tensor, sigma: float) -> torch.Tensor:
+        """ld3's x0 estimate from the network output ``out`` at ``x_in`` (the network's input in sigma-space)."""
         kind, pred = self.config.network_kind, self.config.prediction_type
         out = out.to(x_in.dtype)
         if kind == "edm":
@@ -173,10 +175,11 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         if pred == "epsilon":
             return x_in - sigma * out
         a = self._alpha(sigma)
+        x_t = a * x_in               # what the network saw, in its own space
         if pred == "v_prediction":
-            return a * sample - (a * sigma) * out
+            return a * x_t - (a * sigma) * out
         t = sigma / (1.0 + sigma)   # flow_prediction: v = noise - x0, x_t = (1 - t) x0 + t noise
-        return sample - t * out
+        return x_t - t * out
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True, **kwargs):
@@ -186,22 +189,24 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"all {self.nfe} evaluations of the schedule are done; call set_timesteps() to start "
                              "again")
         i = self.points[k]
-        if self._last is None or sample is not self._last:  # else the pipeline passed our own sample back
-            point = sample / self._native_scale(k)          # ld3's state there (before its state scale)
+        # ld3's state runs in float32 at least (as ld3 runs it beside a half-precision network); unless the pipeline
+        # passed our own sample back untouched, its sample is the state there (before the state scale)
+        if self._last is None or sample is not self._last or sample._version != self._last_version:
+            point = sample.to(torch.promote_types(sample.dtype, torch.float32)) / self._native_scale(k)
             if self._run is None:
                 self._run = ld3_sampler.LD3Run(self.record, point)
             else:
                 self._run.set_point(point)
         x_in, _ = self._run.network_input()
-        denoised = self._denoised(model_output, x_in, sample, float(self.config.sigmas_eval[i]))
+        denoised = self._denoised(model_output, x_in, float(self.config.sigmas_eval[i]))
         self._run.advance(denoised)
         self._step_index += 1
         if self._run.done:
-            prev, self._last = self._run.result, None
+            prev, self._last = self._run.result.to(sample.dtype), None
         else:
             x_next, _ = self._run.network_input()
-            prev = x_next * self._alpha(float(self.config.sigmas_eval[self.points[k + 1]]))
-            self._last = prev
+            prev = (x_next * self._alpha(float(self.config.sigmas_eval[self.points[k + 1]]))).to(sample.dtype)
+            self._last, self._last_version = prev, prev._version
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)

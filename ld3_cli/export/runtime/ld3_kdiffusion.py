@@ -14,7 +14,8 @@ network is called at ``sigmas_eval``, not at the grid itself.  ``sigmas`` must b
 (:data:`SIGMAS`, float32 or float64): the schedule was learned for it, and another list is refused.
 ``callback`` receives k-diffusion's dict (``x``, ``i``, ``sigma``, ``sigma_hat``, ``denoised``) once per step.
 
-:func:`make_sampler` binds another export's ``schedule.json`` to the same signature.
+:func:`make_sampler` binds another export's ``schedule.json`` to the same signature (for more than one export in a
+process: importing ``ld3_kdiffusion`` from a second folder reuses the first, cached module).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def check_sigmas(record: dict, sigmas) -> None:
     """Refuse a sigma list other than the exported grid, naming both."""
     grid = record["sigmas"]
     given = [float(v) for v in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+    if record.get("to_zero") and len(given) == len(grid) + 1 and given[-1] == 0:
+        given = given[:-1]  # a stock-sampler schedule's own list (ending with 0) is the same run
     same = len(given) == len(grid) and all(abs(g - e) <= GRID_RTOL * abs(e) for g, e in zip(given, grid))
     if not same:
         shown = ", ".join(f"{v:.6g}" for v in given[:6]) + (", ..." if len(given) > 6 else "")

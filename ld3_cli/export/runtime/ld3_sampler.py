@@ -3,7 +3,8 @@
 ``ld3 export`` copies this file next to ``schedule.json``; ``ld3_kdiffusion.py`` (k-diffusion's sampler
 signature), ``ld3_diffusers.py`` (a diffusers scheduler) and the ComfyUI node pack only adapt their
 library's calling convention to it.  It performs the same operations in the same order as ld3's own
-solvers, so ``sample(...)`` equals ``ld3 sample`` on the same noises bit for bit on the same device.
+solvers, so ``sample(...)`` equals ``ld3 sample`` on the same noises bit for bit (tested on the CPU; on a GPU
+the float64 coefficient math of ``ld3 sample`` may differ in the last bit).
 
 Conventions (EDM sigma-space, those of ld3):
 
@@ -80,8 +81,8 @@ class _Grid:
     def __init__(self, record: dict, x: torch.Tensor):
         cdt = torch.float32 if x.device.type == "mps" else torch.float64  # ld3's coefficient dtype
 
-        def tensor(values):
-            return torch.tensor(values, dtype=torch.float64, device=x.device).to(cdt)
+        def tensor(values):  # made on the CPU: some devices (mps) hold no float64
+            return torch.tensor(values, dtype=torch.float64).to(cdt).to(x.device)
 
         self.sigmas = tensor(record["sigmas"])
         self.sigmas_eval = tensor(record["sigmas_eval"])
@@ -119,12 +120,13 @@ class _TableRun:
         dt = x.dtype
 
         def tensor(values):
-            return torch.tensor(values, dtype=torch.float64, device=x.device).to(dt)
+            return torch.tensor(values, dtype=torch.float64).to(dt).to(x.device)
 
         self.grid = grid
         self.steps = len(c["a"])
         self.a, self.b = tensor(c["a"]), tensor(c["b"])
-        self.pred = tensor(c["pred"]) if c["pred"] and c["pred"][0] else torch.zeros(self.steps, 0, dtype=dt)
+        no_history = torch.zeros(self.steps, 0, dtype=dt, device=x.device)
+        self.pred = tensor(c["pred"]) if c["pred"] and c["pred"][0] else no_history
         self.corr = None if c.get("corr") is None else tensor(c["corr"])
         self.pred_terms, self.corr_terms = list(c["pred_terms"]), list(c.get("corr_terms") or [])
         self.history = self.pred.shape[1] + 1
@@ -166,7 +168,7 @@ class _HeunRun:
 
     def __init__(self, record: dict, grid: _Grid, x: torch.Tensor):
         sig = record["sigmas"] + ([0.0] if record.get("to_zero") else [])
-        self.sig = torch.tensor(sig, dtype=torch.float64, device=x.device).to(grid.sigmas.dtype)
+        self.sig = torch.tensor(sig, dtype=torch.float64).to(grid.sigmas.dtype).to(x.device)
         self.grid, self.steps = grid, len(sig) - 1
         self.x, self.point, self.i, self.second, self.d = x, x, 0, False, None
         self.result = None
