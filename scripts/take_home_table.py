@@ -7,9 +7,9 @@ and ld3's own sampler with LD3 and with the learned solver -- one table (docs/ex
 Per NFE it runs, with the `ld3` command (every artifact cached in --cache, so a rerun recomputes nothing):
 
 1. `ld3 teacher-sample` (LD3's 100 pairs) and `ld3 teacher-sample train=learned_solver` (1,000 pairs);
-2. `ld3 train solver=k_dpmpp_2m` then `ld3 eval solver=k_dpmpp_2m eval.compare=[ld3,edm(,ays)]`: the stock sampler
-   (k-diffusion's / ComfyUI's dpmpp_2m, the list ending at 0) on the Karras list (`edm`), AYS where the model has
-   it, and the list trained for it;
+2. `ld3 train solver=k_dpmpp_2m` then `ld3 eval solver=k_dpmpp_2m eval.compare=[ld3,edm,time_uniform(,ays)]`: the
+   stock sampler (k-diffusion's / ComfyUI's dpmpp_2m, the list ending at 0) on the Karras list (`edm`), on uniform
+   native time (ComfyUI's "normal"), AYS where the model has it, and the list trained for it;
 3. `ld3 train|eval solver=dpmpp solver.order=2`: ld3's DPM-Solver++(2M) with LD3 (the export's exact runners);
 4. the same with `train=learned_solver`.
 
@@ -69,8 +69,8 @@ def cell(cache: Path, nfe: int, common: list, ays: bool) -> dict:
     times = {}
     for name, extra in (("stock", STOCK), ("ld3", LD3), ("learned", LEARNED)):
         times[name] = ld3("train", [*base, *extra], cache)
-    stock = evaluate(cache, [*base, *STOCK], ["ld3", "edm", *(["ays"] if ays else [])])
-    return {"karras": stock["edm"], "ays": stock.get("ays"), "portable": stock["ld3"],
+    stock = evaluate(cache, [*base, *STOCK], ["ld3", "edm", "time_uniform", *(["ays"] if ays else [])])
+    return {"karras": stock["edm"], "uniform": stock["time_uniform"], "ays": stock.get("ays"), "portable": stock["ld3"],
             "ld3": evaluate(cache, [*base, *LD3], ["ld3"])["ld3"],
             "learned": evaluate(cache, [*base, *LEARNED], ["ld3"])["ld3"], "train_seconds": times}
 
@@ -97,13 +97,13 @@ def main() -> None:
     for nfe in [int(v) for v in a.nfe.split(",")]:
         c = cell(cache, nfe, common, a.ays)
         metric = next((m for m in ("fid", "fd_exact", "fd_data") if m in c["portable"]), None)
-        cols = [c["karras"], c["ays"], c["portable"], c["ld3"], c["learned"]]
+        cols = [c["karras"], c["uniform"], c["ays"], c["portable"], c["ld3"], c["learned"]]
         rows.append(f"| {a.model} | {nfe} | " + " | ".join(fmt(m, "rmse") for m in cols)
                     + (" | " + " / ".join(fmt(m, metric) for m in cols) if metric else "") + " | "
                     + ", ".join(f"{k} {v:.0f} s" for k, v in c["train_seconds"].items()) + " |")
-    print("\n| model | NFE | dpmpp_2m, Karras | dpmpp_2m, AYS | dpmpp_2m, portable LD3 | ld3 dpmpp-2, LD3 | "
-          "ld3 dpmpp-2, learned solver | same, " + (metric or "-") + " | train wall |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | NFE | dpmpp_2m, Karras | dpmpp_2m, uniform t | dpmpp_2m, AYS | dpmpp_2m, portable LD3 | "
+          "ld3 dpmpp-2, LD3 | ld3 dpmpp-2, learned solver | same, " + (metric or "-") + " | train wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
