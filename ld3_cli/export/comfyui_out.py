@@ -59,22 +59,22 @@ def comfyui_to_zero_text(es: ExportSchedule) -> Optional[str]:
     return ", ".join(decimal_text(v) for v in values) + "\n"
 
 
-def _rounding_note(es: ExportSchedule) -> Optional[str]:
-    net = es.network or {}
+def _rounding_note(es: ExportSchedule) -> list[str]:
+    """What ComfyUI's rounding of a discrete-time model's time means for this schedule (no note for others)."""
     if es.kind != "vp_discrete":
-        return None
-    if net.get("time_rounding") == "nearest":
-        return ("trained with model.time_rounding=nearest: the network saw its time rounded to the nearest training "
-                "step, as ComfyUI's ModelSamplingDiscrete feeds it")
-    return ("ComfyUI's ModelSamplingDiscrete rounds the network's time to the nearest training step; ld3 trained "
+        return []
+    if not es.comfyui_rounds_time():
+        return ["trained with model.time_rounding=nearest: the network saw its time rounded to the nearest training "
+                "step, as ComfyUI's ModelSamplingDiscrete feeds it"]
+    return ["ComfyUI's ModelSamplingDiscrete rounds the network's time to the nearest training step; ld3 trained "
             "on the exact (fractional) step -- train with model.time_rounding=nearest to validate exactly what "
-            "ComfyUI runs")
+            "ComfyUI runs"]
 
 
 def comfyui_json(es: ExportSchedule) -> str:
     values, space = comfyui_values(es, es.to_zero)
     with_zero, _ = comfyui_values(es, True)
-    stock = es.stock_warning()
+    stock, lost = es.stock_warning(), es.time_steps_only()
     data = {
         "sigmas": values,
         "sigmas_to_zero": with_zero,
@@ -98,9 +98,8 @@ def comfyui_json(es: ExportSchedule) -> str:
             ("ComfyUI starts from noise * sqrt(1 + sigma_max^2) instead of noise * sigma_max when the list starts at "
              "the model's sigma_max (KSAMPLER's max_denoise; 1/(2 sigma_max^2) relative); the node pack starts "
              "from noise * sigmas[0] as ld3 does"),
-            *([] if _rounding_note(es) is None else [_rounding_note(es)]),
-            *(["a stock sampler on these sigmas does not run: " + "; ".join(es.time_steps_only())]
-              if es.time_steps_only() else []),
+            *_rounding_note(es),
+            *(["a stock sampler on these sigmas does not run: " + "; ".join(lost)] if lost else []),
         ],
         "exported_by": f"ld3 {__version__}",
     }

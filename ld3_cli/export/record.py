@@ -157,6 +157,10 @@ class ExportSchedule:
         """``{"sampler": ld3 solver, "stock": {library: sampler} or None}``: where the schedule runs as validated."""
         return {"sampler": self.solver, "stock": STOCK_SAMPLERS.get(self.solver)}
 
+    def comfyui_rounds_time(self) -> bool:
+        """Whether ComfyUI would feed this discrete-time model a rounded time the schedule was not trained on."""
+        return self.kind == "vp_discrete" and (self.network or {}).get("time_rounding") != "nearest"
+
     def stock_warning(self) -> Optional[str]:
         """Why a stock sampler on these sigmas is not what ld3 validated (``None`` for a stock-sampler schedule)."""
         if self.to_zero:

@@ -54,11 +54,15 @@ def to_zero_grid(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-class _EndsAtZero:
-    """NFE bookkeeping of a sampler whose list ends with a step onto 0 (one more evaluation than grid steps)."""
+class _Stock:
+    """A stock sampler: it evaluates the network on its own list, which ends with a step onto 0."""
 
     evaluates_on_grid = True
     ends_at_zero = True
+
+
+class _EndsAtZero(_Stock):
+    """NFE bookkeeping of a sampler whose list ends with a step onto 0 (one more evaluation than grid steps)."""
 
     def nfe(self, n_steps: int, **options) -> int:
         return int(n_steps) + 1
@@ -102,12 +106,10 @@ class KDPMPP2M(_EndsAtZero, MultistepSolver):
         return k_dpmpp_2m_coefficients(sigmas)
 
 
-class KHeun(SolverSpec):
+class KHeun(_Stock, SolverSpec):
     name = "k_heun"
     orders = (2,)
     default_order = 2
-    evaluates_on_grid = True
-    ends_at_zero = True
     description = "k-diffusion / ComfyUI heun on the list ending at 0 (Euler onto 0): NFE = 2 * steps + 1"
 
     def nfe(self, n_steps: int, **options) -> int:

@@ -87,8 +87,7 @@ def _report(es: ExportSchedule, paths, formats) -> None:
               "ld3_kdiffusion.sample_ld3, ld3_diffusers.LD3Scheduler, the comfyui_ld3 node pack, ld3_sampler.py")
         if any(f in formats for f in ("diffusers", "kdiffusion", "comfyui")):
             print(f"  WARNING: the stock-sampler sigma lists drop all of that: {es.stock_warning()}")
-    net = es.network or {}
-    if "comfyui" in formats and es.kind == "vp_discrete" and net.get("time_rounding") != "nearest":
+    if "comfyui" in formats and es.comfyui_rounds_time():
         print("  note: ComfyUI rounds this model's network time to the nearest training step; ld3 trained on the exact "
               "step (train with model.time_rounding=nearest to match ComfyUI exactly)")
     if "diffusers" in formats:
