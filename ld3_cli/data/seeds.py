@@ -4,12 +4,29 @@ Sample i of a run uses seed ``s_i`` (EDM's per-image seeds): its noise is ``rand
 from a generator seeded with ``s_i`` alone, so row i depends only on seed i and any subset
 regenerates exactly; its condition is the model's ``draw_conditions(seeds)`` (class labels,
 prompt indices, or None for an unconditional model).
+
+Any other random draw made from a sample's seed uses a generator seeded with ``seed + shift``, one
+shift per purpose, all in :data:`SEED_SHIFTS`, so that no draw repeats the stream of a noise.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
+
+
+@dataclass(frozen=True)
+class SeedShifts:
+    """What a draw adds to its seed, per purpose.  The values are fixed: changing one changes results."""
+
+    class_label: int = 7_919        # a class-conditional model's label of sample s (models/base.py)
+    prompt: int = 104_729           # a prompt bank's random choice for sample s (models/prompts.py)
+    exact_samples: int = 12_345     # the exact model samples fd_exact compares with (metrics/pixel_fd.py)
+    noise_floor: int = 54_321       # the noise floor's exact samples, a set drawn apart from the reference set
+
+
+SEED_SHIFTS = SeedShifts()
 
 
 def noise_for_seeds(seeds: Iterable[int], shape: tuple, device: torch.device = torch.device("cpu"),

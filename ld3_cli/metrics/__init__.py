@@ -1,5 +1,6 @@
-"""Metrics: FID (pytorch-fid's Inception from local weights), Frechet distance, reference
-statistics, LPIPS from local weights, and per-sample distances.  See docs/metrics.md.
+"""Metrics: FID (pytorch-fid's Inception from local weights), Frechet distance, pixel-space
+statistics (the ``fd_pixels`` suite), reference statistics, LPIPS from local weights, and
+per-sample distances.  See docs/metrics.md.
 
 The names below load their module on first use (importing the package loads nothing, so
 the CLI does not pay for torchvision unless a metric needs it).
@@ -13,10 +14,8 @@ import importlib
 # name -> the module of ld3_cli.metrics that defines it
 _HOMES = {
     "DISTANCES": "distances",
-    "fd_pixels": "distances",
     "l1": "distances",
     "l2": "distances",
-    "pixel_features": "distances",
     "pseudo_huber": "distances",
     "psnr": "distances",
     "rmse": "distances",
@@ -34,6 +33,9 @@ _HOMES = {
     "build_lpips": "lpips_loss",
     "default_backbone_path": "lpips_loss",
     "lpips_available": "lpips_loss",
+    "exact_sample_images": "pixel_fd",
+    "pixel_statistics": "pixel_fd",
+    "pixel_vectors": "pixel_fd",
     "compute_reference_stats": "reference",
     "load_reference_stats": "reference",
     "save_reference_stats": "reference",

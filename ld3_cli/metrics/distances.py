@@ -1,4 +1,4 @@
-"""Per-sample distances between image batches, and the pixel-space Frechet distance.
+"""Per-sample distances between image batches.
 
 All distances take two tensors of one shape ``[B, ...]`` (images are float ``[B, C, H, W]`` in
 ``[-1, 1]``) and return ``[B]``: one value per sample, reduced over every non-batch element.
@@ -16,8 +16,7 @@ They are differentiable, so each can serve as the LD3 training loss.
   difference, exactly the paper's loss.  ``c = 0.00054 sqrt(D)`` when ``c`` is None (the
   paper's scaling; 0.03 for 3x32x32).
 
-``fd_pixels`` is the Frechet distance between Gaussians fitted to *flattened pixels*: a cheap
-sanity metric for small images (MNIST).  It is not an FID and must not be reported as one.
+The pixel-space Frechet distance of the ``fd_pixels`` suite is not here: see :mod:`ld3_cli.metrics.pixel_fd`.
 """
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ import math
 
 import torch
 
-from ld3_cli.metrics.frechet import StatsAccumulator, frechet_distance
-from ld3_cli.metrics.images import as_tensor, batch_size_of, to_nchw
+from ld3_cli.metrics.images import as_tensor
 
 
 def _diff(a, b) -> torch.Tensor:
@@ -76,26 +74,3 @@ def pseudo_huber(a, b, c: float | None = 0.03, reduction: str = "mean") -> torch
 
 DISTANCES = {"l2": l2, "l1": l1, "rmse": rmse, "psnr": psnr, "pseudo_huber": pseudo_huber}
 
-
-def pixel_features(images) -> torch.Tensor:
-    """Flattened pixels in ``[-1, 1]``: uint8 ``[B,H,W,C]`` or float ``[B,C,H,W]`` -> float32 ``[B, C*H*W]``.
-
-    The flattening is in CHW order whichever the input layout.
-    """
-    return to_nchw(images, value_range="signed").flatten(1)
-
-
-def fd_pixels(images_a, images_b, batch_size: int = 1000) -> float:
-    """Pixel-space Frechet distance between two image sets (not an FID; see the module docstring).
-
-    Both sets use the layouts of :func:`pixel_features` and need the same image shape; the
-    statistics are accumulated in float64 over exactly the images given.
-    """
-    stats = []
-    for images in (images_a, images_b):
-        acc = StatsAccumulator()
-        for start in range(0, batch_size_of(images), batch_size):
-            acc.add(pixel_features(images[start:start + batch_size]))
-        stats.append(acc.stats())
-    (mu_a, sigma_a), (mu_b, sigma_b) = stats
-    return frechet_distance(mu_a, sigma_a, mu_b, sigma_b)

@@ -4,8 +4,8 @@ The Frechet (2-Wasserstein) distance between ``N(mu1, S1)`` and ``N(mu2, S2)`` i
 
     FD = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr( (S1 S2)^(1/2) )
 
-With Inception pool3 features it is the FID; with flattened pixels it is the pixel-space
-Frechet distance (``fd_pixels``), which is *not* an FID.
+With Inception pool3 features it is the FID; with flattened pixels (:mod:`ld3_cli.metrics.pixel_fd`)
+it is the pixel-space Frechet distance of the ``fd_pixels`` suite, which is *not* an FID.
 
 Numerics.  ``S1 S2`` is not symmetric, so a general matrix square root (``scipy.linalg.sqrtm``,
 as pytorch-fid uses) can return complex values or fail when the product is near-singular;

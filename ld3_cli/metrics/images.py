@@ -64,11 +64,6 @@ def to_nchw(images, value_range: str = "unit", device=None, rgb: bool = False) -
     return x
 
 
-def batch_size_of(images) -> int:
-    """Number of images in a batch (its first dimension)."""
-    return int(as_tensor(images).shape[0])
-
-
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Float ``[B, C, H, W]`` in ``[-1, 1]`` -> uint8 ``[B, H, W, C]``, rounded as EDM: ``(x * 127.5 + 128).clip``."""
     x = (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)

@@ -90,7 +90,7 @@ def compute_reference_stats(source, feature_fn: Callable, *, batch_size: int = 2
 
     ``feature_fn`` maps uint8 ``[b, H, W, C]`` to features ``[b, d]`` (e.g.
     :class:`~ld3_cli.metrics.inception.InceptionFeatures` or
-    :func:`~ld3_cli.metrics.distances.pixel_features`).  Exactly the images of the source
+    :func:`~ld3_cli.metrics.pixel_fd.pixel_vectors`).  Exactly the images of the source
     (or its first ``num_images``) are used.  With ``out_path`` the result is also saved.
     """
     batches = iter_image_batches(source, batch_size=batch_size, image_size=image_size, num_images=num_images)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..data.seeds import SEED_SHIFTS
 from ..schedules.noise import NoiseSchedule
 
 
@@ -74,7 +75,7 @@ class Denoiser(torch.nn.Module):
         if self.condition.kind != "class":
             return None
         labels = [int(torch.randint(self.condition.num_classes, (1,),
-                                    generator=torch.Generator().manual_seed(int(s) + 7_919)).item())
+                                    generator=torch.Generator().manual_seed(int(s) + SEED_SHIFTS.class_label)).item())
                   for s in seeds.tolist()]
         return torch.tensor(labels, dtype=torch.long)
 

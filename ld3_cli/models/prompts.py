@@ -15,7 +15,8 @@ Prompt sources (``model.prompts`` or ``model.prompts_file``):
 
 Choice per seed (``model.prompt_selection``): ``cycle`` (default) gives seed ``s`` the prompt
 ``s mod P`` -- seeds ``0..P-1`` use every prompt once, as in COCO-style FID evaluation;
-``random`` draws an index uniformly with a generator seeded by the seed.
+``random`` draws an index uniformly with a generator seeded by the seed
+(plus ``SEED_SHIFTS.prompt``, :mod:`ld3_cli.data.seeds`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.seeds import SEED_SHIFTS
 from ..errors import ConfigError, MissingFileError
 
 NULL_PROMPT = -1
@@ -85,7 +87,7 @@ class PromptBank:
             if self.selection == "cycle":
                 out.append(int(s) % n)
             else:
-                g = torch.Generator().manual_seed(int(s) + 104_729)
+                g = torch.Generator().manual_seed(int(s) + SEED_SHIFTS.prompt)
                 out.append(int(torch.randint(n, (1,), generator=g).item()))
         return torch.tensor(out, dtype=torch.long)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -204,13 +204,47 @@ class GITSResult:
     teacher_nfe: int
 
 
+@dataclass(frozen=True)
+class GITSSettings:
+    """How GITS searches; every field has the paper's default (see the module docstring).
+
+    ``n_warmup`` trajectories from per-sample seeds ``seed + k`` (used when no noise is given), run in
+    batches of ``batch_size`` by ``teacher_solver`` (``teacher_order`` / ``teacher_options``) over the
+    fine grid (``n_grid`` points of ``grid`` with ``rho``, between ``sigma_min`` and ``sigma_max``);
+    ``metric`` and ``coeff`` define the cost and the DP objective; ``shape``, ``device`` and ``dtype``
+    default to the denoiser's.
+    """
+
+    n_warmup: int = 256
+    seed: int = 0
+    batch_size: int = 64
+    n_grid: int = 61
+    grid: str = "edm"
+    rho: float | None = None
+    teacher_solver: str = "ipndm"
+    teacher_order: int | None = None
+    teacher_options: dict | None = None
+    metric: str = "dev"
+    coeff: float = 1.15
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    shape: Sequence[int] | None = None
+    device: Any = None
+    dtype: Any = None
+
+    @classmethod
+    def of(cls, settings: GITSSettings | None = None, **options) -> GITSSettings:
+        """``settings`` (default: the defaults) with ``options`` replaced; an unknown option is refused by name."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown GITS option(s) {unknown}; choose from {[f.name for f in fields(cls)]}")
+        return replace(settings if settings is not None else cls(), **options)
+
+
 def gits_search(n_steps: int, schedule: NoiseSchedule, denoiser, noise: Tensor | None = None, cond: Any = None,
-                n_warmup: int = 256, seed: int = 0, batch_size: int = 64, n_grid: int = 61, grid: str = "edm",
-                rho: float | None = None, teacher_solver: str = "ipndm", teacher_order: int | None = None,
-                teacher_options: dict | None = None, metric: str = "dev", coeff: float = 1.15,
-                sigma_min=None, sigma_max=None, shape: Sequence[int] | None = None,
-                device=None, dtype: torch.dtype | None = None) -> GITSResult:
-    """Run the GITS warm-up and dynamic programme.
+                settings: GITSSettings | None = None, **options) -> GITSResult:
+    """Run the GITS warm-up and dynamic programme with ``settings`` (:class:`GITSSettings`, or its fields
+    as keyword ``options``, which override ``settings``).
 
     ``noise``: ``[n, *shape]`` unit Gaussians (scaled here by ``sigma_max``); drawn with
     per-sample seeds ``seed + k`` when absent (``shape`` defaults to ``denoiser.shape``).
@@ -219,58 +253,65 @@ def gits_search(n_steps: int, schedule: NoiseSchedule, denoiser, noise: Tensor |
     ``noise`` and ``cond`` are absent.  Costs ``n_warmup * (n_grid - 1)`` teacher evaluations
     for one-call-per-step teachers (``teacher_nfe`` in the result).
     """
+    st = GITSSettings.of(settings, **options)
     if denoiser is None:
         raise ConfigError("GITS needs a denoiser for its teacher warm-up: use it from a stage that loads the model, "
                           "or call discretize('gits', n, schedule, denoiser=model, ...)")
-    if metric not in METRICS:
-        raise ConfigError(f"unknown GITS metric '{metric}'; choose one of {list(METRICS)}")
-    lo, hi = endpoints(schedule, sigma_min, sigma_max)
-    sig_grid = gits_grid(schedule, n_grid, grid, rho, lo, hi)
+    if st.metric not in METRICS:
+        raise ConfigError(f"unknown GITS metric '{st.metric}'; choose one of {list(METRICS)}")
+    lo, hi = endpoints(schedule, st.sigma_min, st.sigma_max)
+    sig_grid = gits_grid(schedule, st.n_grid, st.grid, st.rho, lo, hi)
     m = sig_grid.numel()
     if not 1 <= int(n_steps) <= m - 1:
         raise ConfigError(f"GITS cannot pick {n_steps} steps from a grid of {m} points; raise n_grid above {n_steps}")
-    device = torch.device(device) if device is not None else getattr(denoiser, "device", torch.device("cpu"))
-    dtype = dtype or getattr(denoiser, "dtype", torch.float32)
+    device = torch.device(st.device) if st.device is not None else getattr(denoiser, "device", torch.device("cpu"))
+    dtype = st.dtype or getattr(denoiser, "dtype", torch.float32)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.replace("torch.", ""))
     if noise is None:
-        if int(n_warmup) < 1:
-            raise ConfigError(f"GITS needs n_warmup >= 1 trajectories, got {n_warmup}")
-        shape = shape if shape is not None else getattr(denoiser, "shape", None)
-        if shape is None:
-            raise ConfigError("GITS cannot tell the state shape: pass shape=[C, H, W] or noise=...")
-        seeds = torch.arange(int(seed), int(seed) + int(n_warmup))
-        noise = warmup_noise(int(n_warmup), shape, seed)
-        if cond is None and hasattr(denoiser, "draw_conditions"):
-            cond = denoiser.draw_conditions(seeds)
+        noise, cond = _warmup_inputs(st, denoiser, cond)
     n = noise.shape[0]
-    opts = dict(teacher_options or {})
-    if teacher_order is not None:
-        opts["order"] = int(teacher_order)
-    bs = max(1, int(batch_size))
+    opts = dict(st.teacher_options or {})
+    if st.teacher_order is not None:
+        opts["order"] = int(st.teacher_order)
+    bs = max(1, int(st.batch_size))
     total = torch.zeros(m, m, dtype=torch.float64)
     for a in range(0, n, bs):
         b = min(n, a + bs)
         x0 = noise[a:b].to(device=device, dtype=dtype) * hi
         traj = _Trajectory()
         with torch.no_grad():
-            final = solve(teacher_solver, denoiser, x0, sig_grid, cond=_slice_cond(cond, a, b, n, device),
+            final = solve(st.teacher_solver, denoiser, x0, sig_grid, cond=_slice_cond(cond, a, b, n, device),
                           callback=traj, **opts)
         traj.states.append(final.detach())
-        total += gits_cost_matrix(torch.stack(traj.states), torch.stack(traj.denoised), sig_grid, metric, reduce="sum")
+        total += gits_cost_matrix(torch.stack(traj.states), torch.stack(traj.denoised), sig_grid, st.metric,
+                                  reduce="sum")
         log.info("GITS warm-up: %d / %d trajectories", b, n)
     cost = total / n
-    path = gits_dp(cost, int(n_steps), coeff)
-    nfe = get_solver(teacher_solver).nfe(m - 1, **opts) * n
+    path = gits_dp(cost, int(n_steps), st.coeff)
+    nfe = get_solver(st.teacher_solver).nfe(m - 1, **opts) * n
     return GITSResult(sig_grid[path].clone(), path, sig_grid, cost, n, nfe)
 
 
+def _warmup_inputs(st: GITSSettings, denoiser, cond: Any) -> tuple[Tensor, Any]:
+    """``(noise, cond)`` of the ``st.n_warmup`` warm-up trajectories drawn from seeds ``st.seed + k``
+    (``cond`` drawn with ``denoiser.draw_conditions`` when not given)."""
+    if int(st.n_warmup) < 1:
+        raise ConfigError(f"GITS needs n_warmup >= 1 trajectories, got {st.n_warmup}")
+    shape = st.shape if st.shape is not None else getattr(denoiser, "shape", None)
+    if shape is None:
+        raise ConfigError("GITS cannot tell the state shape: pass shape=[C, H, W] or noise=...")
+    seeds = torch.arange(int(st.seed), int(st.seed) + int(st.n_warmup))
+    noise = warmup_noise(int(st.n_warmup), shape, st.seed)
+    if cond is None and hasattr(denoiser, "draw_conditions"):
+        cond = denoiser.draw_conditions(seeds)
+    return noise, cond
+
+
 @register("gits")
-def gits(n_steps, schedule, denoiser=None, noise=None, cond=None, n_warmup: int = 256, seed: int = 0,
-         batch_size: int = 64, n_grid: int = 61, grid: str = "edm", rho=None, teacher_solver: str = "ipndm",
-         teacher_order=None, teacher_options=None, metric: str = "dev", coeff: float = 1.15,
-         sigma_min=None, sigma_max=None, shape=None, device=None, dtype=None, **_):
-    """GITS schedule: ``n_steps + 1`` decreasing sigmas chosen from the fine grid (endpoints exact)."""
-    return gits_search(n_steps, schedule, denoiser, noise, cond, n_warmup, seed, batch_size, n_grid, grid, rho,
-                       teacher_solver, teacher_order, teacher_options, metric, coeff, sigma_min, sigma_max,
-                       shape, device, dtype).sigmas
+def gits(n_steps, schedule, denoiser=None, noise=None, cond=None, settings: GITSSettings | None = None, **options):
+    """GITS schedule: ``n_steps + 1`` decreasing sigmas chosen from the fine grid (endpoints exact).
+
+    ``settings`` / ``options``: the search's :class:`GITSSettings` (an unknown option is refused by name).
+    """
+    return gits_search(n_steps, schedule, denoiser, noise, cond, settings, **options).sigmas

@@ -18,8 +18,9 @@ from typing import Optional
 import torch
 
 from ..data.datasets import embedded_dataset
+from ..data.seeds import SEED_SHIFTS
 from ..metrics.frechet import FrechetReference
-from ..metrics.pixel_fd import FLOOR_SEED_SHIFT, exact_sample_images, pixel_statistics
+from ..metrics.pixel_fd import exact_sample_images, pixel_statistics
 from ..store import to_plain
 from ..store.artifact import TENSORS
 from .artifacts import heldout_teacher_artifact
@@ -87,7 +88,8 @@ def noise_floor(ctx: StageContext, metrics: set) -> dict:
     if metrics & {"fd_exact", "fd_data"} and hasattr(ctx.model, "sample_exact"):
         n, seed = int(ctx.cfg.sample.n), int(ctx.cfg.seed)
         fields = {"kind": "exact_pixels", "n": n, "seed": seed, "draw": "noise_floor"}
-        exact = _pixel_reference(ctx, fields, lambda: exact_sample_images(ctx.model, n, seed, FLOOR_SEED_SHIFT))
+        exact = _pixel_reference(ctx, fields,
+                                 lambda: exact_sample_images(ctx.model, n, seed, SEED_SHIFTS.noise_floor))
         for metric, ref in (("fd_exact", exact_reference(ctx)), ("fd_data", dataset_reference(ctx))):
             if metric in metrics and ref is not None:
                 floor[metric] = ref.distance(exact.mu, exact.sigma)

@@ -145,14 +145,15 @@ def _check_noise_floor(out: str, cache):
     import re
 
     from ld3_cli.metrics import frechet_distance
-    from ld3_cli.metrics.pixel_fd import FLOOR_SEED_SHIFT, exact_sample_images, pixel_statistics
+    from ld3_cli.data.seeds import SEED_SHIFTS
+    from ld3_cli.metrics.pixel_fd import exact_sample_images, pixel_statistics
     from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
     from ld3_cli.store import Store
 
     line = next(ln for ln in out.splitlines() if ln.startswith("noise floor at n = 40 "))
     got = dict(re.findall(r"(fd_exact|fd_data|rmse) ([0-9.e+-]+)", line))
     model = GaussianMixtureDenoiser(load_or_fit(128, Store(cache).fit_cache()))
-    floor = pixel_statistics(exact_sample_images(model, 40, 0, FLOOR_SEED_SHIFT))[:2]
+    floor = pixel_statistics(exact_sample_images(model, 40, 0, SEED_SHIFTS.noise_floor))[:2]
     ref = pixel_statistics(exact_sample_images(model, 64, 0))[:2]
     assert float(got["fd_exact"]) == pytest.approx(frechet_distance(*floor, *ref), abs=0.006)
     assert float(got["fd_data"]) > 0 and 0 < float(got["rmse"]) < 0.05

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ld3_cli.errors import ConfigError
-from ld3_cli.metrics import l1, l2, pixel_features, pseudo_huber, psnr, rmse
+from ld3_cli.metrics import l1, l2, pseudo_huber, psnr, rmse
 from ld3_cli.metrics.images import to_nchw
 
 
@@ -72,9 +72,6 @@ def test_to_nchw_layouts():
     gray = to_nchw(u8[..., :1], "unit", rgb=True)
     assert gray.shape == (2, 3, 5, 4) and torch.equal(gray[:, 0], gray[:, 2])
     torch.testing.assert_close(to_nchw(u8[..., 0], "unit"), unit[:, :1], rtol=0, atol=0)  # [B, H, W] is gray
-    flat = pixel_features(u8)
-    assert flat.shape == (2, 60)
-    torch.testing.assert_close(flat[0, :20], signed[0, 0].flatten())  # CHW order
     with pytest.raises(ConfigError, match="channel-last"):
         to_nchw(u8.transpose(0, 3, 1, 2).copy(), "unit")
     with pytest.raises(ConfigError, match="float images"):

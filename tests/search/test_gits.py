@@ -7,7 +7,15 @@ import torch
 
 from ld3_cli.errors import ConfigError
 from ld3_cli.schedules import EDM, VPDiscrete, discretize
-from ld3_cli.search.gits import gits_cost_matrix, gits_dp, gits_grid, gits_search, path_cost, warmup_noise
+from ld3_cli.search.gits import (
+    GITSSettings,
+    gits_cost_matrix,
+    gits_dp,
+    gits_grid,
+    gits_search,
+    path_cost,
+    warmup_noise,
+)
 from ld3_cli.solvers import solve
 
 
@@ -195,9 +203,26 @@ def test_gits_schedule_beats_edm_for_euler():
         assert err["gits"] < 0.85 * err["edm"], err
 
 
+def test_settings_object_and_keyword_options_are_one_search():
+    kw = {"n_warmup": 7, "seed": 4, "n_grid": 25, "metric": "l1", "coeff": 1.3, "teacher_solver": "dpmpp",
+          "teacher_order": 2, "shape": (DIM,), "dtype": torch.float64}
+    by_keyword = gits_search(4, EDM(), gaussian_denoiser, **kw)
+    settings = GITSSettings(**kw)
+    by_object = gits_search(4, EDM(), gaussian_denoiser, settings=settings)
+    assert torch.equal(by_keyword.cost, by_object.cost) and by_keyword.path == by_object.path
+    assert by_keyword.grid.numel() == 25 and by_keyword.n_warmup == 7
+    # the registered kind forwards both forms unchanged; keyword options override the object's fields
+    assert torch.equal(discretize("gits", 4, EDM(), denoiser=gaussian_denoiser, settings=settings), by_object.sigmas)
+    other = gits_search(4, EDM(), gaussian_denoiser, settings=settings, seed=5)
+    assert not torch.equal(other.cost, by_object.cost)
+    assert torch.equal(other.cost, gits_search(4, EDM(), gaussian_denoiser, **{**kw, "seed": 5}).cost)
+
+
 def test_errors():
     with pytest.raises(ConfigError, match="denoiser"):
         discretize("gits", 4, EDM())
+    with pytest.raises(ConfigError, match="n_warmups"):  # a misspelt option is refused by name, not ignored
+        _search(3, n_warmups=4)
     with pytest.raises(ConfigError, match="n_grid"):
         _search(10, n_grid=8)
     with pytest.raises(ConfigError, match="metric"):
