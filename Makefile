@@ -23,7 +23,7 @@ KDIFFUSION_INSTALL = $(BIN)/python -m pip install --quiet --no-deps --target $(K
 .PHONY: install demo test test-all lint bench sweep clean distclean help $(REPRO_TARGETS)
 
 help:
-	@echo "make demo    -- the whole LD3 pipeline on the embedded default (MNIST-5k mixture), ~1 min on 2 CPU cores"
+	@echo "make demo    -- the whole LD3 pipeline on the embedded default (MNIST-5k mixture), 25 to 32 s on 2 CPU cores"
 	@echo "make test    -- the test suite (fast tests; make test-all includes the slow ones)"
 	@echo "make install / lint / bench / sweep SOLVERS=... NFES=... / repro-<setup> / clean"
 

@@ -11,7 +11,8 @@ Sections (each can be skipped):
 (b) train     the paper's CIFAR-10 setting in-process: ``--n`` teacher pairs (default 100, split
               50/50) from a UniPC-3 teacher at ``--teacher-nfe`` (20) on logSNR steps, then
               :class:`ld3_cli.ld3.trainer.LD3Trainer` with UniPC order 3 at ``--nfe`` (10), loss
-              ``auto`` (LPIPS-VGG when its weights are present, else L2; the table says which).
+              ``auto`` (LPIPS-VGG for RGB images, L2 otherwise; LPIPS without its weights stops the
+              benchmark naming the files: pass ``--lpips-weights`` or ``--loss l2``; the table says which).
               Reports teacher time, trainer set-up (baseline evaluation), training wall time,
               iterations, time per iteration and peak memory.
 (c) sampling  ``ld3_cli.solvers.solve`` end to end at NFE 5 and 10 (images/s) against the same
@@ -49,6 +50,7 @@ import torch
 
 from ld3_cli.data.seeds import conditions_for_seeds, seed_inputs
 from ld3_cli.errors import ConfigError, Ld3Error
+from ld3_cli.ld3.start import split_sizes
 from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions, _Checkpointed
 from ld3_cli.models.registry import BuildContext, build_model
 from ld3_cli.models.speed import optimize_denoiser
@@ -76,11 +78,8 @@ CLI_TARGETS_S = {"train_nfe5": 60.0, "run": 180.0}  # (d): wall-clock targets of
 # ------------------------------------------------------------------------------------------------
 # arguments
 
-def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, str, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="model=<name> picks configs/model/<name>.yaml; model.KEY=VALUE overrides "
-                                       "its keys")
+def _add_workload_args(p: argparse.ArgumentParser) -> None:
+    """Model overrides, device, batch sizes and the (b)/(c) workload: NFEs, pairs, iterations, loss."""
     p.add_argument("overrides", nargs="*", help="model=NAME and model.KEY=VALUE")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1")
     p.add_argument("--batch", type=int, default=None,
@@ -99,6 +98,10 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
     p.add_argument("--lpips-weights", default=None, help="local vgg16-397923af.pth for the LPIPS loss")
     p.add_argument("--grad-checkpoint", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--sampling-nfe", default="5,10", help="comma list of NFE for (c)")
+
+
+def _add_timing_args(p: argparse.ArgumentParser) -> None:
+    """How each measurement is repeated, and which sections are skipped."""
     p.add_argument("--reps", type=int, default=3, help="least timed repetitions per measurement (best reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
     p.add_argument("--min-time", type=float, default=1.0,
@@ -106,12 +109,20 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
     p.add_argument("--skip-network", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sampling", action="store_true")
+
+
+def _add_cli_args(p: argparse.ArgumentParser) -> None:
+    """Section (d): the embedded default through the command line."""
     p.add_argument("--cli", action="store_true",
                    help="also time `ld3 teacher-sample`, `ld3 train --nfe 5` and `ld3 run` on the embedded default "
                         "(model=mnist_gmm, device=cpu) in fresh temporary stores")
     p.add_argument("--cli-timeout", type=float, default=1800.0)
     p.add_argument("--cli-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for the (d) commands, e.g. LD3_THREADS=1 or OMP_WAIT_POLICY=PASSIVE (repeatable)")
+
+
+def _add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Speed variants of (a) and the network speed-ups used in (b) and (c)."""
     p.add_argument("--variants", default=None,
                    help=f"comma list of speed variants for (a), from {sorted(VARIANTS)} "
                         "(default: plain,channels_last, plus bf16 on CUDA)")
@@ -123,26 +134,58 @@ def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, st
     p.add_argument("--no-tf32", dest="tf32", action="store_false",
                    help="turn TF32 matmuls/convolutions off on CUDA (on by default, as in ld3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _add_misc_args(p: argparse.ArgumentParser) -> None:
+    """Cache directory, seed and the JSON output."""
     p.add_argument("--cache-dir", default=os.environ.get("LD3_CACHE", "ld3-cache"),
                    help="store root for models that cache derived data (the mixture fit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (arguments in ``--help`` order)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="model=<name> picks configs/model/<name>.yaml; model.KEY=VALUE overrides "
+                                       "its keys")
+    _add_workload_args(p)
+    _add_timing_args(p)
+    _add_cli_args(p)
+    _add_speed_args(p)
+    _add_misc_args(p)
+    return p
+
+
+def _split_overrides(p: argparse.ArgumentParser, overrides: list[str]) -> tuple[str, list[str]]:
+    """``model=NAME`` and ``model.KEY=VALUE`` positionals -> (model name, ``KEY=VALUE`` overrides)."""
     model_name, model_over = "edm_cifar10_random", []
-    for o in args.overrides:
+    for o in overrides:
         if o.startswith("model="):
             model_name = o.split("=", 1)[1]
         elif o.startswith("model.") and "=" in o:
             model_over.append(o[len("model."):])
         else:
             p.error(f"unexpected argument '{o}': use model=NAME or model.KEY=VALUE")
+    return model_name, model_over
+
+
+def _check_counts(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject counts below their minimum (through ``p.error``)."""
     for name in ("n", "nfe", "teacher_nfe", "teacher_batch", "sample_batch", "reps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.n < 2:
         p.error("--n must be at least 2 (one training and one validation pair)")
-    return args, model_name, model_over
 
+
+def parse_args(argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, str, list[str]]:
+    p = _build_parser()
+    args = p.parse_args(argv)
+    model_name, model_over = _split_overrides(p, args.overrides)
+    _check_counts(p, args)
+    return args, model_name, model_over
 
 def cli_env(items: list[str]) -> dict:
     env = {}
@@ -208,7 +251,7 @@ def restore_layout(base) -> None:
 
 def n_validation(n: int) -> int:
     """How many of ``n`` teacher pairs the trainer holds out for validation (its default ``val_fraction``)."""
-    return int(round(n * TrainOptions.val_fraction))
+    return split_sizes(n, TrainOptions().val_fraction)[1]
 
 
 def sigmas_for(model, kind: str, nfe: int) -> torch.Tensor:
@@ -517,6 +560,74 @@ def print_report(res: dict) -> None:
         print(table + "\n")
 
 
+def _bench_meta(args: argparse.Namespace, argv: Optional[list[str]], model_name: str, model_over: list[str],
+                device: torch.device, base, env: dict, speed: dict, tk: dict) -> dict[str, Any]:
+    """The ``meta`` record of the results: what ran, where, with which settings (``load_end`` comes last)."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_name, "model_overrides": model_over, "device": str(device),
+        "device_name": describe_device(device), "torch": torch.__version__, "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in base.parameters()),
+        "buffers": sum(b.numel() for b in base.buffers()), "shape": list(base.shape), **env,
+        "speed": speed, "argv": sys.argv[1:] if argv is None else list(argv),
+        "timing": tk, "load_start": system_load(),
+        "note": "wall-clock seconds, best of the timed runs (medians in *_median_s); CUDA timings bracketed "
+                "by torch.cuda.synchronize; shared machines are noisy"}
+
+
+def _warn_if_slow(args: argparse.Namespace, device: torch.device, params: int) -> None:
+    """Tell the user when the paper's setting on a large network would take hours on a CPU."""
+    if device.type == "cpu" and params > 10_000_000 and not args.skip_train and args.n >= 50:
+        print(f"note: the paper's setting (--n {args.n}, {args.iters or 'all'} iterations) with a "
+              f"{params / 1e6:.0f}M-parameter network takes hours on a CPU; shrink it with e.g. "
+              "--n 4 --batch 2 --iters 2 --sample-batch 4 --teacher-batch 4", file=sys.stderr, flush=True)
+
+
+def _network_batches(args: argparse.Namespace, train_batch: int) -> dict[str, int]:
+    """(a)'s batches by label: ``--net-batches``, else the distinct training, validation and sampling batches."""
+    if args.net_batches:
+        return {f"B={b}": b for b in int_list(args.net_batches)}
+    batches: dict[str, int] = {}
+    for label, b in (("train", train_batch), ("validation", n_validation(args.n)), ("sampling", args.sample_batch)):
+        if b not in batches.values():
+            batches[label] = b
+    return batches
+
+
+def _network_variants(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """(a)'s speed variants: ``--variants``, else plain and channels_last (plus bf16 on CUDA)."""
+    if args.variants:
+        return [v.strip() for v in args.variants.split(",")]
+    return ["plain", "channels_last"] + (["bf16"] if device.type == "cuda" else [])
+
+
+def _run_sections(res: dict[str, Any], args: argparse.Namespace, base, cfg: dict, device: torch.device,
+                  train_batch: int, nfes: list[int], tk: dict, speed: dict, extra_env: dict) -> None:
+    """Run the sections (a)-(d) that were not skipped, in order, storing each one's results in ``res``."""
+    if not args.skip_network:
+        batches = _network_batches(args, train_batch)
+        variants = _network_variants(args, device)
+        res["network"] = bench_network(base, device, batches, train_batch, variants, tk)
+    model = optimize_denoiser(base, **speed)
+    if not args.skip_train:
+        print("  (b) training ...", file=sys.stderr, flush=True)
+        res["train"] = bench_train(model, cfg, device, args, train_batch)
+    if not args.skip_sampling:
+        res["sampling"] = bench_sampling(model, base, cfg, device, nfes, args.sample_batch, tk, args.seed)
+    if args.cli:
+        print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
+        res["cli"] = bench_cli(args.cli_timeout, extra_env)
+
+
+def _write_json(res: dict[str, Any], out: Path) -> None:
+    """Write ``res`` to ``out`` atomically (through a temporary file beside it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, out)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args, model_name, model_over = parse_args(argv)
     try:
@@ -531,42 +642,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         tk = {"reps": args.reps, "warmup": args.warmup, "min_time": args.min_time}
         speed = {"channels_last": args.channels_last, "compile": args.compile, "autocast": args.autocast,
                  "compile_mode": args.compile_mode}
-        res: dict[str, Any] = {"meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": model_name, "model_overrides": model_over, "device": str(device),
-            "device_name": describe_device(device), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in base.parameters()),
-            "buffers": sum(b.numel() for b in base.buffers()), "shape": list(base.shape), **env,
-            "speed": speed, "argv": sys.argv[1:] if argv is None else list(argv),
-            "timing": tk, "load_start": system_load(),
-            "note": "wall-clock seconds, best of the timed runs (medians in *_median_s); CUDA timings bracketed "
-                    "by torch.cuda.synchronize; shared machines are noisy"}}
-        if device.type == "cpu" and res["meta"]["params"] > 10_000_000 and not args.skip_train and args.n >= 50:
-            print(f"note: the paper's setting (--n {args.n}, {args.iters or 'all'} iterations) with a "
-                  f"{res['meta']['params'] / 1e6:.0f}M-parameter network takes hours on a CPU; shrink it with e.g. "
-                  "--n 4 --batch 2 --iters 2 --sample-batch 4 --teacher-batch 4", file=sys.stderr, flush=True)
-        if not args.skip_network:
-            if args.net_batches:
-                batches = {f"B={b}": b for b in int_list(args.net_batches)}
-            else:
-                batches = {}
-                for label, b in (("train", train_batch), ("validation", n_validation(args.n)),
-                                 ("sampling", args.sample_batch)):
-                    if b not in batches.values():
-                        batches[label] = b
-            variants = ([v.strip() for v in args.variants.split(",")] if args.variants else
-                        ["plain", "channels_last"] + (["bf16"] if device.type == "cuda" else []))
-            res["network"] = bench_network(base, device, batches, train_batch, variants, tk)
-        model = optimize_denoiser(base, **speed)
-        if not args.skip_train:
-            print("  (b) training ...", file=sys.stderr, flush=True)
-            res["train"] = bench_train(model, cfg, device, args, train_batch)
-        if not args.skip_sampling:
-            res["sampling"] = bench_sampling(model, base, cfg, device, nfes, args.sample_batch, tk, args.seed)
-        if args.cli:
-            print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
-            res["cli"] = bench_cli(args.cli_timeout, extra_env)
+        res: dict[str, Any] = {"meta": _bench_meta(args, argv, model_name, model_over, device, base, env, speed, tk)}
+        _warn_if_slow(args, device, res["meta"]["params"])
+        _run_sections(res, args, base, cfg, device, train_batch, nfes, tk, speed, extra_env)
         synchronize(device)
         res["meta"]["load_end"] = system_load()
     except Ld3Error as e:
@@ -575,10 +653,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print_report(res)
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, out)
+        _write_json(res, out)
         print(f"results: {out}")
     return 0
 

@@ -37,19 +37,26 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINES = ("time_uniform", "time_quadratic", "logsnr", "edm")
 
 
+MODELS = None  # the grid's model cache: every cell on one model loads it once
+
+
 def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from ld3_cli.cli.apps import config_dir
     from ld3_cli.stages.context import StageContext
+    from ld3_cli.stages.runner import ModelCache
+
+    global MODELS
+    MODELS = MODELS or ModelCache()
 
     overrides = ["train=learned_solver", f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
                  f"teacher.n={pairs}", "progress=false", *extra]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="grid"):
         cfg = compose("train", overrides=overrides)
-    return StageContext(cfg, "train", overrides)
+    return StageContext(cfg, "train", overrides, models=MODELS)
 
 
 def heldout_errors(ctx, run, noises, targets) -> dict:
@@ -89,10 +96,9 @@ def fd_exact(ctx, run, exact: tuple) -> float:
 def train(ctx, teacher, learn: list[str]):
     """One training run; ``(result, {"wall", "ld3_wall", "cpu"})`` -- ``ld3_wall``: the time when LD3's phases ended,
     the run's construction and baseline scoring included (LD3 pays them too)."""
-    from ld3_cli.ld3 import LD3Trainer, TrainOptions
-    from ld3_cli.store import to_plain
+    from ld3_cli.ld3 import LD3Trainer
 
-    opts = TrainOptions.from_dict({**to_plain(ctx.cfg.train), "learn": learn})
+    opts = ctx.settings.train.replace(learn=learn)
     t0, c0 = time.perf_counter(), time.process_time()
     res = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, teacher["noises"], teacher["images"],
                      teacher.get("cond"), opts).run()

@@ -11,7 +11,7 @@ imagenet, sd15 (one GPU).  For each run of a setup:
    (``dataset.fid_ref``), the FID Inception weights and, for Stable Diffusion, the prompts file
    are looked up in the composed config.  If any is missing the script prints each one with where
    it goes and where it comes from, and exits with status 2 before computing anything.
-2. ``ld3 teacher-sample +experiment=<setup>_paper`` (the paper's settings are configuration:
+2. ``ld3 teacher-sample experiment=<setup>_paper`` (the paper's settings are configuration:
    ``configs/experiment/<setup>_paper.yaml``, each value with its source in the official code);
 3. ``ld3 train -m solver=dpmpp,unipc,ipndm nfe=4,...,10`` (Hydra multirun; each solver takes the
    experiment's solver options it knows, e.g. only UniPC takes ``variant``);
@@ -45,7 +45,7 @@ class Run:
     """One model of a setup: a teacher, a train sweep and an eval sweep, then one table."""
 
     label: str
-    overrides: list[str]                                  # +experiment=..., model=..., budgets (every command)
+    overrides: list[str]                                  # experiment=..., model=..., budgets (every command)
     compare: Optional[list[str]] = None                   # eval.compare (None: the experiment config's)
     published: Optional[str] = None                       # dataset key in published_fid.csv
     default_schedule: Optional[str] = None                # our schedule shown beside the paper's "default"
@@ -68,7 +68,7 @@ class Setup:
 # The paper's settings live in configs/experiment/<setup>_paper.yaml (each value with its source in the official
 # code); a run here only adds what the paper leaves open (the compare list, CPU budgets for mnist).
 def _paper(name: str) -> list[str]:
-    return [f"+experiment={name}_paper"]
+    return [f"experiment={name}_paper"]
 
 
 # CPU budgets of repro-mnist (documented in docs/reproduction.md).

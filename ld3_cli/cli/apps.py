@@ -24,11 +24,13 @@ def run_app(stage: str, config_name: str, hydra_args: list[str]) -> int:
     """Run the stage's Hydra app with ``hydra_args`` as its command line; return the exit status."""
     import hydra
 
-    from ..stages.runner import run_stage
+    from ..stages.runner import ModelCache, run_stage
+
+    models = ModelCache()  # this command's: every job of a multirun (same model) loads it once
 
     @hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")
     def app(cfg):
-        return run_stage(stage, cfg)
+        return run_stage(stage, cfg, models)
 
     saved = sys.argv
     sys.argv = [f"ld3 {stage}"] + list(hydra_args)

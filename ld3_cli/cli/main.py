@@ -4,7 +4,8 @@ Each stage is its own Hydra application over the one ``configs/`` tree (so every
 overrides, ``--cfg job``, ``--help`` and multirun ``-m``).  This front end only
 
 1. picks the stage (with aliases) and removes the stage word from ``argv``;
-2. turns sugar flags (``--nfe 5``) into overrides (``nfe=5``);
+2. turns sugar flags (``--nfe 5``) into overrides (``nfe=5``), and the old ``+experiment=X`` into
+   ``experiment=X``;
 3. checks the overrides before Hydra starts (unknown groups, options or keys, impossible
    values for every job of a sweep), printing one clear error and exiting with status 2;
 4. hands over to the stage's ``@hydra.main`` function.
@@ -86,6 +87,8 @@ def desugar(args: list[str]) -> tuple[list[str], Optional[str]]:
             near = difflib.get_close_matches(name, choices, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             return out, f"unknown option {name}{hint}; valid options: {', '.join(choices)}"
+        elif a.startswith("+experiment="):  # the old spelling: `experiment` is in base.yaml's defaults now
+            out.append(a[1:])
         else:
             out += group
     return out, None

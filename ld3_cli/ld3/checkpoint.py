@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..errors import ConfigError
 from ..store import load_tensors, read_metadata, save_tensors, to_plain
 
 log = logging.getLogger("ld3")
@@ -22,8 +23,10 @@ STATE_FILE = "state.safetensors"
 STATE_META = "ld3_train_state"
 
 
-class TrainState:
-    """The state of an :class:`~ld3_cli.ld3.trainer.LD3Trainer` saved in ``<directory>/state.safetensors``."""
+class TrainStateFile:
+    """The state of an :class:`~ld3_cli.ld3.trainer.LD3Trainer` saved in ``<directory>/state.safetensors``: the
+    tensors of :meth:`~ld3_cli.ld3.trainer.LD3Trainer.dump_state` as the file's tensors, its plain data as
+    the JSON metadata entry ``ld3_train_state``."""
 
     def __init__(self, directory: Path, every_s: Optional[float] = None):
         self.directory, self.every_s = Path(directory), float(SAVE_EVERY_S if every_s is None else every_s)
@@ -35,14 +38,15 @@ class TrainState:
         return self.directory / STATE_FILE
 
     def capture(self, trainer) -> None:
-        tensors = {k: v.detach().clone() for k, v in trainer.state_tensors().items()}
-        info = dict(trainer.state_info())
-        info["history"] = list(info.get("history", []))
-        self.snapshot = (tensors, info)
+        """Keep a copy of the trainer's state (the checkpoint callback, called between iterations), and write it
+        when ``every_s`` seconds have passed since the last write."""
+        tensors, info = trainer.dump_state()  # info is a copy already; the tensors are the live ones
+        self.snapshot = ({k: v.detach().clone() for k, v in tensors.items()}, info)
         if time.monotonic() - self.last_write >= self.every_s:
             self.write()
 
     def write(self) -> None:
+        """Write the last captured state (nothing before the first capture)."""
         if self.snapshot is None:
             return
         tensors, info = self.snapshot
@@ -51,12 +55,15 @@ class TrainState:
         self.last_write = time.monotonic()
 
     def restore(self, trainer) -> bool:
-        """Load a saved state into ``trainer``; False (and a warning) when there is none or it is unusable."""
+        """Load a saved state into ``trainer``; False (and a warning) when there is none or it is unusable:
+        damaged, of another format (another version of ld3) or of another run."""
         if not self.path.is_file():
             return False
         try:
-            info = json.loads(read_metadata(self.path)[STATE_META])
-            trainer.load_state(load_tensors(self.path), info)
+            meta = read_metadata(self.path)
+            if STATE_META not in meta:
+                raise ConfigError(f"{self.path} holds no training state")
+            trainer.load_state(load_tensors(self.path), json.loads(meta[STATE_META]))
         except Exception as e:  # noqa: BLE001 - a damaged state restarts training cleanly
             log.warning("ignoring unreadable training state %s (%s); starting over", self.path, e)
             return False

@@ -23,46 +23,73 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 OFFSET_OPTIMIZERS = ("rmsprop", "sgd")
 COEFFICIENT_OPTIMIZERS = ("adam", "rmsprop")
 
 
-class RMSpropMomentum:
+class _Optimizer:
+    """One learned tensor's optimiser.  Its hyperparameters are attributes.  Everything that changes is in
+    ``state``: ``lr`` and the buffers, which the updates change in place.  The trainer's state holds that
+    dict as it is, so saving it saves the optimiser."""
+
+    buffers: tuple = ()  # the state's tensors shaped like the parameter
+
+    def __init__(self, param: torch.Tensor, lr: float):
+        self.param = param
+        self.state = {"lr": float(lr), **{k: torch.zeros_like(param) for k in self.buffers}}
+
+    @property
+    def lr(self) -> float:
+        return self.state["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.state["lr"] = float(value)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Adopt a saved ``state`` (copies of its buffers, on the parameter's device and dtype)."""
+        missing = [k for k in self.state if k not in state]
+        if missing:
+            raise ConfigError(f"the saved {type(self).__name__} state lacks {', '.join(missing)}")
+        self.state = {k: float(state[k]) if k == "lr" else self._adopt(k, state[k]) for k in self.state}
+
+    def _adopt(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        return value.to(self.param).clone()
+
+
+class RMSpropMomentum(_Optimizer):
+    buffers = ("square_avg", "momentum_buffer")
+
     def __init__(self, param: torch.Tensor, lr: float, momentum: float = 0.9, alpha: float = 0.99,
                  eps: float = 1e-8, decay: float = 0.0):
-        self.param, self.lr, self.momentum, self.alpha, self.eps = param, float(lr), momentum, alpha, eps
-        self.decay = float(decay)
-        self.square_avg = torch.zeros_like(param)
-        self.momentum_buffer = torch.zeros_like(param)
+        super().__init__(param, lr)
+        self.momentum, self.alpha, self.eps, self.decay = momentum, alpha, eps, float(decay)
 
     @torch.no_grad()
     def step(self) -> None:
         g = self.param.grad
         if g is None:
             return
-        self.square_avg.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
-        self.momentum_buffer.mul_(self.momentum).add_(g / (self.square_avg.sqrt() + self.eps))
-        self.param.add_(self.momentum_buffer, alpha=-self.lr)
+        square_avg, momentum_buffer = self.state["square_avg"], self.state["momentum_buffer"]
+        square_avg.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
+        momentum_buffer.mul_(self.momentum).add_(g / (square_avg.sqrt() + self.eps))
+        self.param.add_(momentum_buffer, alpha=-self.lr)
         _shrink(self.param, self.decay)
 
-    def state(self) -> dict:
-        return {"square_avg": self.square_avg, "momentum_buffer": self.momentum_buffer}
 
-    def load(self, state: dict) -> None:
-        self.square_avg = state["square_avg"].to(self.param).clone()
-        self.momentum_buffer = state["momentum_buffer"].to(self.param).clone()
-
-
-class Adam:
+class Adam(_Optimizer):
     """Bias-corrected Adam (``torch.optim.Adam`` without its coupled weight decay): its first steps are about
     ``lr`` per parameter, where RMSprop's uncorrected ``square_avg`` makes them ~10x larger."""
 
+    buffers = ("exp_avg", "exp_avg_sq")
+
     def __init__(self, param: torch.Tensor, lr: float, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  decay: float = 0.0):
-        self.param, self.lr, self.betas, self.eps, self.decay = param, float(lr), betas, eps, float(decay)
-        self.exp_avg = torch.zeros_like(param)
-        self.exp_avg_sq = torch.zeros_like(param)
-        self.step_count = torch.zeros((), dtype=torch.float64)
+        super().__init__(param, lr)
+        self.betas, self.eps, self.decay = betas, eps, float(decay)
+        self.state["step_count"] = torch.zeros((), dtype=torch.float64)  # on the CPU, whatever the parameter
 
     @torch.no_grad()
     def step(self) -> None:
@@ -70,37 +97,24 @@ class Adam:
         if g is None:
             return
         b1, b2 = self.betas
-        self.step_count += 1
-        t = float(self.step_count)
-        self.exp_avg.mul_(b1).add_(g, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.exp_avg_sq / (1 - b2 ** t)).sqrt_().add_(self.eps)
-        self.param.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - b1 ** t))
+        exp_avg, exp_avg_sq, step_count = self.state["exp_avg"], self.state["exp_avg_sq"], self.state["step_count"]
+        step_count += 1
+        t = float(step_count)
+        exp_avg.mul_(b1).add_(g, alpha=1 - b1)
+        exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (exp_avg_sq / (1 - b2 ** t)).sqrt_().add_(self.eps)
+        self.param.addcdiv_(exp_avg, denom, value=-self.lr / (1 - b1 ** t))
         _shrink(self.param, self.decay)
 
-    def state(self) -> dict:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "step_count": self.step_count}
-
-    def load(self, state: dict) -> None:
-        self.exp_avg = state["exp_avg"].to(self.param).clone()
-        self.exp_avg_sq = state["exp_avg_sq"].to(self.param).clone()
-        self.step_count = state["step_count"].to(torch.float64).clone()
+    def _adopt(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        return value.to(torch.float64).clone() if name == "step_count" else super()._adopt(name, value)
 
 
-class SGD:
-    def __init__(self, param: torch.Tensor, lr: float):
-        self.param, self.lr = param, float(lr)
-
+class SGD(_Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         if self.param.grad is not None:
             self.param.add_(self.param.grad, alpha=-self.lr)
-
-    def state(self) -> dict:
-        return {}
-
-    def load(self, state: dict) -> None:
-        pass
 
 
 def _shrink(param: torch.Tensor, decay: float) -> None:

@@ -1,23 +1,26 @@
-"""``TrainOptions``: the trainer's settings (the ``train`` config group), each one checked.
+"""The trainer's options (the ``train`` config group): each declared once, grouped by what it governs.
 
-:class:`TrainOptions` is the one home of the defaults (``scripts/gen_train_defaults.py`` writes them into
-``configs/train/default.yaml``, where each is documented).  :meth:`TrainOptions.validate` /
-:func:`check_train_options` refuse unknown names and impossible values with one
-:class:`~ld3_cli.errors.ConfigError` line, so the CLI's preflight stops a bad ``train.*`` before a
-model loads.  The vocabularies come from where they are defined: ``param``, ``offset_units`` and
-``eval_scale`` from :mod:`~ld3_cli.ld3.parameterization`, ``loss`` from :data:`~ld3_cli.ld3.losses.LOSSES`,
-``offsets_optimizer`` / ``coefficients_optimizer`` from :data:`~ld3_cli.ld3.optim.OFFSET_OPTIMIZERS` /
-:data:`~ld3_cli.ld3.optim.COEFFICIENT_OPTIMIZERS`, ``noise_estimate`` from the
-solvers' :data:`~ld3_cli.solvers.base.NOISE_ESTIMATES`, ``init`` and ``init_candidates`` from the
-registered discretizations.
+:data:`TRAIN_GROUPS` is the one declaration of every training option (default, rule, one-line doc, whether it
+keys the store).  ``scripts/gen_option_configs.py`` writes ``configs/train/default.yaml`` from it (and
+``scripts/gen_config_reference.py`` the config reference from that file), :data:`TRAIN_RUNTIME_KEYS` (what
+stays out of a schedule's store key) comes from it, and :class:`TrainOptions` checks every value against it.
+
+:class:`TrainOptions` is immutable and checked when it is made: an unknown name or an impossible value is one
+:class:`~ld3_cli.errors.ConfigError` line (``train.lr must be > 0, got -1``), raised where the options enter
+(the CLI's boundary check, or :func:`~ld3_cli.ld3.trainer.learn_schedule`), never later.  The vocabularies
+come from where they are defined: ``param``, ``offset_units`` and ``eval_scale`` from
+:mod:`~ld3_cli.ld3.parameterization`, ``loss`` from :data:`~ld3_cli.ld3.losses.LOSSES`, the optimisers from
+:mod:`~ld3_cli.ld3.optim`, ``noise_estimate`` from :data:`~ld3_cli.solvers.base.NOISE_ESTIMATES`, ``init`` and
+``init_candidates`` from the registered discretizations (read when checked, so a plug-in registered later
+counts).  Why the defaults are what they are: docs/reproduction.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping
 
-from ..errors import ConfigError
 from ..solvers.base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES
+from ..utils.option_schema import (FLAG, PATH_OR_NULL, Option, OptionGroup, Rule, by_name, check_options, list_of,
+                                   number, one_of, whole)
 from .losses import LOSSES
 from .optim import COEFFICIENT_OPTIMIZERS, OFFSET_OPTIMIZERS
 from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
@@ -25,146 +28,156 @@ from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
 DEFAULT_INIT_CANDIDATES = ("logsnr", "edm", "time_uniform", "time_quadratic")
 LEARNABLE = ("steps", "offsets", "coefficients")
 
-Rule = tuple[Callable[[Any], bool], str]  # (holds for a good value, what a good value is)
+
+def _kinds() -> tuple:
+    from ..schedules import available
+
+    return tuple(available())
 
 
-def _one_of(choices) -> Rule:
-    choices = tuple(choices)
-    return (lambda v: v in choices), f"{', '.join(map(str, choices[:-1]))} or {choices[-1]}"
+POSITIVE = number(lambda v: v > 0, "> 0")
+FRACTION_OPEN = number(lambda v: 0 <= v < 1, "in [0, 1)")
+INIT = Rule(lambda v: v == "auto" or v in _kinds(), lambda: f"auto or one of {list(_kinds())}")
 
 
-def _whole(lo: Optional[int] = None) -> Rule:
-    def holds(v):
-        return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
-    return holds, "a whole number" + ("" if lo is None else f" >= {lo}")
+def _select(hint: str) -> str:
+    """YAML of a default the model config may override through its hint ``model.<hint>``."""
+    return "${oc.select:model." + hint + ",{default}}"
 
 
-def _number(ok: Callable[[float], bool], what: str, optional: bool = False) -> Rule:
-    def holds(v):
-        if v is None:
-            return optional
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and ok(float(v))
-    return holds, what + (" or null" if optional else "")
+SCHEDULE = OptionGroup("schedule", "The grid: where the time steps live, where they start, the decoupled times", (
+    Option("param", "lambda", one_of(SPACES), "Space of the learned grid: lambda (log-SNR; pixel / EDM models) or "
+           "time (native t; latent / VP models); the model's hint, else lambda.", yaml=_select("param")),
+    Option("init", "auto", INIT, "Starting schedule: auto (the best of init_candidates on the training split) or a "
+           "baseline name."),
+    Option("init_candidates", DEFAULT_INIT_CANDIDATES, list_of(_kinds), "Baselines tried by init=auto.",
+           as_tuple=True),
+    Option("win_rate", 0.5, number(lambda v: 0 <= v <= 1, "in [0, 1]"),
+           "Bound of the decoupled offsets, as a fraction of the smallest grid gap."),
+    Option("offset_units", "window", one_of(OFFSET_UNITS), "Units of the offsets: window (a fraction of the bound, "
+           "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code)."),
+    Option("eval_scale", "model", one_of(EVAL_SCALES), "State scale at a decoupled evaluation, alpha(sigma) / "
+           "alpha(sigma_eval): model (the model's alpha; 1 for EDM), vp (VP's alpha) or none (1)."),
+    Option("noise_estimate", DEFAULT_NOISE_ESTIMATE, one_of(NOISE_ESTIMATES), "Noise estimate of euler, heun, "
+           "ipndm and deis at a decoupled evaluation: step ((x - D) over the step's sigma) or eval (the network's "
+           "own, as the paper's code)."),
+))
+
+OBJECTIVE = OptionGroup("objective", "The loss and soft teacher forcing", (
+    Option("loss", "auto", one_of(LOSSES), "Student-teacher distance: auto (LPIPS-VGG for RGB images -- a run stops "
+           "when its weights are missing, never falls back --, l2 otherwise), lpips, l2, l1 or pseudo_huber."),
+    Option("lpips_weights", None, PATH_OR_NULL, "Local path of torchvision's vgg16-397923af.pth for LPIPS (null = "
+           "the torch hub cache).", keyed=False),
+    Option("gamma", 0.001, number(lambda v: v >= 0, ">= 0"),
+           "Soft teacher forcing: the student's noise may move within r = gamma * d / NFE^2 (unit-noise space)."),
+    Option("r", None, number(lambda v: v >= 0, ">= 0 (0 = hard loss)", optional=True),
+           "The radius set directly (null = from gamma; 0 = hard loss)."),
+    Option("shift_lr", None, number(lambda v: v > 0, "> 0", optional=True),
+           "Step size of the noise update (null = 12 / NFE, the paper's code)."),
+))
+
+OPTIMISERS = OptionGroup("optimisers", "How the time steps, the offsets and the learning rates move", (
+    Option("lr", 0.005, POSITIVE, "Learning rate of the time steps (RMSprop on the schedule logits)."),
+    Option("momentum", 0.9, FRACTION_OPEN, "RMSprop momentum."),
+    Option("offsets_optimizer", "rmsprop", one_of(OFFSET_OPTIMIZERS), "Optimiser of the decoupled offsets: rmsprop "
+           "or sgd (the paper's code: lr_offsets / NFE, with lr_offsets 0.1)."),
+    Option("lr_offsets", 0.005, POSITIVE, "Learning rate of the decoupled offsets."),
+    Option("lr_decay", 0.8, number(lambda v: 0 < v <= 1, "in (0, 1]"),
+           "Learning-rate factor after `patience` validations without improvement (the best state is restored)."),
+    Option("min_lr", 0.00005, number(lambda v: v >= 0, ">= 0"),
+           "A phase ends when the learning rate of its first parameter group decays to this."),
+    Option("patience", 5, whole(1), "Validations without improvement before the best is restored and lr decays."),
+    Option("grad_clip", 1.0, POSITIVE, "Gradient-norm clipping, per parameter group."),
+))
+
+PHASES = OptionGroup("phases", "What is learned, for how long, on which pairs, validated how often", (
+    Option("learn", ("steps", "offsets"), list_of(LEARNABLE), "What is learned: steps (phase 1), offsets (decoupled "
+           "evaluation times, phase 2) and coefficients (the solver's weights, phase 3).", as_tuple=True),
+    Option("iters_phase1", 50, whole(0), "Iterations of phase 1 (time steps); the model's hint, else 50.",
+           yaml=_select("train_iters_phase1")),
+    Option("iters_phase2", 125, whole(0), "Iterations of phase 2 (time steps and offsets); the model's hint, else "
+           "125.", yaml=_select("train_iters_phase2")),
+    Option("iters_phase3", 150, whole(0), "Iterations of phase 3 (the coefficients; only when learn has them)."),
+    Option("alternate_rounds", 0, whole(0), "0: phase 3 learns coefficients and schedule jointly; k: k rounds "
+           "alternating them, iters_phase3 / (2k) iterations each (S4S-Alt)."),
+    Option("val_fraction", 0.5, number(lambda v: 0 < v < 1, "in (0, 1)"),
+           "Fraction of the teacher pairs held out for validation."),
+    Option("batch_size", 2, whole(1), "Teacher pairs per training iteration; the model's hint, else 2.",
+           yaml=_select("train_batch_size")),
+    Option("val_batch_size", 0, whole(0), "Pairs per validation batch (0 = the whole validation split at once).",
+           keyed=False),
+    Option("val_every", 1, whole(1), "Validate every this many iterations in LD3's phases."),
+    Option("grad_checkpoint", "auto", one_of(("auto", True, False)),
+           "Gradient checkpointing per solver step: auto (for networks over 1M parameters), true or false."),
+    Option("seed", 0, whole(), "Seed of the batch order (the top-level seed).", yaml="${seed}"),
+))
+
+COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (phase 3; learn has coefficients)", (
+    Option("lr_coefficients", 0.05, POSITIVE, "Step size on the coefficient corrections (relative to each weight)."),
+    Option("coefficients_optimizer", "adam", one_of(COEFFICIENT_OPTIMIZERS),
+           "Optimiser of the corrections: adam or rmsprop (docs/reproduction.md compares them)."),
+    Option("coefficient_decay", 0.0, FRACTION_OPEN,
+           "After each update the corrections shrink by this fraction towards the base solver (0 = none)."),
+    Option("coefficient_history", 0, whole(0),
+           "Network outputs a learned step may combine: 0 = every earlier one, k = at most k."),
+    Option("coefficient_constraint", True, FLAG, "true: the weights on the network outputs keep the base solver's "
+           "sum (a constant denoiser stays exact); false: each step's lead weight is learned too."),
+    Option("batch_size_coefficients", 50, whole(0), "Training pairs per iteration in phase 3 (0 = batch_size)."),
+    Option("val_every_coefficients", 5, whole(1), "Validate every this many iterations in phase 3."),
+))
+
+TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS)
+TRAIN_OPTIONS: dict[str, Option] = by_name(o for g in TRAIN_GROUPS for o in g.options)
+# what never enters a schedule's store key (runtime settings: a validation batch size, a weights path)
+TRAIN_RUNTIME_KEYS = frozenset(name for name, o in TRAIN_OPTIONS.items() if not o.keyed)
 
 
-def option_rules(kinds: list[str]) -> dict[str, Rule]:
-    """The check of every TrainOptions field; ``kinds``: the discretizations ``init`` may name."""
-    names = ["auto", *kinds]
-    return {
-        "param": _one_of(SPACES),
-        "init": ((lambda v: v in names), f"auto or one of {kinds}"),
-        "init_candidates": ((lambda v: isinstance(v, tuple) and len(v) > 0 and all(k in kinds for k in v)),
-                            f"a non-empty list of {kinds}"),
-        "loss": _one_of(LOSSES),
-        "lpips_weights": ((lambda v: v is None or isinstance(v, str)), "a path (or null)"),
-        "val_fraction": _number(lambda v: 0 < v < 1, "in (0, 1)"),
-        "batch_size": _whole(1),
-        "batch_size_coefficients": _whole(0),
-        "val_batch_size": _whole(0),
-        "lr": _number(lambda v: v > 0, "> 0"),
-        "momentum": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
-        "offsets_optimizer": _one_of(OFFSET_OPTIMIZERS),
-        "coefficients_optimizer": _one_of(COEFFICIENT_OPTIMIZERS),
-        "coefficient_decay": _number(lambda v: 0 <= v < 1, "in [0, 1)"),
-        "lr_offsets": _number(lambda v: v > 0, "> 0"),
-        "lr_decay": _number(lambda v: 0 < v <= 1, "in (0, 1]"),
-        "min_lr": _number(lambda v: v >= 0, ">= 0"),
-        "patience": _whole(1),
-        "grad_clip": _number(lambda v: v > 0, "> 0"),
-        "iters_phase1": _whole(0),
-        "iters_phase2": _whole(0),
-        "learn": ((lambda v: isinstance(v, tuple) and len(v) > 0 and set(v) <= set(LEARNABLE)),
-                  f"a non-empty list of {list(LEARNABLE)}"),
-        "iters_phase3": _whole(0),
-        "alternate_rounds": _whole(0),
-        "lr_coefficients": _number(lambda v: v > 0, "> 0"),
-        "coefficient_history": _whole(0),
-        "coefficient_constraint": ((lambda v: isinstance(v, bool)), "true or false"),
-        "offset_units": _one_of(OFFSET_UNITS),
-        "eval_scale": _one_of(EVAL_SCALES),
-        "noise_estimate": _one_of(NOISE_ESTIMATES),
-        "win_rate": _number(lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "gamma": _number(lambda v: v >= 0, ">= 0"),
-        "r": _number(lambda v: v >= 0, ">= 0 (0 = hard loss)", optional=True),
-        "shift_lr": _number(lambda v: v > 0, "> 0", optional=True),
-        "val_every": _whole(1),
-        "val_every_coefficients": _whole(1),
-        "grad_checkpoint": ((lambda v: v in ("auto", True, False)), "auto, true or false"),
-        "seed": _whole(),
-    }
-
-
-
-@dataclass
 class TrainOptions:
-    """Trainer settings: the ``train`` config group (configs/train/default.yaml documents each one).
+    """Trainer settings, checked when made (``TrainOptions(lr=0.01, learn=["steps"])``) and immutable after.
 
-    The YAML is the one home of the defaults a user sees; these are the same values for library use
-    (a test checks that they agree).
+    Read them as attributes (``options.lr``); :meth:`replace` gives a changed copy (only the changes are checked);
+    :meth:`as_dict` the plain values.  Lists are kept as tuples.
     """
 
-    param: str = "lambda"
-    init: str = "auto"
-    init_candidates: tuple = DEFAULT_INIT_CANDIDATES
-    learn: tuple = ("steps", "offsets")
-    loss: str = "auto"
-    lpips_weights: Optional[str] = None
-    val_fraction: float = 0.5
-    batch_size: int = 2
-    batch_size_coefficients: int = 50
-    val_batch_size: int = 0
-    lr: float = 5e-3
-    momentum: float = 0.9
-    offsets_optimizer: str = "rmsprop"
-    lr_offsets: float = 0.005
-    lr_coefficients: float = 0.05
-    coefficients_optimizer: str = "adam"
-    coefficient_decay: float = 0.0
-    coefficient_history: int = 0
-    coefficient_constraint: bool = True
-    lr_decay: float = 0.8
-    min_lr: float = 5e-5
-    patience: int = 5
-    grad_clip: float = 1.0
-    iters_phase1: int = 50
-    iters_phase2: int = 125
-    iters_phase3: int = 150
-    alternate_rounds: int = 0
-    win_rate: float = 0.5
-    offset_units: str = "window"
-    eval_scale: str = "model"
-    noise_estimate: str = DEFAULT_NOISE_ESTIMATE
-    gamma: float = 0.001
-    r: Optional[float] = None
-    shift_lr: Optional[float] = None
-    val_every: int = 1
-    val_every_coefficients: int = 5
-    grad_checkpoint: Any = "auto"
-    seed: int = 0
+    __slots__ = ("_values",)
+
+    def __init__(self, **given: Any):
+        object.__setattr__(self, "_values", check_options(TRAIN_OPTIONS, given, "train"))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown train option(s) {unknown}; valid: {sorted(known)}")
-        d = dict(d)
-        for k in ("init_candidates", "learn"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        opts = cls(**d)
-        opts.validate()
-        return opts
+    def from_dict(cls, options: Mapping[str, Any]) -> "TrainOptions":
+        return cls(**dict(options))
 
-    def validate(self) -> None:
-        """Refuse an impossible value with one line naming the option and what it must be (no model loads)."""
-        from ..schedules import available
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"TrainOptions has no option '{name}'") from None
 
-        for name, (holds, what) in option_rules(available()).items():
-            value = getattr(self, name)
-            if not holds(value):
-                shown = list(value) if isinstance(value, tuple) else value
-                raise ConfigError(f"train.{name} must be {what}, got {shown!r}")
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"TrainOptions are immutable: use options.replace({name}=...)")
+
+    def replace(self, **changes: Any) -> "TrainOptions":
+        """A copy with ``changes`` (each checked; unknown names refused)."""
+        out = object.__new__(TrainOptions)
+        object.__setattr__(out, "_values", {**self._values,
+                                            **check_options(TRAIN_OPTIONS, changes, "train", fill_defaults=False)})
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __reduce__(self):  # copy / pickle through the checked constructor
+        return (TrainOptions.from_dict, (self._values,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainOptions) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+
+    def __repr__(self) -> str:
+        return "TrainOptions(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
 
     def total_iterations(self) -> int:
         from .phases import plan_phases
@@ -173,21 +186,15 @@ class TrainOptions:
 
 
 def check_train_options(options: Mapping[str, Any]) -> TrainOptions:
-    """``TrainOptions`` of ``options`` (a ``train`` config as plain data), every value checked.
-
-    Raises :class:`ConfigError` for an unknown option or a value outside its range, naming both.
-    """
-    return TrainOptions.from_dict(dict(options))
+    """``TrainOptions`` of ``options`` (a ``train`` config as plain data), every value checked."""
+    return TrainOptions.from_dict(options)
 
 
 def effective_learn(learn, spec) -> tuple:
     """What ``train.learn`` means for solver ``spec``: a stock sampler (``spec.evaluates_on_grid``) evaluates the
-    network on its own list, so it has no decoupled times (``offsets`` is dropped) and its coefficients are the
-    library's (``coefficients`` is refused with a ConfigError naming the fix)."""
+    network on its own list, so it has no decoupled times (``offsets`` is dropped); whether the coefficients can
+    be learned is :meth:`~ld3_cli.solvers.base.SolverSpec.check_learnable`'s to say."""
     learn = tuple(learn)
-    if not getattr(spec, "evaluates_on_grid", False):
+    if not spec.evaluates_on_grid:
         return learn
-    if "coefficients" in learn:
-        raise ConfigError(f"solver '{spec.name}' is a stock sampler: its coefficients are k-diffusion's and cannot be "
-                          "learned; use train.learn=[steps] with it, or a learned solver with solver=dpmpp or unipc")
     return tuple(k for k in learn if k != "offsets") or ("steps",)

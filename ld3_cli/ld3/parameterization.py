@@ -65,11 +65,7 @@ class ScheduleParameterization(nn.Module):
 
     def __init__(self, schedule: NoiseSchedule, init_sigmas: torch.Tensor, space: str = "lambda",
                  win_rate: float = 0.5, offset_units: str = "window", eval_scale: str = "model"):
-        super().__init__()
-        for name, value, allowed in (("train.param", space, SPACES), ("train.offset_units", offset_units, OFFSET_UNITS),
-                                     ("train.eval_scale", eval_scale, EVAL_SCALES)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got '{value}'")
+        super().__init__()  # space, offset_units, eval_scale: checked where the options entered (TrainOptions)
         init_sigmas = torch.as_tensor(init_sigmas, dtype=torch.float64).detach().cpu()
         n = init_sigmas.numel() - 1
         if n < 1:

@@ -28,18 +28,23 @@ class Pairs:
         return Pairs(self.eps[idx], self.y[idx], self.cond[idx] if self.cond is not None else None)
 
 
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """(training, validation) pair counts of ``n`` pairs: ``round(n * val_fraction)`` validate."""
+    n_val = int(round(n * val_fraction))
+    return n - n_val, n_val
+
+
 def split_pairs(noises: torch.Tensor, targets: torch.Tensor, cond: Optional[torch.Tensor], val_fraction: float,
                 device, dtype) -> tuple[Pairs, Pairs]:
     """(train, validation): the first ``n - round(n * val_fraction)`` pairs train, the rest validate."""
     n = noises.shape[0]
     if targets.shape[0] != n:
         raise ConfigError(f"noises ({n}) and targets ({targets.shape[0]}) differ in count")
-    n_val = int(round(n * val_fraction))
-    if n_val < 1 or n - n_val < 1:
+    k, n_val = split_sizes(n, val_fraction)
+    if n_val < 1 or k < 1:
         raise ConfigError(f"need at least one training and one validation sample; got n={n}, "
                           f"val_fraction={val_fraction}")
     c = cond.to(device) if isinstance(cond, torch.Tensor) else None
-    k = n - n_val
 
     def part(sl):
         return Pairs(noises[sl].to(device, dtype), targets[sl].to(device), c[sl] if c is not None else None)

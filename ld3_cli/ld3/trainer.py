@@ -26,6 +26,10 @@ rigour: validation uses the *hard* loss from the true noises in one batch (what 
 initial schedule is a validation candidate (the result is never worse than it on validation), and
 each solver step can be gradient-checkpointed.
 
+Everything a run changes is one :class:`~ld3_cli.ld3.state.TrainerState` (``trainer.state``), saved and
+restored whole (:meth:`LD3Trainer.dump_state`, :meth:`LD3Trainer.load_state`), so an interrupted run
+resumes bit-identically.
+
 Use :func:`learn_schedule` from Python; the ``ld3 train`` stage wraps :class:`LD3Trainer` with the store.
 """
 from __future__ import annotations
@@ -33,8 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -42,6 +45,7 @@ from torch import nn
 from ..errors import ConfigError, NumericalError
 from ..solvers import get_solver
 from ..solvers.sampler import Sampler
+from ..utils.model_size import SMALL_MODEL_PARAMETERS, parameter_count
 from .coefficients import CoefficientParameterization
 from .losses import resolve_loss
 from .optim import Adam, SGD, RMSpropMomentum, zero_grad
@@ -51,8 +55,13 @@ from .phases import Phase, plan_phases
 from .result import LearnedSchedule
 from .soft_teacher import accept_moves, default_radius, default_shift_lr, propose_move
 from .start import Pairs, choose_init, split_pairs
+from .state import TrainerState, decode_state, encode_state
 
 log = logging.getLogger(__name__)
+
+# The offsets' learning rate decays to min_lr times this, below the other groups' floor (the paper's code: 1e-6 against
+# 5e-5), so they keep moving until the first group's rate, which ends the phase, reaches min_lr.
+OFFSETS_MIN_LR_FACTOR = 1e-2
 
 
 class _Checkpointed(nn.Module):
@@ -66,8 +75,9 @@ class _Checkpointed(nn.Module):
         return torch.utils.checkpoint.checkpoint(self.inner, x, sigma, cond, use_reentrant=False)
 
 
-def _num_params(m) -> int:
-    return sum(p.numel() for p in m.parameters()) if isinstance(m, nn.Module) else 0
+def _grad_checkpointing(denoiser, option) -> bool:
+    """``train.grad_checkpoint``: ``"auto"`` checkpoints every model that is not small, else the flag."""
+    return parameter_count(denoiser) >= SMALL_MODEL_PARAMETERS if option == "auto" else bool(option)
 
 
 class LD3Trainer:
@@ -84,147 +94,140 @@ class LD3Trainer:
 
     The constructor only builds; :meth:`start` scores the baselines and chooses the start (``run`` calls it),
     or :meth:`load_state` restores a saved run without scoring anything again.
+
+    Conventions: ``state`` (a :class:`~ld3_cli.ld3.state.TrainerState`) holds everything a run changes;
+    the rest is fixed at construction (``options``, the ``train_pairs`` / ``val_pairs`` split, the solver)
+    or built from the state: ``grid`` (the schedule's parameterization), ``coefficients`` (the learned
+    coefficient corrections, ``None`` unless learned) and ``optimizers``, which update the state's
+    tensors in place.  Learned tensors and their optimisers share a name: ``steps``, ``offsets``,
+    ``coefficients.<k>``, and the part before the first dot is the group a phase moves.
     """
 
     def __init__(self, denoiser, solver: str, solver_options: dict, nfe: int, noises: torch.Tensor,
                  targets: torch.Tensor, cond: Optional[torch.Tensor] = None,
                  options: Optional[TrainOptions] = None, progress: Optional[Callable[[dict], None]] = None):
-        o = options or TrainOptions()
-        o.validate()
+        o = options or TrainOptions()  # checked when made: at the CLI's boundary or in learn_schedule
         self.denoiser = denoiser
         self.spec = get_solver(solver)
         learn = effective_learn(o.learn, self.spec)
         if learn != tuple(o.learn):  # a stock sampler: the time steps take the decoupled phase's budget too
-            o = replace(o, learn=learn, iters_phase1=o.iters_phase1 + o.iters_phase2)
+            o = o.replace(learn=learn, iters_phase1=o.iters_phase1 + o.iters_phase2)
             log.info("solver %s evaluates the network on its own grid: learning the time steps only, for "
                      "%d iterations", self.spec.name, o.iters_phase1)
-        self.opt = o
+        self.options = o
         self.solver = self.spec.name
         self.n_steps = self.spec.steps_for_nfe(nfe)
         self.solver_options = dict(solver_options or {})
-        self.solver_options["order"] = self.spec.validate(self.n_steps, self.solver_options.get("order"))
+        resolved = self.spec.resolve_options(self.solver_options, values=False)  # values: checked where they entered
+        self.solver_options["order"] = self.spec.validate(self.n_steps, resolved["order"])
         self.nfe = int(nfe)
         self.schedule = denoiser.schedule
         self.device = getattr(denoiser, "device", torch.device("cpu"))
         self.dtype = getattr(denoiser, "dtype", torch.float32)
         self.phases = plan_phases(o)
-        if "coefficients" in o.learn:  # refuses a solver without multistep weights before anything runs
-            table = self.spec.coefficients(torch.tensor([2.0, 1.0], dtype=torch.float64), **self.solver_options)
-            if table.history < 2 and table.corr is None:
-                raise ConfigError(f"solver '{self.solver}' combines no previous evaluations: it has no coefficients "
-                                  "to learn; use dpmpp, unipc, ipndm or deis of order >= 2")
-        self.train, self.val = split_pairs(noises, targets, cond, o.val_fraction, self.device, self.dtype)
-        self.n_train = len(self.train)
-        self.eps = self.train.eps.clone()  # the soft-teacher-forced noises
-        self.dim = int(math.prod(noises.shape[1:]))
-        self.radius = float(o.r) if o.r is not None else default_radius(o.gamma, self.dim, self.nfe)
+        if "coefficients" in o.learn:  # a solver without multistep weights is refused before anything runs
+            self.spec.check_learnable(resolved)
+        self.train_pairs, self.val_pairs = split_pairs(noises, targets, cond, o.val_fraction, self.device, self.dtype)
+        self.n_train = len(self.train_pairs)
+        noise_dim = int(math.prod(noises.shape[1:]))
+        self.radius = float(o.r) if o.r is not None else default_radius(o.gamma, noise_dim, self.nfe)
         self.shift_lr = float(o.shift_lr) if o.shift_lr is not None else default_shift_lr(self.nfe)
         self.loss_name, self.loss_fn = resolve_loss(o.loss, targets.shape[1], self.device, o.lpips_weights)
-        ckpt = _num_params(denoiser) > 1_000_000 if o.grad_checkpoint == "auto" else bool(o.grad_checkpoint)
-        self.net = _Checkpointed(denoiser) if ckpt else denoiser
-        self.grad_checkpoint = bool(ckpt)
+        self.grad_checkpoint = _grad_checkpointing(denoiser, o.grad_checkpoint)
+        self.train_network = _Checkpointed(denoiser) if self.grad_checkpoint else denoiser  # what training runs
         self.progress = progress
         self.sigma_max = float(self.schedule.sigma_max)
-        self.gen = torch.Generator().manual_seed(int(o.seed))
-        self.param: Optional[ScheduleParameterization] = None
-        self.coef: Optional[CoefficientParameterization] = None
-        self.baselines: dict[str, dict] = {}
-        self.init_name, self.init_val = "", float("inf")
-        self.perm: Optional[torch.Tensor] = None  # the current epoch's order and position in it
-        self.batch_pos = 0
-        self.phase = 0                            # index into self.phases (len = done)
-        self.iteration = self.phase_iter = self.bad = 0
-        self.history: list[dict] = []
-        self.best_val, self.best_state, self.best_phase = float("inf"), {}, -1
-        self.after_phase: dict[str, tuple[float, Sampler]] = {}  # phase -> (best validation, best sampler) at its end
-        self.stopped = ""
-        self.elapsed = 0.0
-        self.optimizers: dict[str, Any] = {}
+        self.grid: Optional[ScheduleParameterization] = None
+        self.coefficients: Optional[CoefficientParameterization] = None
+        self.optimizers: dict = {}
+        self.state = self._fresh_state()
+
+    def _fresh_state(self) -> TrainerState:
+        """The state of a run that has not started."""
+        return TrainerState(phase_names=[p.name for p in self.phases], train_noises=self.train_pairs.eps.clone(),
+                            generator=torch.Generator().manual_seed(int(self.options.seed)))
 
     # -- building blocks ----------------------------------------------------------------------
-    @property
-    def eps_orig(self) -> torch.Tensor:
-        return self.train.eps
-
-    @property
-    def eps_val(self) -> torch.Tensor:
-        return self.val.eps
-
     def start(self) -> None:
         """Score the baselines, choose the start and build the parameters (no-op once started)."""
-        if self.param is not None:
+        if self.grid is not None:
             return
-        o = self.opt
+        o, s = self.options, self.state
 
         def score(sig):
             sampler = self._sampler(sig.to(self.device), None, None)
-            return float(self.evaluate(sampler, self.train).mean()), float(self.evaluate(sampler, self.val).mean())
+            return (float(self.evaluate(sampler, self.train_pairs).mean()),
+                    float(self.evaluate(sampler, self.val_pairs).mean()))
 
-        self.init_name, init_sigmas, self.baselines = choose_init(score, self.schedule, self.n_steps, o.init,
-                                                                  o.init_candidates)
+        s.init_name, init_sigmas, s.baselines = choose_init(score, self.schedule, self.n_steps, o.init,
+                                                            o.init_candidates)
         self._build(init_sigmas)
-        self.init_val = self.best_val = self.baselines[self.init_name]["val"]
-        self.best_state, self.best_phase = self._param_state(), -1
+        s.init_val = s.best_val = s.baselines[s.init_name]["val"]
+        s.best_params, s.best_phase = self._param_copies(), -1
         self._make_optimizers()
 
     def _build(self, init_sigmas: torch.Tensor) -> None:
-        o = self.opt
-        self.param = ScheduleParameterization(self.schedule, init_sigmas, o.param, o.win_rate, o.offset_units,
-                                              o.eval_scale).to(self.device)
+        """The parameterizations of the learned tensors, starting at ``init_sigmas``; ``state.params`` holds
+        their tensors."""
+        o = self.options
+        self.grid = ScheduleParameterization(self.schedule, init_sigmas, o.param, o.win_rate, o.offset_units,
+                                             o.eval_scale).to(self.device)
+        params = {"steps": self.grid.logits, "offsets": self.grid.offsets}
         if "coefficients" in o.learn:
             base = self.spec.coefficients(init_sigmas.to(self.device), **self.solver_options)
-            self.coef = CoefficientParameterization.for_table(base, o.coefficient_history,
-                                                              o.coefficient_constraint).to(self.device)
+            self.coefficients = CoefficientParameterization.for_table(base, o.coefficient_history,
+                                                                      o.coefficient_constraint).to(self.device)
+            params.update({f"coefficients.{i}": p for i, p in enumerate(self.coefficients.parameters_list())})
+        self.state.params = params
 
-    def _make_optimizers(self) -> None:
-        """One optimiser per learned tensor, named as in :meth:`_params` (its group is the name's first part)."""
-        o = self.opt
-        self.optimizers = {}
-        for name, p in self._params().items():
-            group = name.split(".")[0]
-            if group == "offsets" and o.offsets_optimizer == "sgd":
-                self.optimizers[name] = SGD(p, lr=o.lr_offsets / self.nfe)
-            elif group == "coefficients" and o.coefficients_optimizer == "adam":
-                self.optimizers[name] = Adam(p, lr=o.lr_coefficients, decay=o.coefficient_decay)
-            elif group == "coefficients":
-                self.optimizers[name] = RMSpropMomentum(p, lr=o.lr_coefficients, momentum=o.momentum,
-                                                        decay=o.coefficient_decay)
-            else:
-                lr = o.lr if group == "steps" else o.lr_offsets
-                self.optimizers[name] = RMSpropMomentum(p, lr=lr, momentum=o.momentum)
+    def _make_optimizers(self, saved: Optional[dict] = None) -> None:
+        """One optimiser per learned tensor, fresh (at the options' learning rates) or continuing from ``saved``
+        (name -> optimiser state); ``state.optimizers`` holds their states."""
+        self.optimizers = {name: self._new_optimizer(name, p) for name, p in self.state.params.items()}
+        if saved is not None:
+            if set(saved) != set(self.optimizers):
+                raise ConfigError(f"the saved training state has optimisers {sorted(saved)}, this run "
+                                  f"{sorted(self.optimizers)}")
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(saved[name])
+        self.state.optimizers = {name: optimizer.state for name, optimizer in self.optimizers.items()}
+
+    def _new_optimizer(self, name: str, p: torch.Tensor):
+        o, group = self.options, name.split(".")[0]
+        if group == "offsets" and o.offsets_optimizer == "sgd":
+            return SGD(p, lr=o.lr_offsets / self.nfe)
+        if group == "coefficients" and o.coefficients_optimizer == "adam":
+            return Adam(p, lr=o.lr_coefficients, decay=o.coefficient_decay)
+        if group == "coefficients":
+            return RMSpropMomentum(p, lr=o.lr_coefficients, momentum=o.momentum, decay=o.coefficient_decay)
+        return RMSpropMomentum(p, lr=o.lr if group == "steps" else o.lr_offsets, momentum=o.momentum)
 
     def _active(self, phase: Phase) -> list[str]:
-        """Optimiser names of a phase's groups."""
+        """Names of the learned tensors a phase moves."""
         return [name for name in self.optimizers if name.split(".")[0] in phase.groups]
 
-    def _params(self) -> dict[str, torch.Tensor]:
-        """Every learnable tensor by name: ``steps``, ``offsets``, ``coefficients.<k>``."""
-        out = {"steps": self.param.logits, "offsets": self.param.offsets}
-        if self.coef is not None:
-            out.update({f"coefficients.{i}": p for i, p in enumerate(self.coef.parameters_list())})
-        return out
+    def _param_copies(self) -> dict:
+        return {k: p.detach().clone() for k, p in self.state.params.items()}
 
-    def _param_state(self) -> dict:
-        return {k: p.detach().clone() for k, p in self._params().items()}
-
-    def _load_param_state(self, st: dict) -> None:
+    def _set_params(self, values: dict) -> None:
         with torch.no_grad():
-            for k, p in self._params().items():
-                p.copy_(st[k])
+            for k, p in self.state.params.items():
+                p.copy_(values[k])
 
     def _sampler(self, sigmas, sigmas_eval, phase: Optional[Phase]) -> Sampler:
         """The student on these grids; ``phase`` decides decoupling and learned coefficients (None: neither)."""
         decoupled = phase is not None and phase.decoupled
-        scales = self.param.eval_scales(sigmas, sigmas_eval) if decoupled else None
+        scales = self.grid.eval_scales(sigmas, sigmas_eval) if decoupled else None
         table = None
         if phase is not None and phase.coefficients:
-            table = self.coef.apply(self.spec.coefficients(sigmas, **self.solver_options))
+            table = self.coefficients.apply(self.spec.coefficients(sigmas, **self.solver_options))
         return Sampler(self.solver, sigmas, self.solver_options, sigmas_eval if decoupled else None, scales,
-                       self.opt.noise_estimate, table)
+                       self.options.noise_estimate, table)
 
-    def _current(self, phase: Optional[Phase], grad: bool = True) -> Sampler:
+    def _student_sampler(self, phase: Optional[Phase], grad: bool = True) -> Sampler:
+        """The student on the current parameters, as ``phase`` runs them."""
         with torch.set_grad_enabled(grad):
-            sig, sig_eval = self.param(phase is not None and phase.decoupled)
+            sig, sig_eval = self.grid(phase is not None and phase.decoupled)
             return self._sampler(sig, sig_eval, phase)
 
     def student(self, eps: torch.Tensor, cond, sampler: Sampler, net=None) -> torch.Tensor:
@@ -236,7 +239,7 @@ class LD3Trainer:
     @torch.no_grad()
     def evaluate(self, sampler: Sampler, pairs: Pairs) -> torch.Tensor:
         """Per-sample hard loss ``[n]`` of ``sampler`` on ``pairs`` from their true noises."""
-        bs = self.opt.val_batch_size or len(pairs)
+        bs = self.options.val_batch_size or len(pairs)
         losses = []
         for i in range(0, len(pairs), bs):
             part = pairs.rows(slice(i, i + bs))
@@ -245,210 +248,230 @@ class LD3Trainer:
         return torch.cat(losses)
 
     # -- one iteration ------------------------------------------------------------------------
+    def _next_batch(self, bs: int) -> torch.Tensor:
+        """Indices of the next ``bs`` training pairs; a new epoch (a new order) when fewer are left."""
+        s = self.state
+        if s.epoch_order is None or s.batch_position + bs > self.n_train:  # the ragged tail is dropped
+            s.epoch_order = torch.randperm(self.n_train, generator=s.generator)
+            s.batch_position = 0
+        idx = s.epoch_order[s.batch_position:s.batch_position + bs].to(self.device)
+        s.batch_position += bs
+        return idx
+
     def _step(self, idx: torch.Tensor, phase: Phase) -> dict:
-        o = self.opt
-        eps_in = self.eps[idx].detach().clone().requires_grad_(self.radius > 0)
-        batch = self.train.rows(idx)
-        out = self.student(eps_in, batch.cond, self._current(phase), net=self.net)
+        """One update of the phase's tensors on the training pairs ``idx``; the iteration's record."""
+        s = self.state
+        eps_in = s.train_noises[idx].detach().clone().requires_grad_(self.radius > 0)
+        batch = self.train_pairs.rows(idx)
+        out = self.student(eps_in, batch.cond, self._student_sampler(phase), net=self.train_network)
         loss_vec = self.loss_fn(out.float(), batch.y.float())
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
-            raise NumericalError(f"training loss became {loss.item()} at iteration {self.iteration}; "
+            raise NumericalError(f"training loss became {loss.item()} at iteration {s.iteration}; "
                                  "lower train.lr or check the model's outputs "
                                  "(best_values() holds the best schedule so far)")
-        refs = self._params()
-        zero_grad(*refs.values())
+        zero_grad(*s.params.values())
         loss.backward()
         for name in self._active(phase):
-            torch.nn.utils.clip_grad_norm_([refs[name]], o.grad_clip)
+            torch.nn.utils.clip_grad_norm_([s.params[name]], self.options.grad_clip)
             self.optimizers[name].step()
-        accepted = 0
-        if self.radius > 0 and eps_in.grad is not None:
-            proposal = propose_move(eps_in.detach(), eps_in.grad, batch.eps, self.radius, self.shift_lr)
-            with torch.no_grad():
-                new_loss = self.loss_fn(self.student(proposal, batch.cond, self._current(phase, False)).float(),
-                                        batch.y.float())
-            updated, mask = accept_moves(self.eps[idx], proposal, new_loss, loss_vec.detach())
-            self.eps[idx] = updated
-            accepted = int(mask.sum())
-        rec = {"loss": float(loss.detach()), "accepted": accepted}
+        rec = {"loss": float(loss.detach()), "accepted": self._move_noises(idx, eps_in, batch, loss_vec, phase)}
         if phase.decoupled:
-            rec["offset_frac"] = float(self.param.window_fractions().max())
+            rec["offset_frac"] = float(self.grid.window_fractions().max())
         if phase.coefficients:
-            rec["coef_max"] = self.coef.magnitude()
+            rec["coef_max"] = self.coefficients.magnitude()
         return rec
 
+    def _move_noises(self, idx: torch.Tensor, eps_in: torch.Tensor, batch: Pairs, loss_vec: torch.Tensor,
+                     phase: Phase) -> int:
+        """Soft teacher forcing: move the batch's noises along their gradient where that lowers their loss
+        (inside the ball around the true noises); how many moved."""
+        if self.radius <= 0 or eps_in.grad is None:
+            return 0
+        s = self.state
+        proposal = propose_move(eps_in.detach(), eps_in.grad, batch.eps, self.radius, self.shift_lr)
+        with torch.no_grad():
+            new_loss = self.loss_fn(self.student(proposal, batch.cond, self._student_sampler(phase, False)).float(),
+                                    batch.y.float())
+        updated, mask = accept_moves(s.train_noises[idx], proposal, new_loss, loss_vec.detach())
+        s.train_noises[idx] = updated
+        return int(mask.sum())
+
     def _validate(self, phase: Phase) -> dict:
-        val = float(self.evaluate(self._current(phase, False), self.val).mean())
+        """Validation loss of the current parameters; keeps the best, and decays the rates when patience runs out."""
+        s = self.state
+        val = float(self.evaluate(self._student_sampler(phase, False), self.val_pairs).mean())
         if not math.isfinite(val):
-            raise NumericalError(f"validation loss became {val} at iteration {self.iteration}; "
+            raise NumericalError(f"validation loss became {val} at iteration {s.iteration}; "
                                  "check the model's outputs (best_values() holds the best schedule so far)")
-        improved = val < self.best_val
+        improved = val < s.best_val
         if improved:
-            self.best_val, self.best_state, self.best_phase, self.bad = val, self._param_state(), self.phase, 0
+            s.best_val, s.best_params, s.best_phase, s.stale_validations = val, self._param_copies(), s.phase_index, 0
         else:
-            self.bad += 1
-            if self.bad >= self.opt.patience:
-                self._load_param_state(self.best_state)
-                self.bad = 0
-                for name in self._active(phase):
-                    floor = self.opt.min_lr * (1e-2 if name == "offsets" else 1.0)
-                    opt = self.optimizers[name]
-                    opt.lr = max(opt.lr * self.opt.lr_decay, floor)
-        return {"val": val, "best_val": self.best_val, "improved": improved}
+            s.stale_validations += 1
+            if s.stale_validations >= self.options.patience:
+                self._decay_learning_rates(phase)
+        return {"val": val, "best_val": s.best_val, "improved": improved}
+
+    def _decay_learning_rates(self, phase: Phase) -> None:
+        """Patience ran out: back to the best parameters, the phase's learning rates times ``lr_decay`` (floored)."""
+        o = self.options
+        self._set_params(self.state.best_params)
+        self.state.stale_validations = 0
+        for name in self._active(phase):
+            floor = o.min_lr * (OFFSETS_MIN_LR_FACTOR if name == "offsets" else 1.0)
+            optimizer = self.optimizers[name]
+            optimizer.lr = max(optimizer.lr * o.lr_decay, floor)
 
     def batch_size(self, phase: Phase) -> int:
         """Training pairs per iteration: ``batch_size_coefficients`` (when > 0) in a phase that runs the learned
         coefficients, ``batch_size`` otherwise; at most the training split."""
-        o = self.opt
+        o = self.options
         bs = o.batch_size_coefficients if phase.coefficients and o.batch_size_coefficients else o.batch_size
         return max(1, min(int(bs), self.n_train))
 
     def _phase_done(self, phase: Phase) -> bool:
         first = self.optimizers[self._active(phase)[0]]
-        return self.phase_iter >= phase.budget or first.lr <= self.opt.min_lr
+        return self.state.phase_iteration >= phase.budget or first.lr <= self.options.min_lr
+
+    def _next_phase(self) -> None:
+        """The phase change: record the ended phase's best validation and sampler, then start the next phase
+        from the best parameters so far, with fresh optimisers (the options' learning rates) and its iteration
+        and patience counters at zero.  The best validation so far carries over."""
+        s = self.state
+        ended = self.phases[s.phase_index]
+        s.phase_index, s.phase_iteration, s.stale_validations = s.phase_index + 1, 0, 0
+        self._set_params(s.best_params)
+        s.phase_ends[ended.name] = {"best_val": s.best_val, "sampler": self._best_sampler()}
+        self._make_optimizers()
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> LearnedSchedule:
         """Train through every phase; calls ``checkpoint(self)`` after each validation."""
         self.start()
-        start = time.perf_counter() - self.elapsed
-        while self.phase < len(self.phases):
-            phase = self.phases[self.phase]
+        s = self.state
+        clock_start = time.perf_counter() - s.elapsed
+        while s.phase_index < len(self.phases):
+            phase = self.phases[s.phase_index]
             if self._phase_done(phase):
-                self.phase, self.phase_iter, self.bad = self.phase + 1, 0, 0
-                self._load_param_state(self.best_state)
-                self.after_phase[phase.name] = (self.best_val, self._best_sampler())
-                self._make_optimizers()
+                self._next_phase()
                 continue
-            bs = self.batch_size(phase)
-            if self.perm is None or self.batch_pos + bs > self.n_train:  # a new epoch (drop the ragged tail)
-                self.perm = torch.randperm(self.n_train, generator=self.gen)
-                self.batch_pos = 0
-            idx = self.perm[self.batch_pos:self.batch_pos + bs].to(self.device)
-            self.batch_pos += bs
-            rec = self._step(idx, phase)
-            self.iteration += 1
-            self.phase_iter += 1
-            rec.update(iteration=self.iteration, phase=phase.name, lr=self.optimizers[self._active(phase)[0]].lr,
-                       seconds=time.perf_counter() - start)
-            every = self.opt.val_every_coefficients if phase.coefficients else self.opt.val_every
-            if self.iteration % max(1, every) == 0:
-                rec.update(self._validate(phase))
-            self.history.append(rec)
-            self.elapsed = time.perf_counter() - start
+            rec = self._iteration(phase, clock_start)
             if self.progress is not None:
                 self.progress(rec)
             if "val" in rec and checkpoint is not None:
                 checkpoint(self)
-        self.stopped = self.stopped or "budget"
-        self._load_param_state(self.best_state)
-        self.elapsed = time.perf_counter() - start
+        s.stopped = s.stopped or "budget"
+        self._set_params(s.best_params)
+        s.elapsed = time.perf_counter() - clock_start
         return self._result()
 
+    def _iteration(self, phase: Phase, clock_start: float) -> dict:
+        """One training iteration of ``phase`` (and a validation when one is due); its record, kept in the history."""
+        s, o = self.state, self.options
+        rec = self._step(self._next_batch(self.batch_size(phase)), phase)
+        s.iteration += 1
+        s.phase_iteration += 1
+        rec.update(iteration=s.iteration, phase=phase.name, lr=self.optimizers[self._active(phase)[0]].lr,
+                   seconds=time.perf_counter() - clock_start)
+        every = o.val_every_coefficients if phase.coefficients else o.val_every
+        if s.iteration % max(1, every) == 0:
+            rec.update(self._validate(phase))
+        s.history.append(rec)
+        s.elapsed = time.perf_counter() - clock_start
+        return rec
+
     def _best_phase(self) -> Optional[Phase]:
-        return self.phases[self.best_phase] if self.best_phase >= 0 else None
+        return self.phases[self.state.best_phase] if self.state.best_phase >= 0 else None
 
     def _best_sampler(self) -> Sampler:
         """The sampler of the current parameters as the best phase runs them (detached, on the CPU)."""
-        return self._current(self._best_phase(), grad=False).detached()
+        return self._student_sampler(self._best_phase(), grad=False).detached()
 
     def _result(self) -> LearnedSchedule:
-        o, phase = self.opt, self._best_phase()
+        o, s, phase = self.options, self.state, self._best_phase()
         decoupled = phase is not None and phase.decoupled
         return LearnedSchedule(
-            sampler=self._best_sampler(), nfe=self.nfe, param=o.param, loss=self.loss_name, init=self.init_name,
-            init_val=self.init_val, best_val=self.best_val, learn=tuple(o.learn),
+            sampler=self._best_sampler(), nfe=self.nfe, param=o.param, loss=self.loss_name, init=s.init_name,
+            init_val=s.init_val, best_val=s.best_val, learn=tuple(o.learn),
             best_phase=phase.name if phase is not None else "init",
-            baselines={k: {"train": v["train"], "val": v["val"]} for k, v in self.baselines.items()},
-            history=self.history, iterations=self.iteration, seconds=self.elapsed, radius=self.radius,
-            stopped=self.stopped, eval_scale=o.eval_scale, offset_units=o.offset_units,
-            window_fractions=self.param.window_fractions().tolist() if decoupled else [],
-            after_phase={k: v for k, (v, _) in self.after_phase.items()},
-            phase_samplers={k: s for k, (_, s) in self.after_phase.items()})
+            baselines={k: {"train": v["train"], "val": v["val"]} for k, v in s.baselines.items()},
+            history=s.history, iterations=s.iteration, seconds=s.elapsed, radius=self.radius,
+            stopped=s.stopped, eval_scale=o.eval_scale, offset_units=o.offset_units,
+            window_fractions=self.grid.window_fractions().tolist() if decoupled else [],
+            after_phase={k: end["best_val"] for k, end in s.phase_ends.items()},
+            phase_samplers={k: end["sampler"] for k, end in s.phase_ends.items()})
 
     def best_values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmas, sigmas_eval) of the best schedule so far, without disturbing training."""
-        current = self._param_state()
-        self._load_param_state(self.best_state)
+        current = self._param_copies()
+        self._set_params(self.state.best_params)
         phase = self._best_phase()
-        sig, ev = self.param.values(phase is not None and phase.decoupled)
-        self._load_param_state(current)
+        sig, ev = self.grid.values(phase is not None and phase.decoupled)
+        self._set_params(current)
         return sig.cpu(), ev.cpu()
 
     # -- resumable state ----------------------------------------------------------------------
-    def state_tensors(self) -> dict:
-        """Everything needed to resume, as tensors (saved with safetensors) ..."""
-        self.start()
-        t = {"init_sigmas": torch.as_tensor(self.baselines[self.init_name]["sigmas"], dtype=torch.float64),
-             "eps": self.eps, "gen_state": self.gen.get_state()}
-        t.update({f"param.{k}": v.detach() for k, v in self._params().items()})
-        t.update({f"best.{k}": v for k, v in self.best_state.items()})
-        if self.perm is not None:
-            t["perm"] = self.perm
-        for name, optim in self.optimizers.items():
-            for k, v in optim.state().items():
-                t[f"opt.{name}.{k}"] = v.detach()
-        for name, (_, sampler) in self.after_phase.items():
-            t.update({f"after.{name}.{k}": v for k, v in sampler.tensors().items()})
-        return t
-
-    def state_info(self) -> dict:
-        """... and plain data (saved as JSON)."""
-        return {"phase": self.phase, "iteration": self.iteration, "phase_iter": self.phase_iter, "bad": self.bad,
-                "batch_pos": self.batch_pos, "best_val": self.best_val, "best_phase": self.best_phase,
-                "elapsed": self.elapsed, "lrs": {k: v.lr for k, v in self.optimizers.items()},
-                "history": self.history, "init": self.init_name, "init_val": self.init_val,
-                "baselines": self.baselines, "phases": [p.name for p in self.phases],
-                "after_phase": {k: {"best_val": v, "sampler": s.plain()} for k, (v, s) in self.after_phase.items()}}
+    def dump_state(self) -> tuple[dict, dict]:
+        """The state as ``(tensors, info)`` (:func:`~ld3_cli.ld3.state.encode_state`).  Only reads: nothing is
+        scored or changed, before :meth:`start` too.  The tensors are the live ones: clone them to keep them."""
+        return encode_state(self.state)
 
     def load_state(self, tensors: dict, info: dict) -> None:
-        """Restore a state written by :meth:`state_tensors` / :meth:`state_info` (no baseline is scored again)."""
-        if info.get("phases") != [p.name for p in self.phases]:
-            raise ConfigError(f"the saved training state has phases {info.get('phases')}, this run "
-                              f"{[p.name for p in self.phases]}")
-        dev = self.device
-        self.baselines, self.init_name, self.init_val = dict(info["baselines"]), info["init"], info["init_val"]
-        self._build(tensors["init_sigmas"].to(torch.float64))
-        self._load_param_state({k: tensors[f"param.{k}"].to(dev) for k in self._params()})
-        self.best_state = {k: tensors[f"best.{k}"].to(dev) for k in self._params()}
-        self.eps = tensors["eps"].to(dev, self.dtype)
-        self.gen.set_state(tensors["gen_state"])
-        self.perm = tensors["perm"].long() if "perm" in tensors else None
-        self.batch_pos = int(info.get("batch_pos", 0))
-        self.phase, self.iteration, self.phase_iter = info["phase"], info["iteration"], info["phase_iter"]
-        self.bad, self.best_val, self.best_phase = info["bad"], info["best_val"], info["best_phase"]
-        self.elapsed, self.history = info.get("elapsed", 0.0), list(info.get("history", []))
-        self.after_phase = {}
-        for name, rec in info.get("after_phase", {}).items():
-            prefix = f"after.{name}."
-            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            self.after_phase[name] = (rec["best_val"], Sampler.from_tensors(own, rec["sampler"]))
-        self._make_optimizers()
-        for name, optim in self.optimizers.items():
-            optim.lr = info["lrs"][name]
-            state = {k.split(".")[-1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
-            if state:
-                optim.load(state)
+        """Continue from a state that :meth:`dump_state` gave; no baseline is scored again.  A state of another
+        format or of another run (phases, learned tensors, shapes) raises ConfigError and leaves the trainer as
+        it was."""
+        saved = decode_state(tensors, info)
+        if saved.phase_names != self.state.phase_names:
+            raise ConfigError(f"the saved training state has phases {saved.phase_names}, this run "
+                              f"{self.state.phase_names}")
+        before = self.state, self.grid, self.coefficients, self.optimizers
+        try:
+            self._adopt(saved)
+        except Exception as e:
+            self.state, self.grid, self.coefficients, self.optimizers = before
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"the saved training state does not fit this run ({type(e).__name__}: {e})") from None
+
+    def _adopt(self, saved: TrainerState) -> None:
+        """Make ``saved`` (tensors as loaded) the state: on this run's device, with the parameterizations and
+        the optimisers built around its tensors."""
+        saved.train_noises = saved.train_noises.to(self.device, self.dtype)
+        saved.epoch_order = None if saved.epoch_order is None else saved.epoch_order.long()
+        self.state = saved
+        if not saved.init_name:  # saved before start(): start() scores the baselines
+            return
+        values = saved.params
+        self._build(torch.as_tensor(saved.baselines[saved.init_name]["sigmas"], dtype=torch.float64))
+        if set(values) != set(saved.params):
+            raise ConfigError(f"the saved training state learns {sorted(values)}, this run {sorted(saved.params)}")
+        self._set_params(values)
+        saved.best_params = {k: saved.best_params[k].to(self.device) for k in saved.params}
+        self._make_optimizers(saved.optimizers)
 
 
 def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, targets: torch.Tensor,
-                   schedule: str = "auto", cond: Optional[torch.Tensor] = None,
-                   solver_options: Optional[dict] = None, learn=("steps", "offsets"), **options) -> LearnedSchedule:
+                   schedule: Optional[str] = None, cond: Optional[torch.Tensor] = None,
+                   solver_options: Optional[dict] = None, learn=None, **options) -> LearnedSchedule:
     """Learn an LD3 schedule (and, with ``"coefficients"`` in ``learn``, the solver's coefficients) in one call.
 
     Args:
         denoiser: sigma-space denoiser ``D(x, sigma[B], cond) -> x0`` with ``schedule`` and ``decode``.
-        solver: solver name (euler, heun, dpmpp, unipc, ipndm, deis); ``solver_options`` its options.
+        solver: solver name (euler, heun, dpmpp, unipc, ipndm, deis, ...); ``solver_options`` its options (the
+            solver's declared defaults for those not given, the same as ``solver=<name>`` composes).
         nfe: student NFE.
         noises: ``[n, C, H, W]`` unit-variance noises; targets: ``[n, ...]`` teacher images in [-1, 1].
-        schedule: initialisation, ``"auto"`` (best baseline on the training split) or a baseline name.
-        learn: any subset of ``("steps", "offsets", "coefficients")``.
-        **options: any :class:`TrainOptions` field (``batch_size``, ``r``, ``param``, ``iters_phase3`` ...).
+        schedule: ``train.init``: ``"auto"`` (best baseline on the training split; the default) or a baseline name.
+        learn: ``train.learn``, any subset of ``("steps", "offsets", "coefficients")`` (default: steps, offsets).
+        **options: any other train option (``batch_size``, ``r``, ``param``, ``iters_phase3`` ...); the defaults are
+            the declared ones, which the CLI's configs/train/default.yaml also holds.
 
     Returns:
         :class:`LearnedSchedule`; ``result.solve(denoiser, x, cond)`` runs exactly what was learned from
         ``x`` (the state at ``sigma_max``).
     """
-    opts = TrainOptions.from_dict({**options, "init": schedule, "learn": tuple(learn)})
-    return LD3Trainer(denoiser, solver, solver_options or {}, nfe, noises, targets, cond, opts).run()
+    named = {"init": schedule, "learn": None if learn is None else tuple(learn)}
+    opts = TrainOptions(**options, **{k: v for k, v in named.items() if v is not None})  # checked here, once
+    solver_options = get_solver(solver).resolve_options(solver_options or {}, values=True, fill_defaults=False)
+    return LD3Trainer(denoiser, solver, solver_options, nfe, noises, targets, cond, opts).run()

@@ -9,7 +9,7 @@ See :mod:`ld3_cli.solvers.base` for the grid contract.  Register a new solver by
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import SolverSpec
+from .base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES, SolverSpec
 from .deis import DEIS
 from .dpmpp import DPMSolverPP
 from .euler import Euler
@@ -31,19 +31,23 @@ def get_solver(name: str) -> SolverSpec:
 
 
 def solve(name, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
-          **options):
+          noise_estimate=DEFAULT_NOISE_ESTIMATE, **options):
     """Run solver ``name`` over ``sigmas`` (N + 1 decreasing levels) and return the state at ``sigmas[-1]``.
 
     ``sigmas_eval`` / ``eval_scales`` (``[N + 1]`` each, optional): LD3's decoupled evaluation, the
     network sees ``eval_scales[i] * x_i`` at ``sigmas_eval[i]`` (see :class:`~ld3_cli.solvers.base.Evaluator`).
-    Options are the solver's own (``order``, ``variant``, ``lower_order_final``, ``noise_estimate``, ...).
-    Raises :class:`ConfigError` for an unknown solver or an impossible order / step count.
+    ``options`` are the solver's declared ones (``order``, ``variant``, ``lower_order_final``, ...; the defaults
+    for those not given).  ``check=True`` checks them, the order against the steps and the grid (ConfigError
+    naming the problem); ``check=False`` (a training loop whose inputs were checked once) only refuses unknown
+    option names and performs no host synchronisation.
     """
     spec = get_solver(name)
-    n_steps = len(sigmas) - 1
-    options["order"] = spec.validate(n_steps, **{k: v for k, v in options.items() if k == "order"})
-    return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback=callback, check=check, eval_scales=eval_scales,
-                    **options)
+    options = spec.resolve_options(options, values=check)
+    if check:
+        spec.validate(len(sigmas) - 1, options["order"])
+        if noise_estimate not in NOISE_ESTIMATES:
+            raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
+    return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate, **options)
 
 
 __all__ = ["SOLVERS", "SolverSpec", "get_solver", "solve"]

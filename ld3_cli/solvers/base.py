@@ -13,11 +13,13 @@ Contract of a solver run (see :func:`ld3_cli.solvers.solve`):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from functools import cached_property
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
 from ..errors import ConfigError
+from ..utils.option_schema import Option, by_name, check_options, one_of
 
 Tensor = torch.Tensor
 # callback(i, x_i, denoised_i): called once per grid point i < N with the state at sigmas[i]
@@ -93,8 +95,6 @@ class Evaluator:
 
     def __init__(self, denoiser, sigmas: Tensor, sigmas_eval: Tensor, cond: Any, x: Tensor,
                  eval_scales: Optional[Tensor] = None, noise_estimate: str = DEFAULT_NOISE_ESTIMATE):
-        if noise_estimate not in NOISE_ESTIMATES:
-            raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
         sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.denoiser = denoiser
         self.sigmas = sigmas
@@ -107,7 +107,7 @@ class Evaluator:
         self.calls = 0
 
     def _input(self, x: Tensor, i: int) -> Tensor:
-        return x if self.scales is None else scale(self.scales[i], x) * x
+        return x if self.scales is None else as_state_dtype(self.scales[i], x) * x
 
     def __call__(self, x: Tensor, i: int) -> Tensor:
         """``D_i = D(c_i x, sigmas_eval[i])``."""
@@ -117,8 +117,8 @@ class Evaluator:
     def eps(self, x: Tensor, den: Tensor, i: int) -> Tensor:
         """The noise estimate at grid point ``i`` from the state ``x`` and its ``den = self(x, i)``."""
         if self.at_eval:
-            return (self._input(x, i) - den) / scale(self.sigmas_eval[i], x)
-        return (x - den) / scale(self.sigmas[i], x)
+            return (self._input(x, i) - den) / as_state_dtype(self.sigmas_eval[i], x)
+        return (x - den) / as_state_dtype(self.sigmas[i], x)
 
 
 def step_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int:
@@ -132,58 +132,67 @@ def step_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int
 def resolve_lower_order_final(value, n_steps: int) -> bool:
     """``True`` (the default, as the official LD3 samplers): always lower the order of the final steps;
     ``"auto"`` applies DPM-Solver's rule: only when N < 10."""
-    if value in ("auto", None):
-        return n_steps < 10
-    if isinstance(value, str):
-        return value.lower() in ("true", "1", "yes")
-    return bool(value)
+    return n_steps < 10 if value == "auto" else bool(value)
 
 
-def scale(c: Tensor, x: Tensor) -> Tensor:
-    """Cast a float64 coefficient to the state's dtype (keeps autograd)."""
+def as_state_dtype(c: Tensor, x: Tensor) -> Tensor:
+    """A float64 coefficient cast to the state's dtype (keeps autograd)."""
     return c.to(x.dtype)
+
+
+# options more than one solver takes: declared once here
+LOWER_ORDER_FINAL = Option("lower_order_final", True, one_of((True, False, "auto")),
+                           "Lower the order of the final steps, min(order, N - i): true (the official LD3 samplers), "
+                           "auto (only when steps < 10, DPM-Solver's rule) or false.")
 
 
 class SolverSpec:
     """Registry entry for one solver.
 
-    Subclasses define ``name``, ``orders`` (allowed), ``default_order``, ``description`` and
-    ``run(denoiser, x, sigmas, sigmas_eval, cond, callback, **options)``.  ``nfe`` and
-    ``steps_for_nfe`` state the cost; ``validate`` refuses impossible combinations.
+    Subclasses define ``name``, ``orders`` (allowed), ``default_order``, ``description``, their own
+    ``options`` (:class:`~ld3_cli.utils.option_schema.Option` declarations besides ``order``) and
+    ``run(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate, **options)``
+    (``options``: every declared option, resolved by :func:`ld3_cli.solvers.solve`).  ``nfe`` and
+    ``steps_for_nfe`` state the cost; ``validate`` refuses impossible order / step combinations.
     """
 
     name = "base"
     orders: tuple[int, ...] = (1,)
     default_order = 1
     description = ""
-    options: dict = {}
+    options: tuple[Option, ...] = ()
     # True for a stock sampler that evaluates the network on its own list: no decoupled times, no state scales
     evaluates_on_grid = False
     # True when the run ends with one more step from the grid's last sigma onto 0 (k-diffusion's lists)
     ends_at_zero = False
 
-    # run() arguments that are the grid contract, not options a config sets
-    CONTRACT = frozenset({"self", "denoiser", "x", "sigmas", "sigmas_eval", "cond", "callback", "check",
-                          "eval_scales", "noise_estimate"})
+    @cached_property
+    def declared(self) -> dict[str, Option]:
+        """Every option of this solver by name: ``order`` first, then its own."""
+        order = Option("order", self.default_order, one_of(self.orders), f"Order, one of {list(self.orders)}.")
+        return {"order": order, **by_name(self.options)}
 
-    def option_names(self) -> frozenset:
-        """The options this solver takes: ``order`` (every solver has one) and the keyword arguments of :meth:`run`."""
-        import inspect
+    @cached_property
+    def defaults(self) -> dict:
+        return {name: o.default for name, o in self.declared.items()}
 
-        params = inspect.signature(self.run).parameters.values()
-        return frozenset({"order"} | {p.name for p in params
-                                      if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in self.CONTRACT})
+    def resolve_options(self, options: Mapping, prefix: str = "solver", values: bool = True,
+                        fill_defaults: bool = True) -> dict:
+        """Every declared option (defaults for those not in ``options``, unless ``fill_defaults=False``); unknown
+        names refused, values checked unless ``values=False`` (they were checked where they entered)."""
+        return check_options(self.declared, options, prefix, fill_defaults, values, owner=f"solver '{self.name}'")
 
-    def nfe(self, n_steps: int, **options) -> int:
+    def nfe(self, n_steps: int) -> int:
         return int(n_steps)
 
-    def steps_for_nfe(self, nfe: int, **options) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 1:
             raise ConfigError(f"NFE must be at least 1, got {nfe}")
         return nfe
 
-    def validate(self, n_steps: int, order: Optional[int] = None, **options) -> int:
+    def validate(self, n_steps: int, order: Optional[int] = None) -> int:
+        """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError."""
         order = self.default_order if order is None else int(order)
         if order not in self.orders:
             raise ConfigError(f"solver '{self.name}' supports orders {list(self.orders)}, got order={order}")
@@ -191,15 +200,34 @@ class SolverSpec:
             raise ConfigError(f"solver '{self.name}' needs at least 1 step, got {n_steps}")
         if len(self.orders) > 1 and order > n_steps:
             raise ConfigError(f"solver '{self.name}' of order {order} needs at least {order} steps "
-                              f"(NFE {self.nfe(order, **options)}); got {n_steps} steps. "
-                              "Lower solver.order or raise nfe.")
+                              f"(NFE {self.nfe(order)}); got {n_steps} steps. Lower solver.order or raise nfe.")
         return order
 
-    def run(self, denoiser, x, sigmas, sigmas_eval, cond, callback, **options):  # pragma: no cover
+    def learns_coefficients(self, options: Mapping) -> bool:
+        """Whether this solver, with ``options`` (resolved), has multistep weights that can be learned: it combines
+        earlier network outputs (order >= 2) or has a corrector.  Decided from the declaration, nothing is run."""
+        return False
+
+    def check_learnable(self, options: Mapping) -> None:
+        """ConfigError naming the fix when ``train.learn`` asks for coefficients this solver does not have."""
+        from . import SOLVERS
+
+        if self.evaluates_on_grid:
+            raise ConfigError(f"solver '{self.name}' is a stock sampler: its coefficients are k-diffusion's and "
+                              "cannot be learned; use train.learn=[steps] with it, or a learned solver with "
+                              "solver=dpmpp or unipc")
+        if not self.learns_coefficients(options):
+            able = [s.name for s in SOLVERS.values()
+                    if any(s.learns_coefficients({**s.defaults, "order": k}) for k in s.orders)]
+            raise ConfigError(f"solver '{self.name}' of order {options.get('order')} combines no earlier network "
+                              f"outputs: it has no coefficients to learn; use {', '.join(able)} of order >= 2 "
+                              "(train.learn=[steps,offsets] learns this solver's schedule)")
+
+    def run(self, denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate,
+            **options):  # pragma: no cover
         raise NotImplementedError
 
     def coefficients(self, sigmas, **options):
         """The solver's :class:`~ld3_cli.solvers.multistep.MultistepCoefficients` on ``sigmas`` (float64,
         differentiable); solvers that are not linear multistep methods (Heun) have none."""
-        raise ConfigError(f"solver '{self.name}' is not a linear multistep method: it has no coefficient table "
-                          "to learn (use dpmpp, unipc, ipndm, deis or euler)")
+        raise ConfigError(f"solver '{self.name}' is not a linear multistep method: it has no coefficient table")

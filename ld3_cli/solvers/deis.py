@@ -38,7 +38,7 @@ def lagrange_integrals(nodes, a, b):
     return out
 
 
-def deis_coefficients(sigmas, order=3):
+def deis_coefficients(sigmas, order):
     """DEIS's table (noise form): ``w_j`` the Lagrange integrals, ``b_i = sum_j w_j`` (= the step) and the
     weight of ``eps_{i-j} - eps_i`` is ``w_j``."""
     n = sigmas.numel() - 1
@@ -59,5 +59,8 @@ class DEIS(MultistepSolver):
     default_order = 3
     description = "DEIS rho-AB (variable-step Adams-Bashforth in sigma), orders 1-4, 1 NFE per step"
 
-    def coefficients(self, sigmas, order=3, **_):
+    def table(self, sigmas, order):
         return deis_coefficients(sigmas, int(order))
+
+    def learns_coefficients(self, options) -> bool:
+        return int(options["order"]) >= 2

@@ -24,20 +24,24 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import resolve_lower_order_final, step_order
+from ..utils.option_schema import Option, one_of
+from .base import LOWER_ORDER_FINAL, resolve_lower_order_final, step_order
 from .multistep import MultistepSolver, table
 
+SOLVER_TYPES = ("midpoint", "heun")
+COEFFICIENT_KINDS = ("reference", "exact")
 
-def dpmpp_coefficients(sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference"):
+
+def dpmpp_coefficients(sigmas, order, lower_order_final, solver_type, coefficients):
     """DPM-Solver++'s table (data form) on ``sigmas`` (float64, differentiable); see the module docstring.
 
     In history differences ``E_j = D_{i-j} - D_i``: order 2 adds ``-c / r0 * E_1`` (``c = -phi1 / 2`` midpoint,
     ``phi1 / h + 1`` heun); order 3 adds ``(-phi2 / r0 - k (1/r0 + 1/r1)) E_1 + (k / r1) E_2`` with
     ``k = (phi2 r0 - c3 phi3) / (r0 + r1)``, which is ``phi2 D1 - c3 phi3 D2`` rewritten.
     """
-    if solver_type not in ("midpoint", "heun"):
+    if solver_type not in SOLVER_TYPES:
         raise ConfigError(f"dpmpp solver_type must be 'midpoint' or 'heun', got '{solver_type}'")
-    if coefficients not in ("reference", "exact"):
+    if coefficients not in COEFFICIENT_KINDS:
         raise ConfigError(f"dpmpp coefficients must be 'reference' or 'exact', got '{coefficients}'")
     c3 = 1.0 if coefficients == "reference" else 2.0
     n = sigmas.numel() - 1
@@ -69,9 +73,18 @@ def dpmpp_coefficients(sigmas, order=2, lower_order_final=True, solver_type="mid
 class DPMSolverPP(MultistepSolver):
     name = "dpmpp"
     orders = (1, 2, 3)
-    default_order = 2
+    default_order = 3
     description = "DPM-Solver++ multistep (data prediction), orders 1-3, 1 NFE per step"
+    options = (
+        LOWER_ORDER_FINAL,
+        Option("solver_type", "midpoint", one_of(SOLVER_TYPES),
+               "Form of the 2nd-order update: midpoint (DPM-Solver's 'dpmsolver') or heun ('taylor')."),
+        Option("coefficients", "reference", one_of(COEFFICIENT_KINDS), "reference (the D2 weight of DPM-Solver, "
+               "k-diffusion and diffusers; 2nd-order accurate) or exact (the Taylor weight; 3rd order)."),
+    )
 
-    def coefficients(self, sigmas, order=2, lower_order_final=True, solver_type="midpoint", coefficients="reference",
-                     **_):
+    def table(self, sigmas, order, lower_order_final, solver_type, coefficients):
         return dpmpp_coefficients(sigmas, int(order), lower_order_final, solver_type, coefficients)
+
+    def learns_coefficients(self, options) -> bool:
+        return int(options["order"]) >= 2

@@ -25,5 +25,5 @@ class Euler(MultistepSolver):
     default_order = 1
     description = "Euler / DDIM: first order, 1 NFE per step"
 
-    def coefficients(self, sigmas, **_):
+    def table(self, sigmas, order):
         return euler_coefficients(sigmas)

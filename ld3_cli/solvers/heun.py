@@ -8,7 +8,7 @@ Slopes are the Evaluator's noise estimates, ``d = (x - D(x, sigma)) / sigma`` wi
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid, scale
+from .base import DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, as_state_dtype, prepare_grid
 
 
 def sample_heun(denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
@@ -23,7 +23,7 @@ def heun_steps(ev: Evaluator, x, steps_to, callback=None):
     through ``ev``; the last step is Euler."""
     n = steps_to.numel() - 1
     for i in range(n):
-        s, s_next = scale(steps_to[i], x), scale(steps_to[i + 1], x)
+        s, s_next = as_state_dtype(steps_to[i], x), as_state_dtype(steps_to[i + 1], x)
         den = ev(x, i)
         if callback is not None:
             callback(i, x, den)
@@ -43,10 +43,10 @@ class Heun(SolverSpec):
     default_order = 2
     description = "Heun (EDM): second order, 2 NFE per step, last step Euler (NFE = 2N - 1)"
 
-    def nfe(self, n_steps: int, **options) -> int:
+    def nfe(self, n_steps: int) -> int:
         return 2 * int(n_steps) - 1
 
-    def steps_for_nfe(self, nfe: int, **options) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 1 or nfe % 2 == 0:
             raise ConfigError(f"Heun needs an odd NFE (N steps cost 2N - 1 evaluations); got nfe={nfe}. "
@@ -54,5 +54,5 @@ class Heun(SolverSpec):
         return (nfe + 1) // 2
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True,
-            eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE, **_):
+            eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE, order=2):
         return sample_heun(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate)

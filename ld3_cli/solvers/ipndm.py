@@ -9,8 +9,8 @@ Adams-Bashforth weights of equal steps, warm-started with lower orders
 * 4: ``(55 d_i - 59 d_{i-1} + 37 d_{i-2} - 9 d_{i-3}) / 24``;  ``x <- x + (sigma_{i+1} - sigma_i) * slope``.
 
 NFE = N.  The fixed weights are exact only for equal steps; on the non-uniform grids used in
-practice the variable-step error limits the global order to ``min(order, 2)`` (see
-``variable_step=True`` for the exact variable-step Adams-Bashforth weights, i.e. ``deis``).
+practice the variable-step error limits the global order to ``min(order, 2)`` (the ``deis`` solver has the
+exact variable-step Adams-Bashforth weights).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ AB_WEIGHTS = {
 }
 
 
-def ipndm_coefficients(sigmas, order=4):
+def ipndm_coefficients(sigmas, order):
     """iPNDM's table (noise form): ``b_i = sigma_{i+1} - sigma_i`` and the weight of ``eps_{i-k} - eps_i`` is
     ``b_i w_k`` with the Adams-Bashforth weights ``w`` of order ``min(order, i + 1)`` (they sum to 1)."""
     n = sigmas.numel() - 1
@@ -43,8 +43,11 @@ def ipndm_coefficients(sigmas, order=4):
 class IPNDM(MultistepSolver):
     name = "ipndm"
     orders = (1, 2, 3, 4)
-    default_order = 4
+    default_order = 3
     description = "improved PNDM (fixed Adams-Bashforth weights in sigma), orders 1-4, 1 NFE per step"
 
-    def coefficients(self, sigmas, order=4, **_):
+    def table(self, sigmas, order):
         return ipndm_coefficients(sigmas, int(order))
+
+    def learns_coefficients(self, options) -> bool:
+        return int(options["order"]) >= 2

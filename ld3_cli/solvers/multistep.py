@@ -157,21 +157,20 @@ def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, s
 
 
 class MultistepSolver(SolverSpec):
-    """A solver that is a coefficient table: subclasses define :meth:`coefficients` (its keyword arguments are the
-    solver's options); running it, learning corrections to it and exporting it need nothing else."""
+    """A solver that is a coefficient table: subclasses define :meth:`table` (keyword arguments: ``order`` and
+    the solver's declared ``options``, all of them); running it, learning corrections to it and exporting it need
+    nothing else."""
 
-    def coefficients(self, sigmas, **options) -> MultistepCoefficients:  # pragma: no cover - abstract
+    def table(self, sigmas, **options) -> MultistepCoefficients:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def option_names(self) -> frozenset:
-        import inspect
-
-        params = inspect.signature(self.coefficients).parameters.values()
-        return frozenset({"order"} | {p.name for p in params
-                                      if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "sigmas"})
+    def coefficients(self, sigmas, **options) -> MultistepCoefficients:
+        """The table on ``sigmas`` with ``options`` (the defaults for those not given; an unknown name is refused,
+        the values are the caller's, checked where they entered)."""
+        return self.table(sigmas, **self.resolve_options(options, values=False))
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
             noise_estimate=DEFAULT_NOISE_ESTIMATE, **options):
         sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)  # the table needs the prepared grid
-        return sample_multistep(denoiser, x, sigmas, self.coefficients(sigmas, **options), sigmas_eval, cond,
+        return sample_multistep(denoiser, x, sigmas, self.table(sigmas, **options), sigmas_eval, cond,
                                 callback, False, eval_scales, noise_estimate)

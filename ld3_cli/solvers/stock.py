@@ -49,6 +49,9 @@ STOCK_SAMPLERS = {
 }
 
 
+_STOCK_NOTE = ". Learns the time steps only; `ld3 export` gives the list for the stock sampler"
+
+
 def to_zero_grid(sigmas: torch.Tensor) -> torch.Tensor:
     """``sigmas`` with a final 0 appended: the list a stock sampler runs."""
     return torch.cat([sigmas, sigmas.new_zeros(1)])
@@ -64,10 +67,10 @@ class _Stock:
 class _EndsAtZero(_Stock):
     """NFE bookkeeping of a sampler whose list ends with a step onto 0 (one more evaluation than grid steps)."""
 
-    def nfe(self, n_steps: int, **options) -> int:
+    def nfe(self, n_steps: int) -> int:
         return int(n_steps) + 1
 
-    def steps_for_nfe(self, nfe: int, **options) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 2:
             raise ConfigError(f"solver '{self.name}' ends with a step onto sigma 0, so it needs nfe >= 2; got "
@@ -79,16 +82,16 @@ class KEuler(_EndsAtZero, MultistepSolver):
     name = "k_euler"
     orders = (1,)
     default_order = 1
-    description = "k-diffusion / ComfyUI euler on the list ending at 0: NFE = steps + 1"
+    description = (f"k-diffusion / ComfyUI euler on the list ending at 0 (NFE = steps + 1){_STOCK_NOTE}")
 
-    def coefficients(self, sigmas, order=1):
+    def table(self, sigmas, order):
         return replace(euler_coefficients(to_zero_grid(sigmas)), to_zero=True)
 
 
 def k_dpmpp_2m_coefficients(sigmas: torch.Tensor):
     """``sample_dpmpp_2m``'s table on ``[sigmas..., 0]``: DPM-Solver++(2M) (midpoint, no lower-order final steps)
     on ``sigmas``, then ``x <- D`` onto 0 (``a = 0``, ``b = 1``)."""
-    c = dpmpp_coefficients(sigmas, 2, lower_order_final=False)
+    c = dpmpp_coefficients(sigmas, 2, lower_order_final=False, solver_type="midpoint", coefficients="reference")
     one = sigmas.new_ones(())
     a = list(c.a) + [one * 0]
     b = list(c.b) + [one]
@@ -100,9 +103,9 @@ class KDPMPP2M(_EndsAtZero, MultistepSolver):
     name = "k_dpmpp_2m"
     orders = (2,)
     default_order = 2
-    description = "k-diffusion / ComfyUI dpmpp_2m on the list ending at 0: NFE = steps + 1"
+    description = (f"k-diffusion / ComfyUI dpmpp_2m on the list ending at 0 (NFE = steps + 1){_STOCK_NOTE}")
 
-    def coefficients(self, sigmas, order=2):
+    def table(self, sigmas, order):
         return k_dpmpp_2m_coefficients(sigmas)
 
 
@@ -110,12 +113,13 @@ class KHeun(_Stock, SolverSpec):
     name = "k_heun"
     orders = (2,)
     default_order = 2
-    description = "k-diffusion / ComfyUI heun on the list ending at 0 (Euler onto 0): NFE = 2 * steps + 1"
+    description = (f"k-diffusion / ComfyUI heun on the list ending at 0, Euler onto 0 (NFE = 2 * steps + 1)"
+                   f"{_STOCK_NOTE}")
 
-    def nfe(self, n_steps: int, **options) -> int:
+    def nfe(self, n_steps: int) -> int:
         return 2 * int(n_steps) + 1
 
-    def steps_for_nfe(self, nfe: int, **options) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 3 or nfe % 2 == 0:
             near = [3] if nfe < 3 else [nfe - 1, nfe + 1]

@@ -22,8 +22,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .base import resolve_lower_order_final, step_order
+from ..utils.option_schema import FLAG, Option, one_of
+from .base import LOWER_ORDER_FINAL, resolve_lower_order_final, step_order
 from .multistep import MultistepSolver, table
+
+VARIANTS = ("bh1", "bh2")
 
 
 def _unipc_coefficients(h, rks, variant):
@@ -35,7 +38,7 @@ def _unipc_coefficients(h, rks, variant):
     elif variant == "bh2":
         b_h = torch.expm1(hh)
     else:
-        raise ConfigError(f"unipc variant must be 'bh1' or 'bh2', got '{variant}'")
+        raise ConfigError(f"unipc variant must be one of {VARIANTS}, got '{variant}'")
     p = len(rks)
     h_phi_k = phi / hh - 1
     fact = 1
@@ -59,7 +62,7 @@ def _unipc_coefficients(h, rks, variant):
     return phi, b_h, rhos_p, rhos_c
 
 
-def unipc_coefficients(sigmas, order=3, variant="bh2", lower_order_final=True, corrector=True):
+def unipc_coefficients(sigmas, order, variant, lower_order_final, corrector):
     """UniPC's table (data form) on ``sigmas``: with ``d1s_k = (D_{i-k} - D_i) / r_k`` the predictor weight of
     ``E_k = D_{i-k} - D_i`` is ``-B(h) rho^p_k / r_k``, the corrector's ``-B(h) rho^c_k / r_k`` and, on the new
     evaluation ``D_{i+1} - D_i``, ``-B(h) rho^c_last``."""
@@ -89,7 +92,17 @@ class UniPC(MultistepSolver):
     default_order = 3
     description = "UniPC multistep predictor-corrector (bh1/bh2), orders 1-3, 1 NFE per step"
 
-    def coefficients(self, sigmas, order=3, variant="bh2", lower_order_final=True, corrector=True, **_):
+    options = (
+        Option("variant", "bh2", one_of(VARIANTS),
+               "B(h) of the update: bh2 (diffusers' default; robust at NFE <= 10) or bh1 (the LD3 paper's CIFAR10)."),
+        LOWER_ORDER_FINAL,
+        Option("corrector", True, FLAG, "Apply the UniC corrector (it reuses the next evaluation: no extra NFE)."),
+    )
+
+    def table(self, sigmas, order, variant, lower_order_final, corrector):
         return unipc_coefficients(sigmas, int(order), variant, lower_order_final, corrector)
+
+    def learns_coefficients(self, options) -> bool:
+        return int(options["order"]) >= 2 or bool(options["corrector"])
 
 

@@ -43,7 +43,7 @@ def teacher_artifact(ctx: StageContext, seed_start: Optional[int] = None, n: Opt
     ``teacher.n``), made when allowed and missing; else MissingArtifactError naming the command."""
     seed_start = int(ctx.cfg.seed if seed_start is None else seed_start)
     n = int(ctx.cfg.teacher.n if n is None else n)
-    fields = teacher_fields(ctx.cfg, seed_start, n)
+    fields = teacher_fields(ctx.cfg, ctx.settings.teacher_solver, seed_start, n)
     key = make_key(fields)
     # `ld3 teacher-sample` makes the training pairs; other seeds (eval's held-out pairs) are made by the stage itself
     training = (seed_start, n) == (int(ctx.cfg.seed), int(ctx.cfg.teacher.n))
@@ -70,7 +70,8 @@ def stored_teacher_images(ctx: StageContext, seeds: list) -> Optional[torch.Tens
     off, n = int(ctx.cfg.sample.seed_offset), int(ctx.cfg.eval.heldout_n)
     if not seeds or min(seeds) < off or max(seeds) >= off + n:
         return None
-    if not ctx.store.exists(ctx.model_key, "teacher", make_key(teacher_fields(ctx.cfg, off, n))):
+    fields = teacher_fields(ctx.cfg, ctx.settings.teacher_solver, off, n)
+    if not ctx.store.exists(ctx.model_key, "teacher", make_key(fields)):
         return None
     images = heldout_teacher_artifact(ctx).tensors({"images": (n, None, None, None)})["images"]
     return images[[s - off for s in seeds]]
@@ -79,7 +80,7 @@ def stored_teacher_images(ctx: StageContext, seeds: list) -> Optional[torch.Tens
 # -- the learned schedule ------------------------------------------------------------------------
 def schedule_fields_for(ctx: StageContext) -> dict:
     """The key fields of the learned schedule for this config (MissingArtifactError without teacher pairs)."""
-    return schedule_fields(ctx.cfg, teacher_artifact(ctx, produce=False).key)
+    return schedule_fields(ctx.cfg, ctx.settings.solver, teacher_artifact(ctx, produce=False).key)
 
 
 def learned_schedule(ctx: StageContext) -> Artifact:
@@ -177,7 +178,7 @@ def samples_artifact(ctx: StageContext, name: Optional[str] = None) -> Artifact:
     """The samples for schedule ``name`` (default ``cfg.schedule``), made when missing."""
     name = name or str(ctx.cfg.schedule)
     sampler, desc = schedule_for(ctx, name)
-    fields = samples_fields(ctx.cfg, desc)
+    fields = samples_fields(ctx.cfg, ctx.settings.solver, desc)
     key = make_key(fields)
     command = ctx.command("sample", [f"schedule={name}"])
     stored_teacher = functools.partial(stored_teacher_images, ctx)  # the grids' teacher images, when stored

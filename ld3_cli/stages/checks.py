@@ -1,133 +1,112 @@
-"""Cheap semantic checks of a composed config (no model loading, nothing written).
+"""The boundary check of a composed config: every option and every cross-option rule, once, nothing loaded.
 
-Run by the CLI before Hydra starts (for every job of a sweep) and again by each stage, so an
-impossible setting is one line and exit status 2 before any work is done.  Every ``train.*``
-option is checked (:func:`ld3_cli.ld3.options.check_train_options`), and both solvers run once on
-a trivial problem, so every option a solver reads is checked too.  The names each setting
-accepts are imported from where they are defined.
+Run by the CLI before Hydra starts (for every job of a sweep) and by the stage runner, so an impossible
+setting is one line and exit status 2 before any model loads or any artifact is read.  :func:`run_settings`
+resolves a config once (memoised on the resolved config, so the second look is free) into
+:class:`RunSettings`: both solvers (:class:`~ld3_cli.solvers.config.SolverSetup`: options, NFE parity, order
+against steps) and the :class:`~ld3_cli.ld3.options.TrainOptions`; then the rules between groups: what
+``train.learn`` asks of the solver, the teacher pairs' train / validation split, the loss for the model's
+images.  The names each setting accepts are imported from where they are defined.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from .. import search  # noqa: F401 - registers the searched baselines (gits, dmn)
-from ..errors import ConfigError, Ld3Error
 from ..data.datasets import dataset_channels
+from ..errors import ConfigError, Ld3Error
 from ..ld3.losses import check_loss
-from ..ld3.options import check_train_options, effective_learn
+from ..ld3.options import TrainOptions, effective_learn
+from ..ld3.start import split_sizes
 from ..metrics.suite import check_suite
 from ..models.registry import BUILDERS
 from ..models.speed import AUTOCAST_CHOICES
 from ..schedules import available
-from ..solvers import get_solver, solve
-from ..store import to_plain
+from ..solvers.config import SolverSetup
+from ..store import canonical_json, to_plain
 from ..utils.devices import check_device
 
-
 TRAINING_STAGES = ("train", "run")  # the stages whose loss must be available before anything runs
+_SETTINGS: dict[str, "RunSettings"] = {}  # resolved config (canonical JSON) -> its settings
+_SETTINGS_KEPT = 64
 
 
-def solver_options(solver_cfg) -> dict:
-    """The solver config minus its name: the options passed to ``solve``.
+@dataclass(frozen=True)
+class RunSettings:
+    """A config resolved and checked: the student ``solver``, the ``teacher_solver``, the ``train`` options and
+    what is learned with this solver (``learn``: a stock sampler learns its time steps only)."""
 
-    Keys that are another solver's options are dropped (an experiment config sets, e.g., UniPC's
-    ``variant`` for every solver of a sweep); a key that no solver takes is a ConfigError.
-    """
-    from ..solvers import SOLVERS, get_solver
-
-    d = {k: v for k, v in dict(solver_cfg).items() if k != "name"}
-    own = get_solver(str(solver_cfg.get("name"))).option_names()
-    known = frozenset().union(*(s.option_names() for s in SOLVERS.values()))
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"solver.{unknown[0]} is not an option of any solver; solver "
-                          f"'{solver_cfg.get('name')}' takes {sorted(own)}")
-    return {k: v for k, v in d.items() if k in own}
+    solver: SolverSetup
+    teacher_solver: SolverSetup
+    train: TrainOptions
+    learn: tuple
 
 
-def solver_fields(solver_cfg) -> dict:
-    """What a solver config contributes to store keys: its name and the options it takes."""
-    return {"name": str(solver_cfg.get("name")), **solver_options(solver_cfg)}
-
-
-def steps_for(solver_cfg, nfe) -> int:
-    """Steps for ``nfe`` evaluations of this solver, validated (raises ConfigError)."""
-    if isinstance(nfe, bool) or not isinstance(nfe, int):
-        try:
-            nfe = int(nfe)
-        except (TypeError, ValueError):
-            raise ConfigError(f"nfe must be a whole number >= 1, got {nfe!r}") from None
-    if nfe < 1:
-        raise ConfigError(f"nfe must be at least 1, got {nfe}")
-    spec = get_solver(str(solver_cfg.get("name")))
-    steps = spec.steps_for_nfe(nfe)
-    spec.validate(steps, solver_cfg.get("order"))
-    return steps
-
-
-def check_solver(solver_cfg, nfe, what: str = "solver") -> int:
-    """:func:`steps_for`, then one solve of a trivial problem with every option of ``solver_cfg``."""
-    steps = steps_for(solver_cfg, nfe)
-    sigmas = torch.logspace(1, -1, steps + 1, dtype=torch.float64)
-    try:
-        solve(str(solver_cfg.get("name")), _zero_denoiser, torch.zeros(1, 1, dtype=torch.float64), sigmas,
-              **solver_options(solver_cfg))
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a wrongly typed option fails inside the solver
-        raise ConfigError(f"{what} options {to_plain(solver_options(solver_cfg))} are invalid "
-                          f"({type(e).__name__}: {e})") from None
-    return steps
-
-
-def _zero_denoiser(x, sigma, cond=None):
-    return torch.zeros_like(x)
+def run_settings(cfg) -> RunSettings:
+    """:class:`RunSettings` of ``cfg`` (ConfigError naming the first problem); computed once per resolved config."""
+    plain = {k: to_plain(cfg[k]) for k in cfg if k != "hydra"}
+    key = canonical_json(plain)
+    if key not in _SETTINGS:
+        if len(_SETTINGS) >= _SETTINGS_KEPT:
+            _SETTINGS.clear()
+        _SETTINGS[key] = _resolve(plain)
+    return _SETTINGS[key]
 
 
 def check_config(cfg, files: bool = True) -> Optional[str]:
     """Return a one-line problem description, or None (``files``: also the files a run needs)."""
     try:
-        _check(cfg, files)
+        settings = run_settings(cfg)
+        if files and str(cfg.get("stage")) in TRAINING_STAGES:  # LPIPS without its files stops here
+            check_loss(settings.train.loss, dataset_channels(to_plain(cfg.dataset)), settings.train.lpips_weights)
     except Ld3Error as e:  # a bad value, or a file the run needs (the LPIPS weights)
         return str(e)
     return None
 
 
-def _check(cfg, files: bool) -> None:
-    check_solver(cfg.solver, cfg.nfe)
-    t = cfg.teacher
-    check_solver(t.solver, t.nfe, "teacher.solver")
-    if int(t.n) < 2:
-        raise ConfigError(f"teacher.n must be at least 2 (a training and a validation sample), got {t.n}")
-    _check_schedule_names(cfg)
-    check_suite(str(cfg.eval.metrics))
-    train = check_train_options(to_plain(cfg.train))
-    if str(cfg.get("stage")) in TRAINING_STAGES:  # a stock sampler learns no coefficients
-        effective_learn(train.learn, get_solver(str(cfg.solver.name)))
-    if files and str(cfg.get("stage")) in TRAINING_STAGES:  # LPIPS without its files stops here, before a model loads
-        check_loss(train.loss, dataset_channels(to_plain(cfg.dataset)), train.lpips_weights)
-    if int(cfg.sample.n) < 1:
-        raise ConfigError(f"sample.n must be >= 1, got {cfg.sample.n}")
-    if int(cfg.sample.batch_size) < 1 or int(cfg.sample.shard_size) < 1:
+def _resolve(c: dict) -> RunSettings:
+    solver = SolverSetup.from_config(c["solver"], c["nfe"])
+    teacher = c["teacher"]
+    teacher_solver = SolverSetup.from_config(teacher["solver"], teacher["nfe"], "teacher.solver")
+    train = TrainOptions.from_dict(c["train"])
+    learn = effective_learn(train.learn, solver.spec)
+    training = str(c.get("stage")) in TRAINING_STAGES
+    if training and "coefficients" in learn:
+        solver.spec.check_learnable(solver.resolved)
+    n_train, n_val = split_sizes(int(teacher["n"]), train.val_fraction)
+    if n_train < 1 or n_val < 1:
+        raise ConfigError(f"teacher.n={teacher['n']} with train.val_fraction={train.val_fraction} leaves {n_train} "
+                          f"training and {n_val} validation pairs; each needs at least 1 (raise teacher.n)")
+    _check_schedule_names(c)
+    check_suite(str(c["eval"]["metrics"]))
+    _check_sample_and_model(c)
+    return RunSettings(solver, teacher_solver, train, learn)
+
+
+def _check_sample_and_model(c: dict) -> None:
+    sample = c["sample"]
+    if int(sample["n"]) < 1:
+        raise ConfigError(f"sample.n must be >= 1, got {sample['n']}")
+    if int(sample["batch_size"]) < 1 or int(sample["shard_size"]) < 1:
         raise ConfigError("sample.batch_size and sample.shard_size must be >= 1")
-    m = cfg.model
+    m = c["model"]
     if "_target_" not in m and m.get("kind") not in BUILDERS:
         raise ConfigError(f"model.kind '{m.get('kind')}' is unknown; choose one of {sorted(BUILDERS)} "
                           "or set model._target_=your_pkg.YourDenoiser")
-    autocast = (cfg.get("speed") or {}).get("autocast")
+    autocast = (c.get("speed") or {}).get("autocast")
     if autocast is not None and autocast not in AUTOCAST_CHOICES:
         raise ConfigError(f"speed.autocast must be null, {' or '.join(AUTOCAST_CHOICES)}; got '{autocast}'")
-    check_device(cfg.device)
+    check_device(c["device"])
 
 
-def _check_schedule_names(cfg) -> None:
+def _check_schedule_names(c: dict) -> None:
     kinds = available()
-    if cfg.schedule != "ld3" and cfg.schedule not in kinds:
-        raise ConfigError(f"schedule '{cfg.schedule}' is unknown; use ld3 or one of {kinds}")
-    if cfg.teacher.discretization not in kinds:
-        raise ConfigError(f"teacher.discretization '{cfg.teacher.discretization}' is unknown; choose one of {kinds}")
-    for name in cfg.eval.compare:
+    if c["schedule"] != "ld3" and c["schedule"] not in kinds:
+        raise ConfigError(f"schedule '{c['schedule']}' is unknown; use ld3 or one of {kinds}")
+    if c["teacher"]["discretization"] not in kinds:
+        raise ConfigError(f"teacher.discretization '{c['teacher']['discretization']}' is unknown; choose one of "
+                          f"{kinds}")
+    for name in c["eval"]["compare"]:
         if name != "ld3" and name not in kinds:
             raise ConfigError(f"eval.compare has unknown schedule '{name}'; use ld3 or one of {kinds}")

@@ -1,4 +1,4 @@
-"""What every stage gets: the config, the device, the store, the model (built once per process)."""
+"""What every stage gets: the config, the device, the store, the model (built once per command)."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -16,12 +16,13 @@ from ..errors import ConfigError
 from ..store import Store, to_plain
 from ..utils.devices import resolve_device
 from ..utils.distributed import rank_device
-from .checks import solver_options, steps_for
+from ..utils.model_size import SMALL_MODEL_PARAMETERS, parameter_count
+from .checks import run_settings
 from .keys import model_key
+from .runner import ModelCache
 from .table import STAGE_SECTIONS, STAGES
 
 log = logging.getLogger("ld3")
-_MODELS: dict[tuple, Any] = {}  # (model key, device, speed options) -> model, reused across a multirun's jobs
 
 
 # What reading a damaged or wrong-format weights file raises below a model builder's own checks.
@@ -40,9 +41,14 @@ def unreadable_checkpoint(model_cfg: dict, e: Exception) -> ConfigError:
 
 
 class StageContext:
-    """Per-job state shared by the stage functions."""
+    """Per-job state shared by the stage functions.
 
-    def __init__(self, cfg: DictConfig, stage: str, overrides: Optional[list[str]] = None):
+    ``models``: where the model is looked up and kept -- the command's :class:`~.runner.ModelCache`, shared by
+    the jobs of a multirun; by default one of this context's own.
+    """
+
+    def __init__(self, cfg: DictConfig, stage: str, overrides: Optional[list[str]] = None,
+                 models: Optional[ModelCache] = None):
         self.cfg = cfg
         self.stage = stage
         self.overrides = list(overrides or [])
@@ -50,10 +56,12 @@ class StageContext:
         self.store = Store(Path(str(cfg.cache_dir)))
         self.model_cfg = to_plain(cfg.model)
         self.model_key = model_key(cfg.model, (cfg.get("speed") or {}).get("autocast"))
-        self.solver_name = str(cfg.solver.name)
-        self.solver_options = solver_options(cfg.solver)
-        self.nfe = int(cfg.nfe)
-        self.n_steps = steps_for(cfg.solver, self.nfe)
+        self.settings = run_settings(cfg)  # checked at the boundary already: this is the memoised result
+        self.solver_name = self.settings.solver.name
+        self.solver_options = dict(self.settings.solver.options)
+        self.nfe = self.settings.solver.nfe
+        self.n_steps = self.settings.solver.steps
+        self.models = models if models is not None else ModelCache()
         self._model = None
 
     @property
@@ -69,29 +77,30 @@ class StageContext:
         if self._model is None:
             speed = to_plain(self.cfg.get("speed") or {})
             key = (self.model_key, str(self.device), *sorted(speed.items()))
-            if key not in _MODELS:
-                from ..models.registry import BuildContext, build_model
-                from ..models.speed import optimize_denoiser
-
-                log.info("loading model %s (%s) on %s", self.model_cfg.get("name"), self.model_key, self.device)
-                bc = BuildContext(device=self.device, cache=self.store.fit_cache(), dataset=to_plain(self.cfg.dataset),
-                                  allow_download=bool(self.model_cfg.get("download", False)))
-                _MODELS.clear()  # keep one model in memory
-                from hydra.errors import InstantiationException
-
-                try:
-                    _MODELS[key] = optimize_denoiser(build_model(self.model_cfg, bc), **speed)
-                    small_model_threads(_MODELS[key], self.device)
-                except UNREADABLE_FILE_ERRORS as e:
-                    raise unreadable_checkpoint(self.model_cfg, e) from None
-                except InstantiationException as e:  # model._target_: no such class, or wrong arguments
-                    why = re.sub(r",? *set env var HYDRA_FULL_ERROR=1 to see chained exception\.?", "",
-                                 " ".join(str(e).split()))[:300]
-                    raise ConfigError(f"cannot build model._target_={self.model_cfg.get('_target_')} ({why}); set "
-                                      "model._target_ to an importable ld3_cli.models.Denoiser subclass and pass "
-                                      "only its constructor's arguments (+model.<name>=...)") from None
-            self._model = _MODELS[key]
+            self._model = self.models.get(key, lambda: self._build_model(speed))
         return self._model
+
+    def _build_model(self, speed: dict):
+        from hydra.errors import InstantiationException
+
+        from ..models.registry import BuildContext, build_model
+        from ..models.speed import optimize_denoiser
+
+        log.info("loading model %s (%s) on %s", self.model_cfg.get("name"), self.model_key, self.device)
+        bc = BuildContext(device=self.device, cache=self.store.fit_cache(), dataset=to_plain(self.cfg.dataset),
+                          allow_download=bool(self.model_cfg.get("download", False)))
+        try:
+            model = optimize_denoiser(build_model(self.model_cfg, bc), **speed)
+        except UNREADABLE_FILE_ERRORS as e:
+            raise unreadable_checkpoint(self.model_cfg, e) from None
+        except InstantiationException as e:  # model._target_: no such class, or wrong arguments
+            why = re.sub(r",? *set env var HYDRA_FULL_ERROR=1 to see chained exception\.?", "",
+                         " ".join(str(e).split()))[:300]
+            raise ConfigError(f"cannot build model._target_={self.model_cfg.get('_target_')} ({why}); set "
+                              "model._target_ to an importable ld3_cli.models.Denoiser subclass and pass "
+                              "only its constructor's arguments (+model.<name>=...)") from None
+        small_model_threads(model, self.device)
+        return model
 
     # -- commands that (re)produce artifacts -----------------------------------------------------
     def command(self, stage: Optional[str] = None, extra: Optional[list[str]] = None) -> str:
@@ -130,11 +139,6 @@ def hydra_overrides() -> list[str]:
         return []
 
 
-# Below this many trainable parameters a model's CPU work per call is small (the embedded mixture has none:
-# two B x 784 x 1280 matmuls per call), and a second intra-op thread costs more in wake-ups than it gains
-SMALL_MODEL_PARAMETERS = 1_000_000
-
-
 def small_model_threads(model: torch.nn.Module, device: torch.device) -> None:
     """One torch intra-op thread for a small model on the CPU, unless ``LD3_THREADS`` sets the count.
 
@@ -144,7 +148,7 @@ def small_model_threads(model: torch.nn.Module, device: torch.device) -> None:
     """
     if torch.device(device).type != "cpu" or os.environ.get("LD3_THREADS") or torch.get_num_threads() == 1:
         return
-    n = sum(p.numel() for p in model.parameters())
+    n = parameter_count(model)
     if n < SMALL_MODEL_PARAMETERS:
         torch.set_num_threads(1)
         log.info("one CPU thread for this small model (%d parameters; LD3_THREADS=N to change)", n)

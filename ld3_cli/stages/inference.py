@@ -13,23 +13,29 @@ from ..data.seeds import seed_inputs
 from ..schedules import discretize
 from ..solvers import solve
 from ..solvers.sampler import Sampler
-from .checks import solver_options, steps_for
+from ..solvers.config import SolverSetup
 from .context import StageContext
 
 
 def teacher_sigmas(ctx: StageContext, nfe: Optional[int] = None) -> torch.Tensor:
     """The teacher's sigmas: ``teacher.discretization`` for ``teacher.solver`` at ``nfe`` (default teacher.nfe)."""
-    t = ctx.cfg.teacher
-    steps = steps_for(t.solver, int(nfe or t.nfe))
-    return discretize(str(t.discretization), steps, ctx.model.schedule)
+    return discretize(str(ctx.cfg.teacher.discretization), _teacher_solver(ctx, nfe).steps, ctx.model.schedule)
+
+
+def _teacher_solver(ctx: StageContext, nfe: Optional[int]) -> SolverSetup:
+    """The teacher's solver; at another ``nfe`` than teacher.nfe (GITS's fine grid) set up for that NFE."""
+    setup = ctx.settings.teacher_solver
+    if nfe is None or int(nfe) == setup.nfe:
+        return setup
+    return SolverSetup.from_config({"name": setup.name, **setup.options}, nfe, "teacher.solver")
 
 
 def run_teacher(ctx: StageContext, noises: torch.Tensor, cond, nfe: Optional[int] = None) -> torch.Tensor:
     """Teacher final states for unit ``noises`` (no grad)."""
-    t = ctx.cfg.teacher
+    setup = ctx.settings.teacher_solver
     sig = teacher_sigmas(ctx, nfe)
     with torch.no_grad():
-        return solve(str(t.solver.name), ctx.model, noises * float(sig[0]), sig, cond=cond, **solver_options(t.solver))
+        return solve(setup.name, ctx.model, noises * float(sig[0]), sig, cond=cond, **setup.options)
 
 
 def teacher_images(ctx: StageContext, seeds: Iterable[int]) -> torch.Tensor:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..ld3.options import TRAIN_RUNTIME_KEYS
 from ..models.registry import MODEL_HINT_KEYS
+from ..solvers.config import SolverSetup
 from ..store import make_key, to_plain
-from .checks import solver_fields
 
 TEACHER_VERSION = 1
 # Version 2 (2026-11-30): a learned schedule records how it evaluates the network (eval_scales,
@@ -27,8 +28,6 @@ TEACHER_VERSION = 1
 SCHEDULE_VERSION = 2
 SAMPLES_VERSION = 2
 EVAL_VERSION = 1
-
-TRAIN_RUNTIME_KEYS = {"val_batch_size", "lpips_weights"}
 
 
 def _file_identity(path: Any) -> Any:
@@ -54,21 +53,21 @@ def model_key(model_cfg: Any, autocast: Any = None) -> str:
     return f"{name}-{make_key(fields)[:8]}"
 
 
-def teacher_fields(cfg, seed_start: int, n: int) -> dict:
+def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) -> dict:
     t = to_plain(cfg.teacher)
-    return {"version": TEACHER_VERSION, "solver": solver_fields(cfg.teacher.solver), "nfe": int(t["nfe"]),
+    return {"version": TEACHER_VERSION, "solver": teacher_solver.key_fields(), "nfe": int(t["nfe"]),
             "discretization": t["discretization"], "seed_start": int(seed_start), "n": int(n)}
 
 
-def schedule_fields(cfg, teacher_key: str) -> dict:
+def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
     train = {k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS}
-    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver_fields(cfg.solver),
+    return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}
 
 
-def samples_fields(cfg, schedule_desc: dict) -> dict:
+def samples_fields(cfg, solver: SolverSetup, schedule_desc: dict) -> dict:
     s = cfg.sample
-    return {"version": SAMPLES_VERSION, "solver": solver_fields(cfg.solver), "nfe": int(cfg.nfe),
+    return {"version": SAMPLES_VERSION, "solver": solver.key_fields(), "nfe": int(cfg.nfe),
             "schedule": schedule_desc, "n": int(s.n), "seed_offset": int(s.seed_offset),
             "shard_size": int(s.shard_size)}
 

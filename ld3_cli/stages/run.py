@@ -1,7 +1,9 @@
 """``ld3 run``: teacher-sample -> train -> sample -> eval for the current config.
 
 With no arguments this is the embedded-default demo (``make demo``): the MNIST-5k Gaussian
-mixture, UniPC at NFE 5.  Every step reuses the store, so a second run recomputes nothing.
+mixture, UniPC at NFE 5.  Every step reuses the store, so a second run recomputes nothing.  The
+closing list names only artifacts this run made or found: the learned schedule's samples only when
+``eval.compare`` includes ``ld3``.
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def run(ctx: StageContext) -> list[dict]:
     print(f"  schedule  {sched.path / 'schedule.json'}")
     if (sched.path / "schedule.png").is_file():
         print(f"  plot      {sched.path / 'schedule.png'}")
-    ld3_samples = samples_artifact(ctx, "ld3")
-    print(f"  samples   {ld3_samples.path} (grid.png, teacher_vs_student.png)")
+    if "ld3" in [str(s) for s in ctx.cfg.eval.compare]:  # evaluate made them: this opens them, makes nothing
+        samples = samples_artifact(ctx, "ld3").path
+        pictures = [f for f in ("grid.png", "teacher_vs_student.png") if (samples / f).is_file()]
+        print(f"  samples   {samples}" + (f" ({', '.join(pictures)})" if pictures else ""))
     print(f"  results   {ctx.store.root / 'results.csv'}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return table

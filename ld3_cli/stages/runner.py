@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 
+from typing import Any, Callable, Hashable, Optional
+
 from ..errors import EXIT_USER_ERROR, Ld3Error
 from .table import STAGES
 
@@ -31,8 +33,31 @@ def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by the
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_stage(stage: str, cfg):
-    """Entry point of every stage's Hydra app."""
+class ModelCache:
+    """The model a CLI process has built, by key (model key, device, speed options), one at a time.
+
+    One is made per ``ld3`` command (:func:`ld3_cli.cli.apps.run_app`) and handed to every job's
+    :class:`~ld3_cli.stages.context.StageContext`: the jobs of a multirun on one model, and the steps
+    of ``ld3 run``, load it once; a job on another model frees the last one before building its own.
+    """
+
+    def __init__(self):
+        self._key: Optional[Hashable] = None
+        self._model: Any = None
+        self.builds = 0  # how many models this cache has built
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The model for ``key``: the cached one, else ``build()`` (which replaces it)."""
+        if self._model is None or key != self._key:
+            self._key = self._model = None  # free the last model before building the next
+            model = build()
+            self._key, self._model = key, model
+            self.builds += 1
+        return self._model
+
+
+def run_stage(stage: str, cfg, models: Optional[ModelCache] = None):
+    """Entry point of every stage's Hydra app; ``models``: the command's model cache (default: a new one)."""
     from .checks import check_config
     from .context import StageContext, configure_torch, hydra_overrides
 
@@ -46,7 +71,7 @@ def run_stage(stage: str, cfg):
             raise Ld3Error(msg)
         configure_torch(cfg)
         module = importlib.import_module(f"ld3_cli.stages.{STAGES[stage].module}")
-        ctx = StageContext(cfg, stage, hydra_overrides())
+        ctx = StageContext(cfg, stage, hydra_overrides(), models)
         return module.run(ctx)
     except Ld3Error as e:
         print(f"ld3 {stage}: error: {one_line(e)}", file=sys.stderr)

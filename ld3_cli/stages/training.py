@@ -2,7 +2,7 @@
 
 Reads the teacher pairs from the store (``ld3 teacher-sample`` makes them), trains with
 :class:`~ld3_cli.ld3.trainer.LD3Trainer`, saving its state to ``<key>.partial/state.safetensors``
-(:class:`~ld3_cli.ld3.checkpoint.TrainState`: at most every few seconds, and on Ctrl-C / SIGTERM /
+(:class:`~ld3_cli.ld3.checkpoint.TrainStateFile`: at most every few seconds, and on Ctrl-C / SIGTERM /
 any failure), so rerunning the same command resumes exactly where it stopped, mid-epoch included.
 Only states taken between iterations are saved (an interrupt mid-iteration saves the state before
 that iteration).  The artifact holds
@@ -25,7 +25,7 @@ import logging
 import torch
 
 from ..errors import NumericalError
-from ..ld3.checkpoint import TrainState
+from ..ld3.checkpoint import TrainStateFile
 from ..ld3 import LD3Trainer, LearnedSchedule, TrainOptions
 from ..store import Artifact, atomic_write_text, make_key, to_plain
 from .artifacts import teacher_artifact
@@ -42,7 +42,7 @@ KIND = "schedules"
 def train_schedule(ctx: StageContext) -> Artifact:
     """The learned schedule for this config, trained when missing (MissingArtifactError without teacher pairs)."""
     teacher = teacher_artifact(ctx, produce=False)
-    fields = schedule_fields(ctx.cfg, teacher.key)
+    fields = schedule_fields(ctx.cfg, ctx.settings.solver, teacher.key)
     # a model that cannot be loaded fails in `prepare`, before anything is written
     art = ctx.store.get_or_make(ctx.model_key, KIND, fields, lambda: _train(ctx, teacher, make_key(fields)),
                                 producer=ctx.command("train"), prepare=lambda: ctx.model)
@@ -65,22 +65,23 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
     """Train (resuming a saved state) and return the artifact's contents."""
     n = int(teacher.config["n"])
     tt = teacher.tensors({"noises": (n, *tuple(ctx.model.shape)), "images": (n, None, None, None)})
-    opts = TrainOptions.from_dict(to_plain(ctx.cfg.train))
+    opts = ctx.settings.train  # checked once, at the boundary
     trainer = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, tt["noises"], tt["images"],
                          tt.get("cond"), opts)
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
-    state = TrainState(part)
-    if state.restore(trainer):
-        log.info("resuming training at iteration %d (phase %d) from %s", trainer.iteration, trainer.phase, part)
+    state_file = TrainStateFile(part)
+    if state_file.restore(trainer):
+        log.info("resuming training at iteration %d (phase %d) from %s", trainer.state.iteration,
+                 trainer.state.phase_index, part)
     trainer.start()  # scores the baselines and picks the start (a restored run has both already)
     log.info("training LD3: solver=%s order=%s NFE=%d (%d steps), learn=%s, init=%s, loss=%s, r=%.4g, %d train / "
              "%d val, batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe,
-             trainer.n_steps, ",".join(opts.learn), trainer.init_name, trainer.loss_name, trainer.radius,
-             trainer.n_train, trainer.eps_val.shape[0], opts.batch_size, "on" if trainer.grad_checkpoint else "off")
+             trainer.n_steps, ",".join(opts.learn), trainer.state.init_name, trainer.loss_name, trainer.radius,
+             trainer.n_train, len(trainer.val_pairs), opts.batch_size, "on" if trainer.grad_checkpoint else "off")
     if "coefficients" in opts.learn:
         _log_coefficient_plan(trainer, opts)
     total = opts.total_iterations()
-    bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.iteration)
+    bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.state.iteration)
 
     def on_iter(rec):
         bar.update(1)
@@ -89,8 +90,8 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
 
     trainer.progress = on_iter
     try:
-        contents = _contents(ctx, trainer, trainer.run(checkpoint=state.capture), teacher)
-        state.write()  # the finished state: should publishing fail, a rerun trains no further
+        contents = _contents(ctx, trainer, trainer.run(checkpoint=state_file.capture), teacher)
+        state_file.write()  # the finished state: should publishing fail, a rerun trains no further
         return contents
     except NumericalError as e:
         bar.close()
@@ -98,12 +99,13 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
         sig, ev = trainer.best_values()
         part.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"sigmas": sig.tolist(), "sigmas_eval": ev.tolist(),
-                                            "best_val": trainer.best_val, "iteration": trainer.iteration}, indent=2))
-        raise NumericalError(f"{e}; the best schedule so far (validation {trainer.best_val:.5g}) is kept in "
+                                            "best_val": trainer.state.best_val,
+                                            "iteration": trainer.state.iteration}, indent=2))
+        raise NumericalError(f"{e}; the best schedule so far (validation {trainer.state.best_val:.5g}) is kept in "
                              f"{path}") from None
     except BaseException:
         try:
-            state.write()  # the last state between iterations (the live one may be mid-iteration)
+            state_file.write()  # the last state between iterations (the live one may be mid-iteration)
         except OSError as e:  # e.g. the disk is full: the state saved before stays as it is
             log.warning("could not save the training state (%s); the one saved before is kept", e)
         raise
@@ -130,8 +132,8 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
                                          for k in ("a", "b", "pred", "corr")}
     summary = res.summary()
     summary.update({"teacher_check": teacher.manifest["info"].get("teacher_check"), "n_train": trainer.n_train,
-                    "n_val": int(trainer.eps_val.shape[0]), "grad_checkpoint": trainer.grad_checkpoint,
-                    "loss_requested": trainer.opt.loss})
+                    "n_val": len(trainer.val_pairs), "grad_checkpoint": trainer.grad_checkpoint,
+                    "loss_requested": trainer.options.loss})
     log_lines = "".join(json.dumps(to_plain(r)) + "\n" for r in res.history)
     files = {"schedule.json": json.dumps(schedule_json, indent=2),
              "summary.json": json.dumps(to_plain(summary), indent=2), "train_log.jsonl": log_lines}
@@ -139,7 +141,7 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
         from ..utils.plots import schedule_plot
 
         base = res.sampler.base_table() if res.sampler.coefficients is not None else None
-        files["schedule.png"] = schedule_plot(res, trainer.baselines, sched, base)
+        files["schedule.png"] = schedule_plot(res, trainer.state.baselines, sched, base)
     except Exception as e:  # noqa: BLE001 - a plot must never lose a trained schedule
         log.warning("could not draw schedule.png: %s", e)
     info = {"best_val": res.best_val, "init": res.init, "init_val": res.init_val, "loss": res.loss,

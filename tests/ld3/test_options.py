@@ -1,26 +1,20 @@
-"""The train options' checks: every TrainOptions field has one, the defaults pass, bad values are one line."""
-import dataclasses
-
+"""The train options' checks: every declared option has a rule its default passes, bad values are one line."""
 import pytest
 
 from ld3_cli.errors import ConfigError
-from ld3_cli.ld3.options import TrainOptions, check_train_options, option_rules
-from ld3_cli.schedules import available
+from ld3_cli.ld3.options import TRAIN_OPTIONS, TRAIN_RUNTIME_KEYS, TrainOptions, check_train_options
 
 
 def _defaults() -> dict:
-    d = dataclasses.asdict(TrainOptions())
-    d["init_candidates"] = list(d["init_candidates"])
-    d["learn"] = list(d["learn"])
-    return d
+    return {name: (list(o.default) if isinstance(o.default, tuple) else o.default)
+            for name, o in TRAIN_OPTIONS.items()}
 
 
-def test_every_train_option_is_checked():
-    assert set(option_rules(available())) == {f.name for f in dataclasses.fields(TrainOptions)}
-
-
-def test_the_defaults_pass():
-    assert check_train_options(_defaults()) == TrainOptions()
+def test_the_defaults_pass_and_lists_become_tuples():
+    opts = check_train_options(_defaults())
+    assert opts == TrainOptions()
+    assert opts.learn == ("steps", "offsets") and isinstance(opts.init_candidates, tuple)
+    assert TRAIN_RUNTIME_KEYS == {"val_batch_size", "lpips_weights"}
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -29,11 +23,14 @@ def test_the_defaults_pass():
     ("offsets_optimizer", "adam", "train.offsets_optimizer must be rmsprop or sgd, got 'adam'"),
     ("coefficients_optimizer", "sgd", "train.coefficients_optimizer must be adam or rmsprop, got 'sgd'"),
     ("coefficient_decay", 1.0, "train.coefficient_decay must be in [0, 1), got 1.0"),
+    ("coefficient_constraint", 1, "train.coefficient_constraint must be true or false, got 1"),
     ("init", "fancy", "train.init must be auto or one of"),
     ("init_candidates", [], "train.init_candidates must be a non-empty list"),
+    ("init_candidates", ["edm", "fancy"], "train.init_candidates must be a non-empty list of"),
     ("val_fraction", 1.0, "train.val_fraction must be in (0, 1), got 1.0"),
     ("batch_size", 0, "train.batch_size must be a whole number >= 1, got 0"),
     ("batch_size", 2.5, "train.batch_size must be a whole number >= 1, got 2.5"),
+    ("batch_size", True, "train.batch_size must be a whole number >= 1, got True"),
     ("lr", "fast", "train.lr must be > 0, got 'fast'"),
     ("r", -1.0, "train.r must be >= 0 (0 = hard loss) or null, got -1.0"),
     ("learn", ["steps", "speed"], "train.learn must be a non-empty list of ['steps', 'offsets', 'coefficients']"),
@@ -42,6 +39,7 @@ def test_the_defaults_pass():
     ("noise_estimate", "mid", "train.noise_estimate must be eval or step, got 'mid'"),
     ("alternate_rounds", -1, "train.alternate_rounds must be a whole number >= 0, got -1"),
     ("grad_checkpoint", "sometimes", "train.grad_checkpoint must be auto, true or false, got 'sometimes'"),
+    ("grad_checkpoint", 1, "train.grad_checkpoint must be auto, true or false, got 1"),
 ])
 def test_bad_values_are_refused_naming_the_option(key, value, needle):
     with pytest.raises(ConfigError) as e:
@@ -52,3 +50,20 @@ def test_bad_values_are_refused_naming_the_option(key, value, needle):
 def test_unknown_options_are_refused():
     with pytest.raises(ConfigError, match=r"unknown train option\(s\) \['lrr'\]"):
         check_train_options({**_defaults(), "lrr": 1})
+    with pytest.raises(ConfigError, match=r"unknown train option\(s\) \['lrr'\]"):
+        TrainOptions().replace(lrr=1)
+
+
+def test_options_are_immutable_and_replace_checks_the_changes():
+    opts = TrainOptions(lr=0.01)
+    with pytest.raises(AttributeError, match="immutable"):
+        opts.lr = 0.1
+    changed = opts.replace(batch_size=4, learn=["steps"])
+    assert (changed.batch_size, changed.learn, changed.lr) == (4, ("steps",), 0.01) and opts.batch_size == 2
+    with pytest.raises(ConfigError, match="train.batch_size must be a whole number >= 1, got 0"):
+        opts.replace(batch_size=0)
+    with pytest.raises(AttributeError, match="no option 'lrr'"):
+        assert opts.lrr is None  # never reached: the read raises
+    import copy
+    import pickle
+    assert copy.deepcopy(changed) == changed == pickle.loads(pickle.dumps(changed))

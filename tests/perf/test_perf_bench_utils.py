@@ -30,9 +30,26 @@ def test_timing_statistics():
 
 
 def test_stopwatch_measures_a_sleep():
+    """Wall time, not CPU time: at least the sleep, however loaded the machine; the sleep itself costs little CPU."""
+    cpu0 = time.process_time()
     with Stopwatch("cpu") as sw:
-        time.sleep(0.02)
-    assert 0.02 <= sw.seconds < 1.0
+        time.sleep(0.05)
+    cpu = time.process_time() - cpu0
+    assert sw.seconds >= 0.05
+    assert cpu < sw.seconds
+
+
+def test_stopwatch_is_the_clock_difference(monkeypatch):
+    """With a fake clock: exactly the time between entering and leaving the block."""
+    from types import SimpleNamespace
+
+    from ld3_cli.utils import bench
+
+    ticks = iter([100.0, 102.5])
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    with Stopwatch("cpu") as sw:
+        pass
+    assert sw.seconds == 2.5
 
 
 _PEAK_PROBE = """
@@ -66,11 +83,62 @@ def test_host_syncs_not_counted_off_cuda():
     assert count_host_syncs(lambda: torch.ones(3).sum().item(), "cpu") is None
 
 
-def test_system_load_fields():
+def _fake_system(monkeypatch, loadavg, pressure):
+    """``os.getloadavg`` returns ``loadavg`` (or raises OSError for None); /proc/pressure/cpu reads ``pressure``
+    (or is missing for None)."""
+    from pathlib import Path
+
+    from ld3_cli.utils import bench
+
+    def getloadavg():
+        if loadavg is None:
+            raise OSError("no load average")
+        return loadavg
+
+    real_read = Path.read_text
+
+    def read_text(self, *a, **k):
+        if str(self) != "/proc/pressure/cpu":
+            return real_read(self, *a, **k)
+        if pressure is None:
+            raise FileNotFoundError(self)
+        return pressure
+
+    monkeypatch.setattr(bench.os, "getloadavg", getloadavg)
+    monkeypatch.setattr(Path, "read_text", read_text)
+
+
+def test_system_load_reads_the_load_average_and_cpu_pressure(monkeypatch):
+    """The 1-minute load average as the OS gives it; the pressure line's avg10 (a percentage) as a fraction."""
+    import os
+
+    pressure = "some avg10=12.50 avg60=3.00 avg300=1.00 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    _fake_system(monkeypatch, (3.25, 2.0, 1.0), pressure)
     s = system_load()
-    assert s["cpu_count"] >= 1
-    assert s["loadavg_1m"] is None or s["loadavg_1m"] >= 0
-    assert s["cpu_pressure_avg10"] is None or 0 <= s["cpu_pressure_avg10"] <= 1
+    assert s == {"cpu_count": os.cpu_count(), "loadavg_1m": 3.25, "cpu_pressure_avg10": 0.125}
+
+
+def test_system_load_without_the_sources_says_none(monkeypatch):
+    _fake_system(monkeypatch, None, None)
+    s = system_load()
+    assert s["loadavg_1m"] is None and s["cpu_pressure_avg10"] is None and s["cpu_count"] >= 1
+    _fake_system(monkeypatch, (0.5, 0.5, 0.5), "garbage")  # an unreadable pressure line is no number either
+    assert system_load()["cpu_pressure_avg10"] is None
+
+
+def test_system_load_on_this_machine():
+    """Where the OS has them, the values are this machine's: the load average of os.getloadavg and a pressure
+    fraction in [0, 1]."""
+    import os
+
+    before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    s = system_load()
+    after = os.getloadavg()[0] if before is not None else None
+    assert s["cpu_count"] == os.cpu_count()
+    if before is not None:  # the kernel updates it every 5 s: it is one of the two reads around the call
+        assert min(before, after) <= s["loadavg_1m"] <= max(before, after)
+    if s["cpu_pressure_avg10"] is not None:
+        assert 0.0 <= s["cpu_pressure_avg10"] <= 1.0
 
 
 def test_format_table_aligns_columns():

@@ -13,15 +13,10 @@ from reliability_testlib import CACHE, build_store
 
 
 @pytest.fixture(autouse=True)
-def _fresh_models(monkeypatch):
-    """No fault or pace from the environment and no model cached from an earlier test (the fault counts calls)."""
-    from ld3_cli.stages import context
-
+def _no_fault_from_the_environment(monkeypatch):
+    """No fault or pace from the environment (each CLI call builds its own model, so a fault counts afresh)."""
     monkeypatch.delenv("LD3_TEST_FAULT", raising=False)
     monkeypatch.delenv("LD3_TEST_PACE", raising=False)
-    context._MODELS.clear()
-    yield
-    context._MODELS.clear()
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,11 @@ from ld3_cli.cli.main import main
     ("train", ["train.offsets_optimizer=adam"], ["train.offsets_optimizer must be rmsprop or sgd, got 'adam'"]),
     ("train", ["+train.lrr=1"], ["unknown train option(s) ['lrr']"]),
     ("run", ["train.init_candidates=[edm,nope]"], ["train.init_candidates must be a non-empty list of"]),
-    ("sample", ["solver.variant=bh3"], ["unipc variant must be 'bh1' or 'bh2', got 'bh3'"]),
-    ("teacher-sample", ["teacher.solver.variant=bh9"], ["unipc variant must be 'bh1' or 'bh2', got 'bh9'"]),
+    ("sample", ["solver.variant=bh3"], ["solver.variant must be bh1 or bh2, got 'bh3'"]),
+    ("teacher-sample", ["teacher.solver.variant=bh9"], ["teacher.solver.variant must be bh1 or bh2, got 'bh9'"]),
+    ("train", ["+solver.varient=bh1"], ["solver.varient is not an option of any solver", "solver 'unipc' takes"]),
+    ("train", ["solver=dpmpp", "solver.lower_order_final=maybe"],
+     ["solver.lower_order_final must be true, false or auto, got 'maybe'"]),
 ])
 def test_impossible_settings_are_refused_before_anything_runs(stage, args, needles, tmp_path, capsys):
     cache = tmp_path / "cache"
@@ -43,6 +46,46 @@ def test_impossible_settings_are_refused_before_anything_runs(stage, args, needl
     for needle in needles:
         assert needle in line, line
     assert not cache.exists(), "nothing may be created for a refused command"
+
+
+# -- impossible combinations of settings that are each fine: refused up front, for every job of a sweep ---------
+CROSS_OPTION = [
+    (["train.learn=[steps,offsets,coefficients]", "solver=heun", "nfe=5"],
+     ["solver 'heun' of order 2 combines no earlier network outputs", "use dpmpp, unipc, ipndm, deis of order >= 2"]),
+    (["train.learn=[steps,coefficients]", "solver=dpmpp", "solver.order=1", "nfe=5"],
+     ["solver 'dpmpp' of order 1 combines no earlier network outputs"]),
+    (["train.learn=[steps,coefficients]", "solver=euler", "nfe=5"], ["solver 'euler' of order 1 combines no"]),
+    (["train.learn=[steps,coefficients]", "solver=k_dpmpp_2m", "nfe=5"], ["solver 'k_dpmpp_2m' is a stock sampler"]),
+    (["solver=heun", "nfe=6"], ["Heun needs an odd NFE"]),
+    (["solver=k_heun", "nfe=4"], ["solver 'k_heun' needs an odd NFE >= 3"]),
+    (["solver=unipc", "solver.order=3", "nfe=2"], ["solver 'unipc' of order 3 needs at least 3 steps"]),
+    (["teacher.solver.order=3", "teacher.nfe=2"], ["solver 'unipc' of order 3 needs at least 3 steps"]),
+    (["teacher.n=3", "train.val_fraction=0.1"], ["teacher.n=3 with train.val_fraction=0.1 leaves 3 training and 0 "
+                                                  "validation pairs"]),
+    (["-m", "solver=dpmpp,heun", "nfe=4"], ["Heun needs an odd NFE", "(job: solver=heun nfe=4 "]),
+    (["model=edm_cifar10_random", "dataset=cifar10", "train.lpips_weights=/nonexistent/vgg16.pth"],
+     ["vgg16", "/nonexistent/vgg16.pth"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", CROSS_OPTION)
+def test_impossible_combinations_are_refused_before_any_model_or_artifact(args, needles, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Each combination is refused by `ld3 train` with exit 2 within 5 s: no model built, nothing written."""
+    import time
+
+    from ld3_cli.models import registry
+
+    built = []
+    monkeypatch.setattr(registry, "build_model", lambda *a, **k: built.append(a))
+    cache = tmp_path / "cache"
+    start = time.perf_counter()
+    assert main(["train", *args, f"cache_dir={cache}"]) == 2
+    assert time.perf_counter() - start < 5.0
+    line = one_error_line(capsys.readouterr().err, "train")
+    for needle in needles:
+        assert needle in line, line
+    assert built == [] and not cache.exists(), "a refused command loads no model and writes nothing"
 
 
 # -- refused when the stage reads a file: no store entry ------------------------------------------------

@@ -22,8 +22,6 @@ import torch
 from reliability_models import FAULT_ENV, fault_spec
 from reliability_testlib import artifacts, leftovers, only_artifact, run_cli, run_refused
 
-from ld3_cli.stages import context
-
 NFE = 5
 INIT_CALLS = 4 * 2 * NFE  # four candidate initial schedules, each on the train and the validation split
 NOGRAD_PER_ITER = 2 * NFE  # the soft-teacher proposal and the validation of one iteration
@@ -32,7 +30,6 @@ NOGRAD_PER_ITER = 2 * NFE  # the soft-teacher proposal and the validation of one
 @pytest.fixture
 def fault(monkeypatch):
     def set_fault(value, when, after):
-        context._MODELS.clear()  # the next stage builds the model anew, with the fault and a fresh count
         monkeypatch.setenv(FAULT_ENV, fault_spec(value, when, after))
 
     return set_fault
@@ -65,7 +62,6 @@ def test_nonfinite_network_output_stops_training_and_keeps_the_best_schedule(
 
     # a clean run that stops after the last validated iteration learns exactly the kept schedule
     monkeypatch.delenv(FAULT_ENV)
-    context._MODELS.clear()
     assert run_cli("train", f"train.iters_phase1={validated}", "train.iters_phase2=0", cache=cache) == 0
     art = only_artifact(cache, "schedules")
     learned = json.loads((art / "schedule.json").read_text())

@@ -115,8 +115,14 @@ def test_nfe_bookkeeping_and_refusals():
         get_solver("unipc").steps_for_nfe(0)
     with pytest.raises(ConfigError, match="needs at least 3 steps"):
         solve("dpmpp", CountingMixture(), x_T(), discretize("logsnr", 2, EDM()), order=3)
-    with pytest.raises(ConfigError, match="supports orders"):
+    with pytest.raises(ConfigError, match=r"solver.order must be 1, 2, 3 or 4, got 5"):
         solve("ipndm", CountingMixture(), x_T(), discretize("logsnr", 6, EDM()), order=5)
+    with pytest.raises(ConfigError, match=r"unknown solver option\(s\) \['variant'\] of solver 'dpmpp'"):
+        solve("dpmpp", CountingMixture(), x_T(), discretize("logsnr", 6, EDM()), variant="bh1")
+    with pytest.raises(ConfigError, match=r"unknown solver option\(s\) \['variant'\] of solver 'deis'"):
+        get_solver("deis").coefficients(discretize("logsnr", 6, EDM()), variant="bh1")
+    with pytest.raises(ConfigError, match="solver.corrector must be true or false, got 'yes'"):
+        solve("unipc", CountingMixture(), x_T(), discretize("logsnr", 6, EDM()), corrector="yes")
     with pytest.raises(ConfigError, match="unknown solver"):
         get_solver("rk45")
     with pytest.raises(ConfigError, match="strictly decreasing"):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ld3_cli.models.examples import GaussianDenoiser
-from ld3_cli.stages.context import SMALL_MODEL_PARAMETERS, small_model_threads
+from ld3_cli.stages.context import small_model_threads
+from ld3_cli.utils.model_size import SMALL_MODEL_PARAMETERS
 
 
 @pytest.fixture

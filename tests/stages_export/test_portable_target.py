@@ -69,4 +69,4 @@ def test_stock_samplers_learn_the_time_steps_only_and_refuse_coefficients(learne
     noises = torch.randn(4, 1, 2, 2)
     trainer = LD3Trainer(Shrink(), "k_dpmpp_2m", {}, 4, noises, noises.clamp(-1, 1),
                          options=TrainOptions(iters_phase1=5, iters_phase2=7))
-    assert trainer.opt.learn == ("steps",) and [(p.name, p.budget) for p in trainer.phases] == [("steps", 12)]
+    assert trainer.options.learn == ("steps",) and [(p.name, p.budget) for p in trainer.phases] == [("steps", 12)]

@@ -70,50 +70,70 @@ class SongUNet(nn.Module):
         self.map_layer0 = Linear(noise_channels, emb_channels, **init)
         self.map_layer1 = Linear(emb_channels, emb_channels, **init)
 
-        # encoder
-        self.enc = nn.ModuleDict()
+        # sub-modules are created (and their weights drawn) in EDM's order: encoder first, then decoder
+        self.enc = self._build_encoder(img_resolution, in_channels, model_channels, channel_mult, num_blocks,
+                                       attn_resolutions, encoder_type, resample_filter, block, init)
+        skips = [m.out_channels for name, m in self.enc.items() if "aux" not in name]
+        cout = skips[-1] if skips else in_channels  # the encoder's last block feeds the decoder
+        self.dec = self._build_decoder(img_resolution, out_channels, model_channels, channel_mult, num_blocks,
+                                       attn_resolutions, decoder_type, resample_filter, block, init_zero, cout, skips)
+
+    @staticmethod
+    def _build_encoder(img_resolution: int, in_channels: int, model_channels: int, channel_mult: Sequence[int],
+                       num_blocks: int, attn_resolutions: Sequence[int], encoder_type: str,
+                       resample_filter: Sequence[int], block: dict, init: dict) -> nn.ModuleDict:
+        """EDM's ``enc`` dict: per resolution a conv (first level) or down block, the ``aux`` skip/residual
+        path of ``encoder_type``, then ``num_blocks`` UNet blocks."""
+        enc = nn.ModuleDict()
         cout = caux = in_channels
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
                 cin, cout = cout, model_channels
-                self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3, **init)
+                enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3, **init)
             else:
-                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
+                enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
                 if encoder_type == "skip":
-                    self.enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, kernel=0, down=True,
-                                                               resample_filter=resample_filter)
-                    self.enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, kernel=1, **init)
+                    enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, kernel=0, down=True,
+                                                          resample_filter=resample_filter)
+                    enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, kernel=1, **init)
                 if encoder_type == "residual":
-                    self.enc[f"{res}x{res}_aux_residual"] = Conv2d(caux, cout, kernel=3, down=True,
-                                                                   resample_filter=resample_filter,
-                                                                   fused_resample=True, **init)
+                    enc[f"{res}x{res}_aux_residual"] = Conv2d(caux, cout, kernel=3, down=True,
+                                                              resample_filter=resample_filter,
+                                                              fused_resample=True, **init)
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
-                                                                **block)
-        skips = [m.out_channels for name, m in self.enc.items() if "aux" not in name]
+                enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
+        return enc
 
-        # decoder
-        self.dec = nn.ModuleDict()
+    @staticmethod
+    def _build_decoder(img_resolution: int, out_channels: int, model_channels: int, channel_mult: Sequence[int],
+                       num_blocks: int, attn_resolutions: Sequence[int], decoder_type: str,
+                       resample_filter: Sequence[int], block: dict, init_zero: dict, cout: int,
+                       skips: list[int]) -> nn.ModuleDict:
+        """EDM's ``dec`` dict, from the bottleneck (``cout`` channels) up; consumes ``skips`` (the encoder's
+        output channels) from the end.  The ``aux`` output head sits at level 0, or at every level when
+        ``decoder_type='skip'``."""
+        dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
             if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+                dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+                dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
             else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+                dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skips.pop(), model_channels * mult
                 attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
+                dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, kernel=0, up=True,
-                                                             resample_filter=resample_filter)
-                self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
+                    dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, kernel=0, up=True,
+                                                        resample_filter=resample_filter)
+                dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
+                dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
+        return dec
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
