@@ -59,11 +59,14 @@ def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: li
     return StageContext(cfg, "train", overrides, models=MODELS)
 
 
-def heldout_errors(ctx, run, noises, targets) -> dict:
-    """Held-out RMSE (pooled) and the median per-image RMSE of ``run(x_T) -> x0``."""
+def heldout_errors(ctx, run, noises, targets, cond=None) -> dict:
+    """Held-out RMSE (pooled) and the median per-image RMSE of ``run(x_T, cond) -> x0`` (``cond``: the held-out
+    pairs' conditions, None for an unconditional model)."""
+    def part(i):
+        return run(noises[i:i + 250] * ctx.model.schedule.sigma_max, None if cond is None else cond[i:i + 250])
+
     with torch.no_grad():
-        out = torch.cat([ctx.model.decode(run(noises[i:i + 250] * ctx.model.schedule.sigma_max))
-                         for i in range(0, len(noises), 250)])
+        out = torch.cat([ctx.model.decode(part(i)) for i in range(0, len(noises), 250)])
     per = ((out.float() - targets.float()) ** 2).flatten(1).mean(1)
     return {"rmse": float(per.mean().sqrt()), "median": float(per.sqrt().median())}
 
@@ -117,18 +120,23 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
     teacher = teacher_artifact(ctx).tensors()
     held = teacher_artifact(ctx, seed_start=int(ctx.cfg.sample.seed_offset), n=heldout).tensors()
     noises, targets = held["noises"].to(ctx.device, ctx.model.dtype), held["images"].to(ctx.device)
+    cond = held.get("cond")
+    cond = None if cond is None else cond.to(ctx.device)
     rec = {"model": model, "solver": solver, "order": order, "nfe": nfe, "pairs": pairs, "heldout": heldout,
            "extra": extra, "baselines": {}}
     for name in BASELINES:
         sig = discretize(name, ctx.n_steps, ctx.model.schedule)
         rec["baselines"][name] = heldout_errors(
-            ctx, lambda x, s=sig: solve(ctx.solver_name, ctx.model, x, s, **ctx.solver_options), noises, targets)
+            ctx, lambda x, c, s=sig: solve(ctx.solver_name, ctx.model, x, s, cond=c, **ctx.solver_options), noises,
+            targets, cond)
     full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients"])
     only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
     runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve, "learned": only.solve}
-    exact = exact_statistics(ctx) if hasattr(ctx.model, "sample_exact") else None
+    # fd_exact for an unconditional model only (a guided one has no exact samples, a conditional one draws its
+    # labels per seed, uniformly, unlike the exact samples' class frequencies)
+    exact = exact_statistics(ctx) if hasattr(ctx.model, "sample_exact") and cond is None else None
     for name, run in runs.items():
-        rec[name] = heldout_errors(ctx, lambda x, r=run: r(ctx.model, x), noises, targets)
+        rec[name] = heldout_errors(ctx, lambda x, c, r=run: r(ctx.model, x, c), noises, targets, cond)
         if exact is not None:
             rec[name]["fd_exact"] = fd_exact(ctx, lambda x, r=run: r(ctx.model, x), exact)
     rec["ld3"]["val"], rec["learned_steps"]["val"] = full.after_phase["offsets"], full.best_val

@@ -21,6 +21,8 @@ from ..errors import ConfigError
 from .base import ConditionSpec, Denoiser
 
 Uncond = int | float | torch.Tensor | Callable[[Any], Any]
+# what the wrapped model knows of its own, unguided distribution: a guided one has no such closed form
+UNGUIDED_ONLY = frozenset({"sample_exact"})
 
 
 def null_condition(uncond: Uncond, cond: Any) -> Any:
@@ -89,7 +91,7 @@ class CFGDenoiser(Denoiser):
             return super().__getattr__(name)
         except AttributeError:
             inner = self.__dict__.get("_modules", {}).get("inner")
-            if inner is None:
+            if inner is None or (name in UNGUIDED_ONLY and self.__dict__.get("scale") != 1.0):
                 raise
             return getattr(inner, name)
 

@@ -18,8 +18,11 @@ Denoiser (exact posterior mean for every sigma): with ``y_k = x - mu_k``, ``p_k 
     D(x, sigma)  = sum_k w_k(x) E[x0 | x, k],   w = softmax_k(log pi_k + log N(...))
 
 All in the ``rank``-dimensional subspaces plus the isotropic remainder: two matrix products
-of size ``B x d x (K r)`` per call.  A class label ``cond`` selects one component.  The model
-also draws exact samples of its own distribution (the ground truth for pure solver error).
+of size ``B x d x (K r)`` per call.  A class label ``cond`` selects one component, the null label ``K``
+keeps the whole mixture; so ``model.conditional=true model.guidance_scale=s`` is classifier-free guidance
+computed exactly, ``D_u + s (D_c - D_u)`` with ``D_u`` the unconditional mixture (a guided test bed whose
+solver error is measured against the exact guided ODE).  The model also draws exact samples of its own
+distribution (the ground truth for pure solver error; guidance has no such closed-form distribution).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ..data.mnist5k import SHAPE, load_mnist5k
 from ..errors import ConfigError
 from ..schedules.noise import EDM
 from .base import ConditionSpec, Denoiser
+from .guidance import CFGDenoiser
 
 FIT_VERSION = 1
 
@@ -83,6 +87,7 @@ class GaussianMixtureDenoiser(Denoiser):
         self.schedule = EDM(sigma_min, sigma_max)
         self.condition = ConditionSpec("class", num_classes=K) if conditional else ConditionSpec()
         self.K, self.d, self.r = K, d, r
+        self.null_label = K  # the condition "no class": the unconditional mixture (classifier-free guidance's)
         self.register_buffer("mu", params["mu"].to(dtype))
         self.register_buffer("U", params["U"].to(dtype))
         self.register_buffer("U_flat", params["U"].permute(1, 0, 2).reshape(d, K * r).to(dtype).contiguous())
@@ -111,10 +116,12 @@ class GaussianMixtureDenoiser(Denoiser):
         B = x.shape[0]
         sigma = sigma.reshape(-1).expand(B) if sigma.numel() == 1 else sigma.reshape(B)
         logits, p, a, b = self._posterior(x, sigma)
-        if cond is not None:
-            w = torch.nn.functional.one_hot(cond.to(x.device).long(), self.K).to(x.dtype)
-        else:
-            w = torch.softmax(logits, dim=-1)
+        w = torch.softmax(logits, dim=-1)  # the posterior responsibilities: the unconditional mixture
+        if cond is not None:  # a label selects its component; the null label K keeps the whole mixture
+            labels = cond.to(x.device).long()
+            null = labels == self.null_label
+            one = torch.nn.functional.one_hot(torch.where(null, 0, labels), self.K).to(x.dtype)
+            w = torch.where(null[:, None], w, one)
         xf = x.reshape(B, self.d)
         c = w * b  # [B,K]
         # sum_k w_k b_k (x - mu_k) + sum_k w_k U_k ((a_k - b_k) p_k)
@@ -167,10 +174,15 @@ def build(cfg: dict, ctx) -> GaussianMixtureDenoiser:
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.get("dtype", "float32")))
     if dtype is None:
         raise ConfigError(f"model.dtype must be float32 or float64, got {cfg.get('dtype')}")
+    conditional, scale = bool(cfg.get("conditional", False)), float(cfg.get("guidance_scale", 1.0))
+    if scale != 1.0 and not conditional:
+        raise ConfigError(f"model.guidance_scale={scale:g} guides a class-conditional mixture: add "
+                          "model.conditional=true (or set model.guidance_scale=1)")
     params = load_or_fit(rank, getattr(ctx, "cache", None))
-    return GaussianMixtureDenoiser(params, conditional=bool(cfg.get("conditional", False)),
-                                   sigma_min=float(cfg.get("sigma_min", 0.002)),
-                                   sigma_max=float(cfg.get("sigma_max", 80.0)), dtype=dtype)
+    model = GaussianMixtureDenoiser(params, conditional=conditional, sigma_min=float(cfg.get("sigma_min", 0.002)),
+                                    sigma_max=float(cfg.get("sigma_max", 80.0)), dtype=dtype)
+    # exact guidance: D_u + s (D_c - D_u), with D_u the unconditional mixture's own denoiser (null label K)
+    return model if scale == 1.0 else CFGDenoiser(model, scale, uncond=model.null_label)
 
 
 def load_or_fit(rank: int, cache: Optional[Callable[..., dict]] = None) -> dict:

@@ -30,6 +30,10 @@ SAMPLES_VERSION = 2
 EVAL_VERSION = 1
 
 
+# model settings that leave the model as it was without them: at these values they do not enter its key
+NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1, 1.0)}
+
+
 def _file_identity(path: Any) -> Any:
     p = Path(str(path)).expanduser()
     if p.is_file():
@@ -42,8 +46,9 @@ def _file_identity(path: Any) -> Any:
 def model_key(model_cfg: Any, autocast: Any = None) -> str:
     m = to_plain(model_cfg)
     fields = {k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}
-    if fields.get("time_rounding") in (None, "none"):  # the default: keys made before the option stay valid
-        fields.pop("time_rounding", None)
+    for name, neutral in NEUTRAL_MODEL_SETTINGS.items():  # keys made before the option existed stay valid
+        if fields.get(name, neutral[0]) in neutral:
+            fields.pop(name, None)
     if autocast:
         fields["autocast"] = str(autocast)
     for k in ("path", "checkpoint", "weights"):

@@ -47,6 +47,45 @@ def test_matches_brute_force(small_mixture, sigma):
     assert torch.allclose(got_c, brute_force_posterior_mean(m, x, sigma, labels), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("sigma", [0.05, 0.5, 3.0, 80.0])
+@pytest.mark.parametrize("scale", [2.0, 7.5])
+def test_guided_mixture_equals_the_closed_form(small_mixture, sigma, scale):
+    """model.guidance_scale=s: D_u + s (D_c - D_u), both posterior means computed densely; the null label (K) is
+    the whole mixture, and labels and null labels mix in one batch."""
+    from ld3_cli.models.guidance import CFGDenoiser
+
+    m = small_mixture
+    x = m.mu[torch.tensor([0, 1, 2, 0])].reshape(4, 1, 4, 4) + sigma * torch.randn(
+        4, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sig = torch.full((4,), sigma, dtype=torch.float64)
+    labels = torch.tensor([2, 0, 1, 1])
+    d_u, d_c = brute_force_posterior_mean(m, x, sigma), brute_force_posterior_mean(m, x, sigma, labels)
+    guided = CFGDenoiser(m, scale, uncond=m.null_label)(x, sig, labels).reshape(4, -1)
+    assert torch.allclose(guided, d_u + scale * (d_c - d_u), rtol=1e-9, atol=1e-9)
+    mixed = m(x, sig, torch.tensor([m.null_label, 0, m.null_label, 1])).reshape(4, -1)
+    assert torch.allclose(mixed[[0, 2]], d_u[[0, 2]], rtol=1e-9, atol=1e-10)
+    assert torch.allclose(mixed[[1, 3]], brute_force_posterior_mean(m, x, sigma, torch.tensor([0, 0, 0, 1]))[[1, 3]],
+                          rtol=1e-9, atol=1e-10)
+
+
+def test_guidance_config_builds_the_exact_guided_model(monkeypatch):
+    from ld3_cli.errors import ConfigError
+    from ld3_cli.models import mnist_gmm
+
+    g = torch.Generator().manual_seed(3)
+    u = torch.linalg.qr(torch.randn(2, 784, 2, generator=g, dtype=torch.float64)).Q
+    params = {"mu": torch.randn(2, 784, generator=g, dtype=torch.float64), "U": u,
+              "lam": torch.tensor([[2.0, 1.0], [3.0, 0.5]], dtype=torch.float64),
+              "v": torch.tensor([0.1, 0.2], dtype=torch.float64), "pi": torch.tensor([0.4, 0.6], dtype=torch.float64)}
+    monkeypatch.setattr(mnist_gmm, "load_or_fit", lambda rank, cache=None: params)
+    guided = mnist_gmm.build({"conditional": True, "guidance_scale": 7.5, "dtype": "float64"}, None)
+    assert guided.scale == 7.5 and guided.name == "mnist_gmm-cfg7.5" and guided.uncond == 2
+    assert not hasattr(guided, "sample_exact")  # a guided ODE has no closed-form distribution to compare with
+    assert hasattr(mnist_gmm.build({"conditional": True, "dtype": "float64"}, None), "sample_exact")
+    with pytest.raises(ConfigError, match="model.guidance_scale=7.5 guides a class-conditional mixture"):
+        mnist_gmm.build({"guidance_scale": 7.5}, None)
+
+
 @pytest.fixture(scope="module")
 def mnist_mixture(fitted_cache):
     return GaussianMixtureDenoiser(load_or_fit(128, Store(fitted_cache).fit_cache()), dtype=torch.float64), fitted_cache
