@@ -24,7 +24,7 @@ from ..metrics.suite import DETECTORS, TABLE_METRICS, metric_suite
 from ..metrics.table import format_table
 from ..metrics.teacher_distances import HELDOUT_METRICS, teacher_distances
 from ..store import Artifact, to_plain
-from ..store.results import append_results
+from ..store.results import append_results, learned_schedule_name
 from ..store.shards import iter_images
 from .artifacts import heldout_teacher_artifact, learned_schedule, samples_artifact, schedule_for
 from .context import StageContext
@@ -125,10 +125,13 @@ def evaluate(ctx: StageContext) -> list[dict]:
         table.append({"schedule": name, "nfe": ctx.nfe, **metrics})
         if name == "ld3":
             sched = learned_schedule(ctx)
-            trained = {"schedule_key": sched.key, "loss": sched.manifest["info"].get("loss", "")}
+            trained = {"schedule_key": sched.key, "loss": sched.manifest["info"].get("loss", ""),
+                       "train_seed": ctx.settings.train.seed, "learn": ",".join(ctx.settings.learn),
+                       "schedule": learned_schedule_name(ctx.settings.learn)}
         counts = art.manifest["info"].get("counts", {})
         csv_rows += [{"date": date, "model": ctx.model_cfg.get("name"), "dataset": ctx.cfg.dataset.name,
-                      "solver": ctx.solver_name, "order": order, "nfe": ctx.nfe, "schedule": name, "metric": metric,
+                      "model_key": ctx.model_key, "solver": ctx.solver_name, "order": order, "nfe": ctx.nfe,
+                      "schedule": name, "metric": metric,
                       "value": f"{value:.6g}", "n": counts.get(metric, art.manifest["info"]["n"]),
                       "samples_key": art.config["samples"], "eval_key": art.key,
                       **(trained if name == "ld3" else {}), "detector": art.config["metrics"]["detector"]}

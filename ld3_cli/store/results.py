@@ -4,8 +4,12 @@ One row per (model, solver, NFE, schedule, metric); rows are appended under the 
 ``results.md`` (the :data:`MARKDOWN_COLUMNS` as a markdown table) is regenerated from the whole csv,
 both written atomically.  Columns: ``n`` is the number of samples behind the value (the held-out
 noises for teacher distances, the samples for FID / pixel Frechet distances); ``loss`` the loss that
-trained the schedule and ``schedule_key`` its store key (both empty for baselines, which are not
-trained).  A csv written with other columns is rewritten with these (missing values empty).
+trained the schedule, ``schedule_key`` its store key, ``train_seed`` and ``learn`` (``train.seed``,
+``train.learn``) what tells two trainings apart (all empty for baselines, which are not trained);
+``model_key`` the model's store key (it tells, e.g., two guidance scales apart).  A learned row's
+``schedule`` says what was learned: ``ld3`` (time steps and decoupled times, the default), else
+``ld3[<learn>]`` (``ld3[steps,offsets,coefficients]``: the learned solver).  A csv written with other
+columns is rewritten with these (missing values empty).
 """
 from __future__ import annotations
 
@@ -17,7 +21,14 @@ from .artifact import Store
 from .files import atomic_write_text
 
 RESULT_COLUMNS = ["date", "model", "dataset", "solver", "order", "nfe", "schedule", "metric", "value", "n", "loss",
-                  "samples_key", "eval_key", "schedule_key", "detector"]
+                  "samples_key", "eval_key", "schedule_key", "detector", "train_seed", "learn", "model_key"]
+LD3_DEFAULT_LEARN = ("steps", "offsets")
+
+
+def learned_schedule_name(learn) -> str:
+    """``ld3`` for LD3's own learning (time steps and decoupled times), else ``ld3[<what was learned>]``."""
+    learn = tuple(learn)
+    return "ld3" if learn == LD3_DEFAULT_LEARN else "ld3[" + ",".join(learn) + "]"
 MARKDOWN_COLUMNS = RESULT_COLUMNS[:11]
 
 

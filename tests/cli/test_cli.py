@@ -155,6 +155,9 @@ def test_pipeline_multirun_and_idempotence(ld3, cache, capsys, monkeypatch):
         held = r["metric"] in ("rmse", "psnr")
         assert r["n"] == (rows_heldout_n(cache) if held else sample_n), r
         assert (r["loss"], bool(r["schedule_key"])) == (("l2", True) if r["schedule"] == "ld3" else ("", False)), r
+        trained = r["schedule"] == "ld3"  # what tells trainings apart: the seed, what was learned, the model
+        assert (r["train_seed"], r["learn"]) == (("0", "steps,offsets") if trained else ("", "")), r
+        assert r["model_key"].startswith("mnist_gmm-"), r
     learned_key = next(r["schedule_key"] for r in rows if r["schedule"] == "ld3")
     assert any(p.name == learned_key for p in schedules)
     md = [ln.strip("|").split("|") for ln in (cache / "results.md").read_text().splitlines()]
@@ -241,3 +244,11 @@ def test_run_lists_only_the_artifacts_it_made(ld3, cache, capsys):
     assert made == ["edm"]
     paths = [ln.split()[1] for ln in listed if ln.startswith("  ")]
     assert paths and all(Path(p).exists() for p in paths), listed
+
+
+def test_a_learned_rows_schedule_name_says_what_was_learned():
+    from ld3_cli.store.results import learned_schedule_name
+
+    assert learned_schedule_name(["steps", "offsets"]) == "ld3"
+    assert learned_schedule_name(("steps", "offsets", "coefficients")) == "ld3[steps,offsets,coefficients]"
+    assert learned_schedule_name(["steps"]) == "ld3[steps]"
