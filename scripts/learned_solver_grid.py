@@ -163,28 +163,42 @@ def _time_ratio(r: dict) -> float:
     return r["time"]["wall"] / r["time"]["ld3_wall"]
 
 
+def _settings(r: dict) -> str:
+    """The cell's extra overrides that are not paths or places (``model.guidance_scale=7.5``), as one string."""
+    keep = [e for e in r.get("extra", []) if not e.startswith(("cache_dir=", "model.path="))]
+    return " ".join(keep)
+
+
+def _header(rows: list[dict], fd: bool, varied: bool) -> list[str]:
+    cols = (["settings"] if varied else []) + ["solver", "NFE", "best baseline", "LD3", "learned solver",
+                                               "learned solver + steps", "+ steps / LD3", "training s: LD3 / + steps"]
+    cols += ["fd_exact: LD3 / + steps"] if fd else []
+    return [f"#### {rows[0]['model']}: {rows[0]['pairs']} teacher pairs, held-out RMSE on {rows[0]['heldout']:,} "
+            "noises", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _row(r: dict, fd: bool, varied: bool) -> str:
+    best = min(r["baselines"], key=lambda k: r["baselines"][k]["rmse"])
+    t = r["time"]
+    cols = [_settings(r)] * varied + [f"{r['solver']}-{r['order']}", str(r["nfe"]),
+                                      f"{r['baselines'][best]['rmse']:.4f} ({best})"]
+    cols += _bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps")])
+    cols += [f"{_ratio(r):.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({_time_ratio(r):.2f}x)"]
+    if fd:
+        cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
+    return "| " + " | ".join(cols) + " |"
+
+
 def render(records: list[dict]) -> str:
-    """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3."""
+    """Markdown tables (one per model) and the geometric mean of (learned solver + steps) / LD3; a column names
+    the settings when the cells differ in them (e.g. a grid over guidance scales)."""
     out = []
     for model in sorted({r["model"] for r in records}):
-        rows = sorted((r for r in records if r["model"] == model), key=lambda r: (r["solver"], r["nfe"]))
+        rows = sorted((r for r in records if r["model"] == model), key=lambda r: (_settings(r), r["solver"], r["nfe"]))
         fd = "fd_exact" in rows[0]["ld3"]
-        out += [f"#### {model}: {rows[0]['pairs']} teacher pairs, held-out RMSE on {rows[0]['heldout']:,} noises", "",
-                "| solver | NFE | best baseline | LD3 | learned solver | learned solver + steps | + steps / LD3 | "
-                "training s: LD3 / + steps" + (" | fd_exact: LD3 / + steps |" if fd else " |"),
-                "|" + "---|" * (9 if fd else 8)]
-        ratios = []
-        for r in rows:
-            best = min(r["baselines"], key=lambda k: r["baselines"][k]["rmse"])
-            ratio = _ratio(r)
-            ratios.append(ratio)
-            t = r["time"]
-            cols = [f"{r['solver']}-{r['order']}", str(r["nfe"]), f"{r['baselines'][best]['rmse']:.4f} ({best})",
-                    *_bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps")]),
-                    f"{ratio:.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({_time_ratio(r):.2f}x)"]
-            if fd:
-                cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
-            out.append("| " + " | ".join(cols) + " |")
+        varied = len({_settings(r) for r in rows}) > 1
+        out += _header(rows, fd, varied) + [_row(r, fd, varied) for r in rows]
+        ratios = [_ratio(r) for r in rows]
         gm = _gmean(ratios)
         out += ["", f"Geometric mean of (learned solver + steps) / LD3 over {len(ratios)} cells: **{gm:.3f}** "
                     f"(worst cell {max(ratios):.3f}, best {min(ratios):.3f}).", ""]

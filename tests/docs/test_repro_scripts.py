@@ -334,3 +334,23 @@ def test_learned_solver_grid_summarises_grids(tmp_path, capsys):
     gm = (0.8 * 0.5 * 1.03) ** (1 / 3)
     assert row == (f"| seed1.jsonl | train.seed=1 | 3 | {gm:.3f} | 1.030 (dpmpp-2 NFE 5) | 1 | {gm ** 2:.3f} | 1 | "
                    "1.50-1.90x |")
+
+
+def test_learned_solver_grid_names_the_settings_that_differ():
+    """Cells that differ in their overrides (a guidance grid) get a settings column; places (cache_dir) do not."""
+    grid = _grid_script()
+
+    def rec(w, ld3, ours):
+        return {"model": "mnist_gmm", "solver": "dpmpp", "order": 2, "nfe": 6, "pairs": 100, "heldout": 500,
+                "extra": ["model.conditional=true", f"model.guidance_scale={w}", "cache_dir=/tmp/x"],
+                "baselines": {"logsnr": {"rmse": 0.3}}, "ld3": {"rmse": ld3}, "learned": {"rmse": 0.2},
+                "learned_steps": {"rmse": ours}, "time": {"ld3_wall": 10.0, "wall": 25.0}}
+
+    table = grid.render([rec(7.5, 0.06, 0.045), rec(2, 0.02, 0.01)])
+    lines = table.splitlines()
+    assert lines[2].startswith("| settings | solver | NFE |") and "cache_dir" not in table
+    rows = [ln for ln in lines if ln.startswith("| model.")]
+    assert [r.split(" | ")[0] for r in rows] == ["| model.conditional=true model.guidance_scale=2",
+                                                 "| model.conditional=true model.guidance_scale=7.5"]
+    assert "0.750" in rows[1] and "0.500" in rows[0]
+    assert "settings" not in grid.render([rec(7.5, 0.06, 0.045)])
