@@ -24,6 +24,7 @@ One JSON line per cell is appended to ``--out``; ``--render`` prints the tables 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -37,7 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINES = ("time_uniform", "time_quadratic", "logsnr", "edm")
 
 
-MODELS = None  # the grid's model cache: every cell on one model loads it once
+@functools.lru_cache(maxsize=1)
+def _models():
+    """The grid's model cache: every cell on one model loads it once."""
+    from ld3_cli.stages.context import ModelCache
+
+    return ModelCache()
 
 
 def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: list[str]):
@@ -46,17 +52,13 @@ def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: li
 
     from ld3_cli.cli.apps import config_dir
     from ld3_cli.stages.context import StageContext
-    from ld3_cli.stages.runner import ModelCache
-
-    global MODELS
-    MODELS = MODELS or ModelCache()
 
     overrides = ["train=learned_solver", f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
                  f"teacher.n={pairs}", "progress=false", *extra]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="grid"):
         cfg = compose("train", overrides=overrides)
-    return StageContext(cfg, "train", overrides, models=MODELS)
+    return StageContext(cfg, "train", overrides, models=_models())
 
 
 def heldout_errors(ctx, run, noises, targets, cond=None) -> dict:

@@ -24,7 +24,8 @@ def run_app(stage: str, config_name: str, hydra_args: list[str]) -> int:
     """Run the stage's Hydra app with ``hydra_args`` as its command line; return the exit status."""
     import hydra
 
-    from ..stages.runner import ModelCache, run_stage
+    from ..stages.context import ModelCache
+    from ..stages.runner import run_stage
 
     models = ModelCache()  # this command's: every job of a multirun (same model) loads it once
 

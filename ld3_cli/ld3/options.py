@@ -10,7 +10,7 @@ stays out of a schedule's store key) comes from it, and :class:`TrainOptions` ch
 (the CLI's boundary check, or :func:`~ld3_cli.ld3.trainer.learn_schedule`), never later.  The vocabularies
 come from where they are defined: ``param``, ``offset_units`` and ``eval_scale`` from
 :mod:`~ld3_cli.ld3.parameterization`, ``loss`` from :data:`~ld3_cli.ld3.losses.LOSSES`, the optimisers from
-:mod:`~ld3_cli.ld3.optim`, ``noise_estimate`` from :data:`~ld3_cli.solvers.base.NOISE_ESTIMATES`, ``init`` and
+:mod:`~ld3_cli.ld3.optim`, ``noise_estimate`` is :data:`~ld3_cli.solvers.base.NOISE_ESTIMATE` itself, ``init`` and
 ``init_candidates`` from the registered discretizations (read when checked, so a plug-in registered later
 counts).  Why the defaults are what they are: docs/reproduction.md.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..solvers.base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES
+from ..solvers.base import NOISE_ESTIMATE
 from ..utils.option_schema import (FLAG, PATH_OR_NULL, Option, OptionGroup, Rule, by_name, check_options, list_of,
                                    number, one_of, whole)
 from .losses import LOSSES
@@ -58,9 +58,7 @@ SCHEDULE = OptionGroup("schedule", "The grid: where the time steps live, where t
            "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code)."),
     Option("eval_scale", "model", one_of(EVAL_SCALES), "State scale at a decoupled evaluation, alpha(sigma) / "
            "alpha(sigma_eval): model (the model's alpha; 1 for EDM), vp (VP's alpha) or none (1)."),
-    Option("noise_estimate", DEFAULT_NOISE_ESTIMATE, one_of(NOISE_ESTIMATES), "Noise estimate of euler, heun, "
-           "ipndm and deis at a decoupled evaluation: step ((x - D) over the step's sigma) or eval (the network's "
-           "own, as the paper's code)."),
+    NOISE_ESTIMATE,
 ))
 
 OBJECTIVE = OptionGroup("objective", "The loss and soft teacher forcing", (

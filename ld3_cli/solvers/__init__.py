@@ -9,7 +9,7 @@ See :mod:`ld3_cli.solvers.base` for the grid contract.  Register a new solver by
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATES, SolverSpec
+from .base import DEFAULT_NOISE_ESTIMATE, NOISE_ESTIMATE, SolverSpec
 from .deis import DEIS
 from .dpmpp import DPMSolverPP
 from .euler import Euler
@@ -45,8 +45,7 @@ def solve(name, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None,
     options = spec.resolve_options(options, values=check)
     if check:
         spec.validate(len(sigmas) - 1, options["order"])
-        if noise_estimate not in NOISE_ESTIMATES:
-            raise ConfigError(f"noise_estimate must be one of {NOISE_ESTIMATES}, got '{noise_estimate}'")
+        NOISE_ESTIMATE.check(noise_estimate, "solve")
     return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate, **options)
 
 

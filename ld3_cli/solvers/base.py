@@ -62,6 +62,10 @@ def prepare_grid(x: Tensor, sigmas: Tensor, sigmas_eval: Optional[Tensor], check
 
 NOISE_ESTIMATES = ("eval", "step")
 DEFAULT_NOISE_ESTIMATE = "step"  # see Evaluator; docs/reproduction.md has the measurements
+# declared once: solve() checks its argument with it, and the trainer's options hold it (train.noise_estimate)
+NOISE_ESTIMATE = Option("noise_estimate", DEFAULT_NOISE_ESTIMATE, one_of(NOISE_ESTIMATES),
+                        "Noise estimate of euler, heun, ipndm and deis at a decoupled evaluation: step ((x - D) over "
+                        "the step's sigma) or eval (the network's own, as the paper's code).")
 
 
 def prepare_scales(x: Tensor, eval_scales: Optional[Tensor]) -> Optional[Tensor]:

@@ -67,10 +67,6 @@ class SolverSetup:
         """Every option of the solver: the config's, and the declared defaults for the rest."""
         return {**self.spec.defaults, **self.options}
 
-    @property
-    def order(self) -> int:
-        return int(self.resolved["order"])
-
     def key_fields(self) -> dict:
         """What this solver config contributes to store keys: its name and the options the config sets."""
         return {"name": self.name, **self.options}

@@ -7,7 +7,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -19,7 +19,6 @@ from ..utils.distributed import rank_device
 from ..utils.model_size import SMALL_MODEL_PARAMETERS, parameter_count
 from .checks import run_settings
 from .keys import model_key
-from .runner import ModelCache
 from .table import STAGE_SECTIONS, STAGES
 
 log = logging.getLogger("ld3")
@@ -40,10 +39,33 @@ def unreadable_checkpoint(model_cfg: dict, e: Exception) -> ConfigError:
                        f"model kind ({type(e).__name__}: {first}); point model.path at the right file{want}")
 
 
+class ModelCache:
+    """The model a CLI process has built, by key (model key, device, speed options), one at a time.
+
+    One is made per ``ld3`` command (:func:`ld3_cli.cli.apps.run_app`) and handed to every job's
+    :class:`StageContext`: the jobs of a multirun on one model, and the steps
+    of ``ld3 run``, load it once; a job on another model frees the last one before building its own.
+    """
+
+    def __init__(self):
+        self._key: Optional[Hashable] = None
+        self._model: Any = None
+        self.builds = 0  # how many models this cache has built
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The model for ``key``: the cached one, else ``build()`` (which replaces it)."""
+        if self._model is None or key != self._key:
+            self._key = self._model = None  # free the last model before building the next
+            model = build()
+            self._key, self._model = key, model
+            self.builds += 1
+        return self._model
+
+
 class StageContext:
     """Per-job state shared by the stage functions.
 
-    ``models``: where the model is looked up and kept -- the command's :class:`~.runner.ModelCache`, shared by
+    ``models``: where the model is looked up and kept -- the command's :class:`ModelCache`, shared by
     the jobs of a multirun; by default one of this context's own.
     """
 

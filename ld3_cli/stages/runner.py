@@ -13,10 +13,13 @@ import logging
 import signal
 import sys
 
-from typing import Any, Callable, Hashable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import EXIT_USER_ERROR, Ld3Error
 from .table import STAGES
+
+if TYPE_CHECKING:  # the context module imports torch: the runner loads it only when a stage runs
+    from .context import ModelCache
 
 log = logging.getLogger("ld3")
 
@@ -31,29 +34,6 @@ def one_line(msg) -> str:
 
 def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by the reliability tests
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-class ModelCache:
-    """The model a CLI process has built, by key (model key, device, speed options), one at a time.
-
-    One is made per ``ld3`` command (:func:`ld3_cli.cli.apps.run_app`) and handed to every job's
-    :class:`~ld3_cli.stages.context.StageContext`: the jobs of a multirun on one model, and the steps
-    of ``ld3 run``, load it once; a job on another model frees the last one before building its own.
-    """
-
-    def __init__(self):
-        self._key: Optional[Hashable] = None
-        self._model: Any = None
-        self.builds = 0  # how many models this cache has built
-
-    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        """The model for ``key``: the cached one, else ``build()`` (which replaces it)."""
-        if self._model is None or key != self._key:
-            self._key = self._model = None  # free the last model before building the next
-            model = build()
-            self._key, self._model = key, model
-            self.builds += 1
-        return self._model
 
 
 def run_stage(stage: str, cfg, models: Optional[ModelCache] = None):

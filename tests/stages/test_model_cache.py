@@ -3,7 +3,7 @@ from hydra import compose, initialize_config_dir
 
 from ld3_cli.cli.apps import config_dir
 from ld3_cli.stages.context import StageContext
-from ld3_cli.stages.runner import ModelCache
+from ld3_cli.stages.context import ModelCache
 
 CUSTOM = ["model=custom", "model._target_=ld3_cli.models.examples.GaussianDenoiser", "+model.std=0.3", "device=cpu"]
 
