@@ -27,6 +27,7 @@ from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
 
 DEFAULT_INIT_CANDIDATES = ("logsnr", "edm", "time_uniform", "time_quadratic")
 LEARNABLE = ("steps", "offsets", "coefficients")
+SCHEDULE_RATES = ("reset", "carry")  # the schedule's learning rates when phase 3 starts
 
 
 def _kinds() -> tuple:
@@ -122,6 +123,9 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
            "sum (a constant denoiser stays exact); false: each step's lead weight is learned too."),
     Option("batch_size_coefficients", 50, whole(0), "Training pairs per iteration in phase 3 (0 = batch_size)."),
     Option("val_every_coefficients", 5, whole(1), "Validate every this many iterations in phase 3."),
+    Option("schedule_rates_coefficients", "reset", one_of(SCHEDULE_RATES),
+           "The optimisers of the time steps and offsets in phase 3: reset (fresh, at lr and lr_offsets) or "
+           "carry (LD3's go on: their decayed rates and running averages)."),
 ))
 
 TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS)

@@ -330,20 +330,33 @@ class LD3Trainer:
         bs = o.batch_size_coefficients if phase.coefficients and o.batch_size_coefficients else o.batch_size
         return max(1, min(int(bs), self.n_train))
 
+    def _lead(self, phase: Phase):
+        """The optimiser whose rate a phase reports and ends on: the coefficients' in a phase that moves them,
+        else the first group's (the time steps in LD3's phases)."""
+        active = self._active(phase)
+        coefficients = [name for name in active if name.startswith("coefficients")]
+        return self.optimizers[(coefficients or active)[0]]
+
     def _phase_done(self, phase: Phase) -> bool:
-        first = self.optimizers[self._active(phase)[0]]
-        return self.state.phase_iteration >= phase.budget or first.lr <= self.options.min_lr
+        return self.state.phase_iteration >= phase.budget or self._lead(phase).lr <= self.options.min_lr
 
     def _next_phase(self) -> None:
         """The phase change: record the ended phase's best validation and sampler, then start the next phase
-        from the best parameters so far, with fresh optimisers (the options' learning rates) and its iteration
-        and patience counters at zero.  The best validation so far carries over."""
+        from the best parameters so far, with fresh optimisers (the options' learning rates; a phase that runs the
+        coefficients may keep the schedule's optimisers, ``schedule_rates_coefficients=carry``) and its iteration and
+        patience counters at zero.  The best validation so far carries over."""
         s = self.state
         ended = self.phases[s.phase_index]
         s.phase_index, s.phase_iteration, s.stale_validations = s.phase_index + 1, 0, 0
         self._set_params(s.best_params)
         s.phase_ends[ended.name] = {"best_val": s.best_val, "sampler": self._best_sampler()}
+        ending = dict(self.optimizers)
         self._make_optimizers()
+        starting = self.phases[s.phase_index] if s.phase_index < len(self.phases) else None
+        if starting is not None and starting.coefficients and self.options.schedule_rates_coefficients == "carry":
+            for name in ("steps", "offsets"):  # the same optimisers go on: their rates and running averages
+                self.optimizers[name] = ending[name]
+                s.optimizers[name] = ending[name].state
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> LearnedSchedule:
@@ -372,7 +385,7 @@ class LD3Trainer:
         rec = self._step(self._next_batch(self.batch_size(phase)), phase)
         s.iteration += 1
         s.phase_iteration += 1
-        rec.update(iteration=s.iteration, phase=phase.name, lr=self.optimizers[self._active(phase)[0]].lr,
+        rec.update(iteration=s.iteration, phase=phase.name, lr=self._lead(phase).lr,
                    seconds=time.perf_counter() - clock_start)
         every = o.val_every_coefficients if phase.coefficients else o.val_every
         if s.iteration % max(1, every) == 0:

@@ -30,8 +30,15 @@ SAMPLES_VERSION = 2
 EVAL_VERSION = 1
 
 
-# model settings that leave the model as it was without them: at these values they do not enter its key
+# settings added after keys were made: at these values (what every run did before the setting existed) they
+# do not enter the key, so the keys made before them stay valid
 NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1, 1.0)}
+NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset")}
+
+
+def _without_neutral(fields: dict, neutral_settings: dict) -> dict:
+    """``fields`` less the settings at their neutral values."""
+    return {k: v for k, v in fields.items() if not (k in neutral_settings and v in neutral_settings[k])}
 
 
 def _file_identity(path: Any) -> Any:
@@ -45,10 +52,7 @@ def _file_identity(path: Any) -> Any:
 
 def model_key(model_cfg: Any, autocast: Any = None) -> str:
     m = to_plain(model_cfg)
-    fields = {k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}
-    for name, neutral in NEUTRAL_MODEL_SETTINGS.items():  # keys made before the option existed stay valid
-        if fields.get(name, neutral[0]) in neutral:
-            fields.pop(name, None)
+    fields = _without_neutral({k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}, NEUTRAL_MODEL_SETTINGS)
     if autocast:
         fields["autocast"] = str(autocast)
     for k in ("path", "checkpoint", "weights"):
@@ -65,7 +69,8 @@ def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) ->
 
 
 def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
-    train = {k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS}
+    train = _without_neutral({k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS},
+                             NEUTRAL_TRAIN_SETTINGS)
     return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}
 

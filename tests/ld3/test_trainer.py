@@ -51,7 +51,8 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
 @pytest.mark.parametrize("learn,stop_at,extra", [
     (("steps", "offsets"), 11, {}),
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "rmsprop", "lr_coefficients": 0.01}),
-    (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02})])
+    (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02}),
+    (("steps", "offsets", "coefficients"), 40, {"schedule_rates_coefficients": "carry"})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
     """Interrupted mid phase 1 (LD3) or mid phase 3 (the coefficients and their optimiser's state), the resumed
     run takes the uninterrupted one's path step by step and ends where it does."""
@@ -212,3 +213,39 @@ def test_coefficient_phase_trains_on_its_own_batch_size(setup):
     trainer = LD3Trainer(Counting(), "dpmpp", {"order": 2}, 4, x, y, options=opts)
     trainer.run()
     assert seen == {"steps": {4, 20}, "offsets": {4, 20}, "coefficients": {8, 20}}, seen
+
+
+def _phase3_run(setup, **extra):
+    """A short learned-solver run with early decays: the records, and for the last phase-2 iteration and the
+    first phase-3 iteration the rates of the time steps, the offsets and the first coefficient tensor, and the
+    time steps' optimiser."""
+    model, x, y, _, _ = setup
+    opts = TrainOptions(batch_size=4, batch_size_coefficients=8, iters_phase1=6, iters_phase2=6, iters_phase3=5,
+                        patience=1, lr_decay=0.5, learn=("steps", "offsets", "coefficients"), **extra)
+    trainer = LD3Trainer(model, "dpmpp", {"order": 2}, 4, x, y, options=opts)
+    seen, records = {}, []
+
+    def progress(rec):
+        records.append(rec)
+        if rec["phase"] == "offsets" or (rec["phase"] == "coefficients" and "coefficients" not in seen):
+            seen[rec["phase"]] = {k: trainer.optimizers[k].lr for k in ("steps", "offsets", "coefficients.0")}
+            seen[rec["phase"]]["optimizer"] = trainer.optimizers["steps"]
+
+    trainer.progress = progress
+    trainer.run()
+    return opts, seen["offsets"], seen["coefficients"], records
+
+
+def test_phase3_schedule_rates_reset_or_carry(setup):
+    """``schedule_rates_coefficients``: reset starts phase 3's time steps and offsets with fresh optimisers at
+    lr / lr_offsets; carry goes on with LD3's optimisers of them (the decayed rates they ended with, and their
+    running averages).  The coefficients start at their own rate either way, and the phase runs its budget."""
+    opts, end, first, records = _phase3_run(setup)
+    assert end["steps"] < opts.lr and end["offsets"] < opts.lr_offsets  # patience 1 decayed them
+    assert (first["steps"], first["offsets"], first["coefficients.0"]) == (opts.lr, opts.lr_offsets,
+                                                                           opts.lr_coefficients)
+    assert first["optimizer"] is not end["optimizer"]
+    opts, end, first, records = _phase3_run(setup, schedule_rates_coefficients="carry")
+    assert (first["steps"], first["offsets"]) == (end["steps"], end["offsets"])
+    assert first["optimizer"] is end["optimizer"] and first["coefficients.0"] == opts.lr_coefficients
+    assert sum(r["phase"] == "coefficients" for r in records) == opts.iters_phase3

@@ -1,0 +1,26 @@
+"""Settings added after keys were made stay out of the keys at their neutral values (old stores stay valid)."""
+from types import SimpleNamespace
+
+from omegaconf import OmegaConf
+
+from ld3_cli.stages.keys import model_key, schedule_fields
+
+SOLVER = SimpleNamespace(key_fields=lambda: {"name": "unipc", "order": 3})
+
+
+def _train_fields(**train):
+    cfg = OmegaConf.create({"nfe": 5, "train": {"lr": 0.005, "learn": ["steps", "offsets"], **train}})
+    return schedule_fields(cfg, SOLVER, "teacher0")["train"]
+
+
+def test_phase3_schedule_rates_enter_the_schedule_key_only_when_they_change_the_run():
+    before = _train_fields()  # a config from before the option existed
+    assert _train_fields(schedule_rates_coefficients="reset") == before
+    carry = _train_fields(schedule_rates_coefficients="carry")
+    assert carry != before and carry["schedule_rates_coefficients"] == "carry"
+
+
+def test_guidance_one_keeps_the_model_key():
+    base = {"name": "mnist_gmm", "kind": "mnist_gmm", "conditional": True}
+    assert model_key({**base, "guidance_scale": 1}) == model_key(base) == model_key({**base, "guidance_scale": 1.0})
+    assert model_key({**base, "guidance_scale": 7.5}) != model_key(base)
