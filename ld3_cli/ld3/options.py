@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..solvers.base import NOISE_ESTIMATE
+from ..solvers.unipc import RHO_GRADIENTS
 from ..utils.option_schema import (FLAG, PATH_OR_NULL, Option, OptionGroup, Rule, by_name, check_options, list_of,
                                    number, one_of, whole)
 from .losses import LOSSES
@@ -56,7 +57,8 @@ SCHEDULE = OptionGroup("schedule", "The grid: where the time steps live, where t
     Option("win_rate", 0.5, number(lambda v: 0 <= v <= 1, "in [0, 1]"),
            "Bound of the decoupled offsets, as a fraction of the smallest grid gap."),
     Option("offset_units", "window", one_of(OFFSET_UNITS), "Units of the offsets: window (a fraction of the bound, "
-           "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code)."),
+           "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code); "
+           "the model's hint, else window.", yaml=_select("train_offset_units")),
     Option("eval_scale", "model", one_of(EVAL_SCALES), "State scale at a decoupled evaluation, alpha(sigma) / "
            "alpha(sigma_eval): model (the model's alpha; 1 for EDM), vp (VP's alpha) or none (1)."),
     NOISE_ESTIMATE,
@@ -79,14 +81,19 @@ OPTIMISERS = OptionGroup("optimisers", "How the time steps, the offsets and the 
     Option("lr", 0.005, POSITIVE, "Learning rate of the time steps (RMSprop on the schedule logits)."),
     Option("momentum", 0.9, FRACTION_OPEN, "RMSprop momentum."),
     Option("offsets_optimizer", "rmsprop", one_of(OFFSET_OPTIMIZERS), "Optimiser of the decoupled offsets: rmsprop "
-           "or sgd (the paper's code: lr_offsets / NFE, with lr_offsets 0.1)."),
-    Option("lr_offsets", 0.005, POSITIVE, "Learning rate of the decoupled offsets."),
+           "or sgd (the paper's code: lr_offsets / NFE, with lr_offsets 0.1); the model's hint, else rmsprop.",
+           yaml=_select("train_offsets_optimizer")),
+    Option("lr_offsets", 0.005, POSITIVE, "Learning rate of the decoupled offsets; the model's hint, else 0.005.",
+           yaml=_select("train_lr_offsets")),
     Option("lr_decay", 0.8, number(lambda v: 0 < v <= 1, "in (0, 1]"),
            "Learning-rate factor after `patience` validations without improvement (the best state is restored)."),
     Option("min_lr", 0.00005, number(lambda v: v >= 0, ">= 0"),
            "A phase ends when the learning rate of its first parameter group decays to this."),
     Option("patience", 5, whole(1), "Validations without improvement before the best is restored and lr decays."),
     Option("grad_clip", 1.0, POSITIVE, "Gradient-norm clipping, per parameter group."),
+    Option("rho_gradient", "full", one_of(RHO_GRADIENTS), "UniPC's weights rho in the gradient of the time steps: "
+           "full (exact) or stopped (rho held constant in the step-size ratios, as the paper's code computes it); "
+           "the model's hint, else full.", yaml=_select("train_rho_gradient")),
 ))
 
 PHASES = OptionGroup("phases", "What is learned, for how long, on which pairs, validated how often", (

@@ -19,8 +19,9 @@ from the best parameters so far with fresh optimisers.
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
 RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); Adam (or RMSprop,
 ``coefficients_optimizer``; optionally with a decoupled decay, ``coefficient_decay``) on the coefficient
-corrections; gradient-norm clipping at 1 per group; learning-rate decay by ``lr_decay``
-after ``patience`` validations without improvement (restoring the best parameters); a phase ends at
+corrections; UniPC's gradient exact or, with ``rho_gradient=stopped``, as the paper's code computes it
+(:func:`~ld3_cli.solvers.unipc.rho_gradient`); gradient-norm clipping at 1 per group; learning-rate decay by
+``lr_decay`` after ``patience`` validations without improvement (restoring the best parameters); a phase ends at
 its budget or when its first group's learning rate reaches ``min_lr``.  Differences, for speed or
 rigour: validation uses the *hard* loss from the true noises in one batch (what sampling sees), the
 initial schedule is a validation candidate (the result is never worse than it on validation), and
@@ -45,6 +46,7 @@ from torch import nn
 from ..errors import ConfigError, NumericalError
 from ..solvers import get_solver
 from ..solvers.sampler import Sampler
+from ..solvers.unipc import rho_gradient
 from ..utils.model_size import SMALL_MODEL_PARAMETERS, parameter_count
 from .coefficients import CoefficientParameterization
 from .losses import resolve_loss
@@ -263,7 +265,8 @@ class LD3Trainer:
         s = self.state
         eps_in = s.train_noises[idx].detach().clone().requires_grad_(self.radius > 0)
         batch = self.train_pairs.rows(idx)
-        out = self.student(eps_in, batch.cond, self._student_sampler(phase), net=self.train_network)
+        with rho_gradient(self.options.rho_gradient):
+            out = self.student(eps_in, batch.cond, self._student_sampler(phase), net=self.train_network)
         loss_vec = self.loss_fn(out.float(), batch.y.float())
         loss = loss_vec.mean()
         if not torch.isfinite(loss):

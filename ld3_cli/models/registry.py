@@ -75,5 +75,5 @@ def build_model(cfg: dict, ctx: BuildContext):
 # Keys of a model config that tell ld3 how to treat the model (defaults for other groups, where the
 # weights come from); they are never passed to a ``_target_`` and never enter the model's store key.
 MODEL_HINT_KEYS = {"name", "kind", "url", "file_name", "download", "param", "teacher_discretization",
-                   "teacher_nfe", "train_batch_size", "train_iters_phase1", "train_iters_phase2", "ays_family",
-                   "notes"}
+                   "teacher_nfe", "train_batch_size", "train_iters_phase1", "train_iters_phase2", "train_offset_units",
+                   "train_offsets_optimizer", "train_lr_offsets", "train_rho_gradient", "ays_family", "notes"}

@@ -19,6 +19,10 @@ Global order: ``order + 1`` with the corrector.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
 import torch
 
 from ..errors import ConfigError
@@ -27,6 +31,27 @@ from .base import LOWER_ORDER_FINAL, resolve_lower_order_final, step_order
 from .multistep import MultistepSolver, table
 
 VARIANTS = ("bh1", "bh2")
+RHO_GRADIENTS = ("full", "stopped")
+_RHO_GRADIENT: ContextVar[str] = ContextVar("unipc_rho_gradient", default="full")
+
+
+@contextmanager
+def rho_gradient(mode: str) -> Iterator[None]:
+    """Within the block, the gradient through UniPC's weights ``rho`` is ``mode``: ``full`` (exact) or ``stopped``.
+
+    ``rho`` solves ``R rho = b`` with ``R[k, j] = r_j^k`` in the step-size ratios ``r_j``.  ``stopped`` builds
+    ``R`` from detached ratios, so the time steps get no gradient through that solve; everything else (``h`` in
+    ``b``, ``B(h)`` and ``e^{-h}``, the divisions by ``r_k``, the network's evaluations) still carries it.  This is
+    the gradient of the official LD3 code, whose UniPC builds ``R`` from ``torch.tensor(rks)``, a detached copy.
+    Values are the same in both modes; only training sees the difference.
+    """
+    if mode not in RHO_GRADIENTS:
+        raise ConfigError(f"the UniPC rho gradient must be one of {RHO_GRADIENTS}, got '{mode}'")
+    token = _RHO_GRADIENT.set(mode)
+    try:
+        yield
+    finally:
+        _RHO_GRADIENT.reset(token)
 
 
 def _unipc_coefficients(h, rks, variant):
@@ -65,16 +90,18 @@ def _unipc_coefficients(h, rks, variant):
 def unipc_coefficients(sigmas, order, variant, lower_order_final, corrector):
     """UniPC's table (data form) on ``sigmas``: with ``d1s_k = (D_{i-k} - D_i) / r_k`` the predictor weight of
     ``E_k = D_{i-k} - D_i`` is ``-B(h) rho^p_k / r_k``, the corrector's ``-B(h) rho^c_k / r_k`` and, on the new
-    evaluation ``D_{i+1} - D_i``, ``-B(h) rho^c_last``."""
+    evaluation ``D_{i+1} - D_i``, ``-B(h) rho^c_last``.  Inside :func:`rho_gradient` ``("stopped")`` the ``rho`` come
+    from detached ratios (same values, less gradient)."""
     n = sigmas.numel() - 1
     lof = resolve_lower_order_final(lower_order_final, n)
     lam = -torch.log(sigmas)
+    stopped = _RHO_GRADIENT.get() == "stopped"  # see rho_gradient
     a, b, pred, pterms, corr, cterms = [], [], [], [], [], []
     for i in range(n):
         o = step_order(order, i, n, lof)
         h = lam[i + 1] - lam[i]
         rks = [(lam[i - k] - lam[i]) / h for k in range(1, o)] + [torch.ones_like(h)]
-        phi, b_h, rhos_p, rhos_c = _unipc_coefficients(h, rks, variant)
+        phi, b_h, rhos_p, rhos_c = _unipc_coefficients(h, [r.detach() for r in rks] if stopped else rks, variant)
         a.append(torch.exp(-h))
         b.append(-phi)
         pred.append([] if rhos_p is None else [-b_h * rhos_p[k - 1] / rks[k - 1] for k in range(1, o)])

@@ -33,7 +33,7 @@ EVAL_VERSION = 1
 # settings added after keys were made: at these values (what every run did before the setting existed) they
 # do not enter the key, so the keys made before them stay valid
 NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1, 1.0)}
-NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset")}
+NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_gradient": (None, "full")}
 
 
 def _without_neutral(fields: dict, neutral_settings: dict) -> dict:
@@ -69,8 +69,10 @@ def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) ->
 
 
 def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
-    train = _without_neutral({k: v for k, v in to_plain(cfg.train).items() if k not in TRAIN_RUNTIME_KEYS},
-                             NEUTRAL_TRAIN_SETTINGS)
+    train = to_plain(cfg.train)
+    if solver.name != "unipc":  # the setting changes UniPC's gradient only: other solvers' keys do not see it
+        train.pop("rho_gradient", None)
+    train = _without_neutral({k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS}, NEUTRAL_TRAIN_SETTINGS)
     return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}
 

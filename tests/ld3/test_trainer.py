@@ -249,3 +249,18 @@ def test_phase3_schedule_rates_reset_or_carry(setup):
     assert (first["steps"], first["offsets"]) == (end["steps"], end["offsets"])
     assert first["optimizer"] is end["optimizer"] and first["coefficients.0"] == opts.lr_coefficients
     assert sum(r["phase"] == "coefficients" for r in records) == opts.iters_phase3
+
+
+@pytest.mark.parametrize("solver,opts,differs", [("unipc", {"order": 3}, True), ("dpmpp", {"order": 3}, False)])
+def test_rho_gradient_reaches_the_first_step_of_unipc_only(setup, solver, opts, differs):
+    """``rho_gradient=stopped`` changes the time steps' gradient of a UniPC run (and nothing of other solvers);
+    the loss of the step is the same."""
+    model, x, y, _, _ = setup
+    seen = {}
+    for mode in ("full", "stopped"):
+        trainer = LD3Trainer(model, solver, opts, 5, x, y, options=TrainOptions(**FAST, rho_gradient=mode, r=0))
+        trainer.start()
+        rec = trainer._step(torch.arange(10), trainer.phases[0])
+        seen[mode] = rec["loss"], trainer.state.params["steps"].grad.clone()
+    assert seen["full"][0] == seen["stopped"][0]
+    assert torch.equal(seen["full"][1], seen["stopped"][1]) != differs

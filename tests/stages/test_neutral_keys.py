@@ -5,12 +5,13 @@ from omegaconf import OmegaConf
 
 from ld3_cli.stages.keys import model_key, schedule_fields
 
-SOLVER = SimpleNamespace(key_fields=lambda: {"name": "unipc", "order": 3})
+SOLVER = SimpleNamespace(name="unipc", key_fields=lambda: {"name": "unipc", "order": 3})
+DPMPP = SimpleNamespace(name="dpmpp", key_fields=lambda: {"name": "dpmpp", "order": 3})
 
 
-def _train_fields(**train):
+def _train_fields(solver=SOLVER, **train):
     cfg = OmegaConf.create({"nfe": 5, "train": {"lr": 0.005, "learn": ["steps", "offsets"], **train}})
-    return schedule_fields(cfg, SOLVER, "teacher0")["train"]
+    return schedule_fields(cfg, solver, "teacher0")["train"]
 
 
 def test_phase3_schedule_rates_enter_the_schedule_key_only_when_they_change_the_run():
@@ -24,3 +25,10 @@ def test_guidance_one_keeps_the_model_key():
     base = {"name": "mnist_gmm", "kind": "mnist_gmm", "conditional": True}
     assert model_key({**base, "guidance_scale": 1}) == model_key(base) == model_key({**base, "guidance_scale": 1.0})
     assert model_key({**base, "guidance_scale": 7.5}) != model_key(base)
+
+
+def test_rho_gradient_keys_unipc_schedules_only_when_stopped():
+    before = _train_fields()
+    assert _train_fields(rho_gradient="full") == before
+    assert _train_fields(rho_gradient="stopped")["rho_gradient"] == "stopped"
+    assert _train_fields(DPMPP, rho_gradient="stopped") == _train_fields(DPMPP)  # no UniPC: nothing changes
