@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
+from ld3_cli.ld3.options import TRAIN_GROUPS
 from ld3_cli.stages.table import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +29,22 @@ OUT = REPO / "docs" / "config-reference.md"
 GROUPS = ("dataset", "model", "solver", "teacher", "train", "sample", "eval")
 STAGE_FILES = tuple(stage.config for stage in STAGES.values())
 SKIP_SECTIONS = {"hydra", "defaults"}
+
+
+def _train_hints() -> dict:
+    """``model.<hint>`` -> "Hint for train.<option>." for every training option a model config may set (the options
+    whose default reads ``${oc.select:model.<hint>,...}``, ld3_cli/ld3/options.py)."""
+    hints = {}
+    for group in TRAIN_GROUPS:
+        for option in group.options:
+            m = re.match(r"\$\{oc\.select:model\.(\w+),", option.yaml or "")
+            if m:
+                hints[f"model.{m.group(1)}"] = f"Hint for train.{option.name}."
+    return hints
+
+
 # Descriptions for keys the config files leave uncommented (a comment in the file always wins).
-GLOSSARY = {
+GLOSSARY = {**_train_hints(),
     "dataset.name": "Dataset name, used in result tables and default file names.",
     "dataset.kind": "How the data is used: mnist5k (embedded digits), reference (only FID statistics are needed), "
                     "image_folder (your images).",
@@ -49,11 +64,6 @@ GLOSSARY = {
     "model.param": "Hint for train.param: lambda (log-SNR) or time (native t).",
     "model.teacher_discretization": "Hint for teacher.discretization.",
     "model.teacher_nfe": "Hint for teacher.nfe.",
-    "model.train_batch_size": "Hint for train.batch_size.",
-    "model.train_offset_units": "Hint for train.offset_units.",
-    "model.train_offsets_optimizer": "Hint for train.offsets_optimizer.",
-    "model.train_lr_offsets": "Hint for train.lr_offsets.",
-    "model.train_rho_gradient": "Hint for train.rho_gradient.",
     "model.dtype": "dtype the network runs in (float32, float16, bfloat16).",
     "model.guidance_scale": "Classifier-free guidance scale (1 = no guidance).",
     "model.decode_batch_size": "Batch size of the VAE / VQ decoder.",

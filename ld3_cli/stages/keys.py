@@ -34,6 +34,8 @@ EVAL_VERSION = 1
 # do not enter the key, so the keys made before them stay valid
 NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1, 1.0)}
 NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_gradient": (None, "full")}
+# training settings that change one solver's run only: other solvers' keys do not see them
+SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}
 
 
 def _without_neutral(fields: dict, neutral_settings: dict) -> dict:
@@ -69,10 +71,9 @@ def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) ->
 
 
 def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
-    train = to_plain(cfg.train)
-    if solver.name != "unipc":  # the setting changes UniPC's gradient only: other solvers' keys do not see it
-        train.pop("rho_gradient", None)
-    train = _without_neutral({k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS}, NEUTRAL_TRAIN_SETTINGS)
+    train = {k: v for k, v in to_plain(cfg.train).items()
+             if k not in TRAIN_RUNTIME_KEYS and SOLVER_TRAIN_SETTINGS.get(k, solver.name) == solver.name}
+    train = _without_neutral(train, NEUTRAL_TRAIN_SETTINGS)
     return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}
 
