@@ -71,6 +71,7 @@ VARIANTS = {
     "compile": {"compile": True},
     "compile+channels_last": {"compile": True, "channels_last": True},
     "compile+bf16": {"compile": True, "autocast": "bf16"},
+    "compile+channels_last+bf16": {"compile": True, "channels_last": True, "autocast": "bf16"},
 }
 CLI_TARGETS_S = {"train_nfe5": 60.0, "run": 180.0}  # (d): wall-clock targets of the embedded default
 
@@ -432,8 +433,11 @@ def _solve_backward(model, x, sig, cond) -> None:
     _solve(model, xg, sg, cond, grad=True).float().square().mean().backward()
 
 
-def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
-    """(c) for one grid: solve vs the same network calls alone vs the solver's arithmetic alone."""
+def sampling_row(model, plain, device, x, sig, cond, tk: dict, grad_batch: int = 2) -> dict:
+    """(c) for one grid: solve vs the same network calls alone vs the solver's arithmetic alone.
+
+    The host synchronisations of a training-like solve (forward and backward) are counted on the first
+    ``grad_batch`` samples: what the trainer back-propagates through (a whole sampling batch need not fit)."""
     rec = _Recorder(model)
     _solve(rec, x, sig, cond)
     ts = time_fn(lambda: _solve(model, x, sig, cond), device, **tk)
@@ -446,7 +450,8 @@ def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
            "solve_median_s": ts.median, "network_median_s": tn.median, "timed_runs": len(ts.times)}
     if device.type == "cuda":
         row["host_syncs_per_solve"] = count_host_syncs(lambda: _solve(model, x, sig, cond), device)
-        row["host_syncs_per_solve_fwd_bwd"] = count_host_syncs(lambda: _solve_backward(model, x, sig, cond), device)
+        xb, cb = x[:grad_batch], None if cond is None else cond[:grad_batch]
+        row["host_syncs_per_solve_fwd_bwd"] = count_host_syncs(lambda: _solve_backward(model, xb, sig, cb), device)
     if plain is not model and getattr(model, "autocast_dtype", None) is not None:
         ref = plain.decode(_solve(plain, x, sig, cond)).float()
         out = plain.decode(_solve(model, x, sig, cond)).float()
@@ -454,14 +459,16 @@ def sampling_row(model, plain, device, x, sig, cond, tk: dict) -> dict:
     return row
 
 
-def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int) -> list:
-    """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast)."""
+def bench_sampling(model, plain, cfg: dict, device, nfes: list[int], batch: int, tk: dict, seed: int,
+                   grad_batch: int = 2) -> list:
+    """(c): one row per NFE; ``plain``: the model without speed options (reference for autocast);
+    ``grad_batch``: the training batch (for the forward+backward synchronisation count)."""
     kind = cfg.get("teacher_discretization", "logsnr")
     noise, cond = seed_inputs(model, range(seed + 10_000, seed + 10_000 + batch), device)
     rows = []
     for nfe in nfes:
         sig = sigmas_for(model, kind, nfe).to(device)
-        row = {"nfe": nfe, **sampling_row(model, plain, device, noise * float(sig[0]), sig, cond, tk)}
+        row = {"nfe": nfe, **sampling_row(model, plain, device, noise * float(sig[0]), sig, cond, tk, grad_batch)}
         rows.append(row)
         print(f"  (c) NFE {nfe}: {row['img_s']:.4g} img/s, outside the network "
               f"{100 * row['outside_network_fraction']:.1f}%", file=sys.stderr, flush=True)
@@ -604,17 +611,25 @@ def _network_variants(args: argparse.Namespace, device: torch.device) -> list[st
 
 def _run_sections(res: dict[str, Any], args: argparse.Namespace, base, cfg: dict, device: torch.device,
                   train_batch: int, nfes: list[int], tk: dict, speed: dict, extra_env: dict) -> None:
-    """Run the sections (a)-(d) that were not skipped, in order, storing each one's results in ``res``."""
+    """Run the sections (a)-(d) that were not skipped, in order, storing each one's results in ``res`` (and,
+    with ``--json``, writing what is done after each section: a later failure or a kill keeps it)."""
+    def save():
+        if args.json:
+            _write_json(res, Path(args.json))
+
     if not args.skip_network:
         batches = _network_batches(args, train_batch)
         variants = _network_variants(args, device)
         res["network"] = bench_network(base, device, batches, train_batch, variants, tk)
+        save()
     model = optimize_denoiser(base, **speed)
     if not args.skip_train:
         print("  (b) training ...", file=sys.stderr, flush=True)
         res["train"] = bench_train(model, cfg, device, args, train_batch)
+        save()
     if not args.skip_sampling:
-        res["sampling"] = bench_sampling(model, base, cfg, device, nfes, args.sample_batch, tk, args.seed)
+        res["sampling"] = bench_sampling(model, base, cfg, device, nfes, args.sample_batch, tk, args.seed, train_batch)
+        save()
     if args.cli:
         print("  (d) CLI on the embedded default ...", file=sys.stderr, flush=True)
         res["cli"] = bench_cli(args.cli_timeout, extra_env)

@@ -113,7 +113,8 @@ def train(ctx, teacher, learn: list[str]):
     return res, {"wall": wall, "ld3_wall": outside + (max(ld3) if ld3 else 0.0), "cpu": time.process_time() - c0}
 
 
-def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int, extra: list[str]) -> dict:
+def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int, extra: list[str],
+         alone: bool = True) -> dict:
     from ld3_cli.schedules import discretize
     from ld3_cli.solvers import solve
     from ld3_cli.stages.artifacts import teacher_artifact
@@ -132,8 +133,10 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
             ctx, lambda x, c, s=sig: solve(ctx.solver_name, ctx.model, x, s, cond=c, **ctx.solver_options), noises,
             targets, cond)
     full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients"])
-    only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
-    runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve, "learned": only.solve}
+    runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve}
+    if alone:
+        only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
+        runs["learned"] = only.solve
     # fd_exact for an unconditional model only (a guided one has no exact samples, a conditional one draws its
     # labels per seed, uniformly, unlike the exact samples' class frequencies)
     exact = exact_statistics(ctx) if hasattr(ctx.model, "sample_exact") and cond is None else None
@@ -184,7 +187,8 @@ def _row(r: dict, fd: bool, varied: bool) -> str:
     t = r["time"]
     cols = [_settings(r)] * varied + [f"{r['solver']}-{r['order']}", str(r["nfe"]),
                                       f"{r['baselines'][best]['rmse']:.4f} ({best})"]
-    cols += _bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps")])
+    bold = iter(_bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps") if k in r]))
+    cols += [next(bold) if k in r else "-" for k in ("ld3", "learned", "learned_steps")]
     cols += [f"{_ratio(r):.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({_time_ratio(r):.2f}x)"]
     if fd:
         cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
@@ -241,6 +245,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--heldout", type=int, default=1000, help="held-out noises")
     ap.add_argument("--out", default="learned_solver_grid.jsonl")
     ap.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    ap.add_argument("--no-alone", dest="alone", action="store_false",
+                    help="skip the learned solver alone (the coefficients-only run): LD3 and + steps only")
     ap.add_argument("--render", metavar="JSONL", help="print the tables of a finished grid and exit")
     ap.add_argument("--summary", metavar="JSONL", nargs="+",
                     help="print one summary row per finished grid (e.g. one per train.seed) and exit")
@@ -259,11 +265,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.jobs > 1 and len(cells) > 1:
         return run_parallel(args, cells, extra)
     for solver, order, nfe in cells:
-        rec = cell(args.model, solver, order, nfe, args.pairs, args.heldout, extra)
+        rec = cell(args.model, solver, order, nfe, args.pairs, args.heldout, extra, args.alone)
         with open(args.out, "a") as f:  # one line per cell: appends from parallel jobs do not interleave
             f.write(json.dumps(rec) + "\n")
+        alone = f", learned solver {rec['learned']['rmse']:.4f}" if "learned" in rec else ""
         print(f"{args.model} {solver}-{order} NFE {nfe}: LD3 {rec['ld3']['rmse']:.4f}, learned solver + steps "
-              f"{rec['learned_steps']['rmse']:.4f}, learned solver {rec['learned']['rmse']:.4f}", flush=True)
+              f"{rec['learned_steps']['rmse']:.4f}{alone}; training {rec['time']['ld3_wall']:.1f} s (LD3) / "
+              f"{rec['time']['wall']:.1f} s (whole run)", flush=True)
     return 0
 
 
@@ -282,7 +290,8 @@ def run_parallel(args, cells: list[tuple], extra: list[str]) -> int:
 
     def one(c):
         cmd = [sys.executable, __file__, args.model, "--solvers", f"{c[0]}:{c[1]}", "--nfe", str(c[2]),
-               "--pairs", str(args.pairs), "--heldout", str(args.heldout), "--out", args.out, "--", *extra]
+               "--pairs", str(args.pairs), "--heldout", str(args.heldout), "--out", args.out,
+               *([] if args.alone else ["--no-alone"]), "--", *extra]
         return subprocess.run(cmd).returncode
 
     with ThreadPoolExecutor(args.jobs) as pool:

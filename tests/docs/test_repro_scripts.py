@@ -354,3 +354,14 @@ def test_learned_solver_grid_names_the_settings_that_differ():
                                                  "| model.conditional=true model.guidance_scale=7.5"]
     assert "0.750" in rows[1] and "0.500" in rows[0]
     assert "settings" not in grid.render([rec(7.5, 0.06, 0.045)])
+
+
+def test_learned_solver_grid_without_the_solver_alone():
+    """--no-alone records no coefficients-only run: its column shows '-', the lower of the two others is bold."""
+    grid = _grid_script()
+    rec = {"model": "edm_cifar10_random", "solver": "unipc", "order": 3, "nfe": 10, "pairs": 1000, "heldout": 100,
+           "extra": [], "baselines": {"logsnr": {"rmse": 0.3}}, "ld3": {"rmse": 0.2}, "learned_steps": {"rmse": 0.15},
+           "time": {"ld3_wall": 100.0, "wall": 150.0}}
+    row = [ln for ln in grid.render([rec]).splitlines() if ln.startswith("| unipc-3")][0]
+    assert row.split(" | ")[3:7] == ["0.2000", "-", "**0.1500**", "0.750"], row
+    assert "100 / 150 (1.50x)" in row
