@@ -16,6 +16,8 @@ Conventions (those of the whole package):
 * ``to_zero``: the solver is a stock k-diffusion sampler (``k_euler``, ``k_dpmpp_2m``, ``k_heun``) whose list
   is the grid plus a final 0 (:attr:`ExportSchedule.stock_sigmas`); such a schedule was trained for that
   stock sampler and runs there exactly.
+* ``analytic_first``: the first step takes no network evaluation (the solver option of that name; ``sigmas_eval[0]``
+  is unused and the NFE is ``N - 1``); the runners do it, a stock sampler cannot.
 * ``network``: how the model's network is called (space, prediction, time fed at ``sigmas_eval``;
   :func:`~ld3_cli.models.conventions.network_convention`), for the diffusers scheduler.
 
@@ -42,7 +44,8 @@ from ..solvers.multistep import MultistepCoefficients
 from ..solvers.stock import STOCK_SAMPLERS
 
 RECORD_FORMAT = "ld3-schedule"
-RECORD_VERSION = 3  # 2: eval_scales, noise_estimate and the coefficient table; 3: to_zero, network, trained_for
+RECORD_VERSION = 4  # 2: eval_scales, noise_estimate and the coefficient table; 3: to_zero, network, trained_for;
+# 4: analytic_first
 
 
 def _finite(v: float) -> float:
@@ -149,6 +152,11 @@ class ExportSchedule:
         return bool(spec is not None and spec.ends_at_zero)
 
     @property
+    def analytic_first(self) -> bool:
+        """Whether the run skips the evaluation at ``sigmas[0]`` (the solver option ``analytic_first``)."""
+        return bool(self.solver_options.get("analytic_first", False))
+
+    @property
     def stock_sigmas(self) -> list:
         """The list to hand a stock sampler: the grid, plus the final 0 of a stock-sampler schedule."""
         return self.sigmas.tolist() + ([0.0] if self.to_zero else [])
@@ -189,6 +197,9 @@ class ExportSchedule:
         if self.eval_scales is not None and float((self.eval_scales - 1).abs().max()) > 0:
             out.append("the state scales of those evaluations (eval_scales, up to "
                        f"{float((self.eval_scales - 1).abs().max()):.3g} from 1)")
+        if self.analytic_first:
+            out.append("the analytic first step: ld3 takes the first step without a network evaluation, a stock "
+                       "sampler evaluates the network at sigma_max (one evaluation more)")
         if self.learned_coefficients:
             out.append(f"the learned solver coefficients: this schedule was learned together with {self.solver}'s "
                        "multistep weights, and another sampler's own weights are not what was learned")
@@ -232,6 +243,7 @@ class ExportSchedule:
             "learned_coefficients": self.learned_coefficients,
             "coefficients": _table(self.coefficients),
             "to_zero": self.to_zero,
+            "analytic_first": self.analytic_first,
             "stock_sigmas": self.stock_sigmas,
             "trained_for": self.trained_for(),
             "network": self.network,
@@ -242,7 +254,9 @@ class ExportSchedule:
                             "time; lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
                             "solver evaluates the network and combines its outputs (ld3_sampler.py runs them); "
                             "to_zero: the run ends with a step onto 0 (stock_sigmas is the list a stock sampler "
-                            "takes); network: how the model's network is called (ld3_diffusers.py reads it)"),
+                            "takes); analytic_first: the first step takes no network evaluation (its noise estimate is "
+                            "x / sqrt(1 + sigmas[0]^2)); network: how the model's network is called (ld3_diffusers.py "
+                            "reads it)"),
         }
 
 

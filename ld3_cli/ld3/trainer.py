@@ -118,9 +118,9 @@ class LD3Trainer:
                      "%d iterations", self.spec.name, o.iters_phase1)
         self.options = o
         self.solver = self.spec.name
-        self.n_steps = self.spec.steps_for_nfe(nfe)
         self.solver_options = dict(solver_options or {})
         resolved = self.spec.resolve_options(self.solver_options, values=False)  # values: checked where they entered
+        self.n_steps = self.spec.steps_for_nfe(nfe, resolved)
         self.solver_options["order"] = self.spec.validate(self.n_steps, resolved["order"])
         self.nfe = int(nfe)
         self.schedule = denoiser.schedule

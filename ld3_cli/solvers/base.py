@@ -8,6 +8,8 @@ Contract of a solver run (see :func:`ld3_cli.solvers.solve`):
 * ``sigmas_eval``: same length; the network is evaluated at ``(c_i x_i, sigmas_eval[i])``
   (LD3's decoupled evaluation times) with optional state scales ``c_i`` (``eval_scales``, default
   1; see :class:`Evaluator`).  ``None`` means ``sigmas``.
+* ``analytic_first`` (the multistep solvers' option of that name): grid point 0 is not evaluated; its noise
+  estimate is ``x_0 / sqrt(1 + sigmas[0]^2)`` (see :class:`Evaluator`), so ``N`` steps cost ``N - 1`` NFE.
 * Everything is differentiable with respect to ``x``, ``sigmas`` and ``sigmas_eval``; the
   loop performs no host synchronisation (validation happens once, before the loop).
 """
@@ -19,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from ..errors import ConfigError
-from ..utils.option_schema import Option, by_name, check_options, one_of
+from ..utils.option_schema import FLAG, Option, by_name, check_options, one_of
 
 Tensor = torch.Tensor
 # callback(i, x_i, denoised_i): called once per grid point i < N with the state at sigmas[i]
@@ -93,12 +95,19 @@ class Evaluator:
     alpha(sigmas_eval[i])`` makes the network see the state of step time ``i`` with the noise
     label of the evaluation time, which is what the official LD3 code computes (docs/concepts.md).
 
+    With ``analytic_first`` (the analytic first step of AMED / DyWeight) grid point 0 costs no evaluation:
+    at ``sigma_0 = sigmas[0]`` the state is almost pure noise, ``x_0 = x0 + sigma_0 n`` with ``sigma_0`` far above
+    the data's scale, so its noise estimate is taken as ``eps_0 = x_0 / sqrt(1 + sigma_0^2)`` (``n`` up to
+    ``O(1 / sigma_0)`` for data of unit-order variance) and ``D_0 = x_0 - sigma_0 eps_0``; ``sigmas_eval[0]`` and
+    ``eval_scales[0]`` are then unused.
+
     The sigma passed to the network is float64 when the state is float64, else float32, so
     half-precision networks still receive accurate noise levels.
     """
 
     def __init__(self, denoiser, sigmas: Tensor, sigmas_eval: Tensor, cond: Any, x: Tensor,
-                 eval_scales: Optional[Tensor] = None, noise_estimate: str = DEFAULT_NOISE_ESTIMATE):
+                 eval_scales: Optional[Tensor] = None, noise_estimate: str = DEFAULT_NOISE_ESTIMATE,
+                 analytic_first: bool = False):
         sdt = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.denoiser = denoiser
         self.sigmas = sigmas
@@ -108,21 +117,34 @@ class Evaluator:
         self.at_eval = noise_estimate == "eval"
         self.cond = cond
         self.batch = x.shape[0]
+        self.analytic_first = bool(analytic_first)
         self.calls = 0
 
     def _input(self, x: Tensor, i: int) -> Tensor:
         return x if self.scales is None else as_state_dtype(self.scales[i], x) * x
 
+    def _analytic(self, x: Tensor, i: int) -> bool:
+        return self.analytic_first and i == 0
+
     def __call__(self, x: Tensor, i: int) -> Tensor:
-        """``D_i = D(c_i x, sigmas_eval[i])``."""
+        """``D_i = D(c_i x, sigmas_eval[i])`` (at grid point 0 with ``analytic_first``: ``x - sigma_0 eps_0``, no call)."""
+        if self._analytic(x, i):
+            return x - as_state_dtype(self.sigmas[0], x) * analytic_noise(x, self.sigmas[0])
         self.calls += 1
         return self.denoiser(self._input(x, i), self.sig[i].expand(self.batch), self.cond)
 
     def eps(self, x: Tensor, den: Tensor, i: int) -> Tensor:
         """The noise estimate at grid point ``i`` from the state ``x`` and its ``den = self(x, i)``."""
+        if self._analytic(x, i):
+            return analytic_noise(x, self.sigmas[0])
         if self.at_eval:
             return (self._input(x, i) - den) / as_state_dtype(self.sigmas_eval[i], x)
         return (x - den) / as_state_dtype(self.sigmas[i], x)
+
+
+def analytic_noise(x: Tensor, sigma: Tensor) -> Tensor:
+    """The analytic first step's noise estimate ``x / sqrt(1 + sigma^2)`` (``sigma`` a float64 0-d tensor)."""
+    return x * as_state_dtype(torch.rsqrt(1 + sigma * sigma), x)
 
 
 def step_order(order: int, i: int, n_steps: int, lower_order_final: bool) -> int:
@@ -145,9 +167,17 @@ def as_state_dtype(c: Tensor, x: Tensor) -> Tensor:
 
 
 # options more than one solver takes: declared once here
+ANALYTIC_FIRST = Option("analytic_first", False, FLAG,
+                        "Analytic first step (AMED / DyWeight): the first step uses the noise estimate "
+                        "x / sqrt(1 + sigma_max^2) instead of a network evaluation, so NFE N runs N + 1 steps.")
 LOWER_ORDER_FINAL = Option("lower_order_final", True, one_of((True, False, "auto")),
                            "Lower the order of the final steps, min(order, N - i): true (the official LD3 samplers), "
                            "auto (only when steps < 10, DPM-Solver's rule) or false.")
+
+
+def _skipped(options: Optional[Mapping]) -> int:
+    """Evaluations the run skips: 1 with ``analytic_first``."""
+    return int(bool((options or {}).get(ANALYTIC_FIRST.name, False)))
 
 
 class SolverSpec:
@@ -165,6 +195,8 @@ class SolverSpec:
     default_order = 1
     description = ""
     options: tuple[Option, ...] = ()
+    # options of the run rather than of the update rule (the linear multistep solvers: analytic_first)
+    run_options: tuple[Option, ...] = ()
     # True for a stock sampler that evaluates the network on its own list: no decoupled times, no state scales
     evaluates_on_grid = False
     # True when the run ends with one more step from the grid's last sigma onto 0 (k-diffusion's lists)
@@ -172,9 +204,9 @@ class SolverSpec:
 
     @cached_property
     def declared(self) -> dict[str, Option]:
-        """Every option of this solver by name: ``order`` first, then its own."""
+        """Every option of this solver by name: ``order`` first, then its own, then the run's."""
         order = Option("order", self.default_order, one_of(self.orders), f"Order, one of {list(self.orders)}.")
-        return {"order": order, **by_name(self.options)}
+        return {"order": order, **by_name(self.options), **by_name(self.run_options)}
 
     @cached_property
     def defaults(self) -> dict:
@@ -186,14 +218,16 @@ class SolverSpec:
         names refused, values checked unless ``values=False`` (they were checked where they entered)."""
         return check_options(self.declared, options, prefix, fill_defaults, values, owner=f"solver '{self.name}'")
 
-    def nfe(self, n_steps: int) -> int:
-        return int(n_steps)
+    def nfe(self, n_steps: int, options: Optional[Mapping] = None) -> int:
+        """Network evaluations of ``n_steps`` steps with ``options`` (one fewer with ``analytic_first``)."""
+        return int(n_steps) - _skipped(options)
 
-    def steps_for_nfe(self, nfe: int) -> int:
+    def steps_for_nfe(self, nfe: int, options: Optional[Mapping] = None) -> int:
+        """Steps that ``nfe`` evaluations pay for with ``options`` (one more with ``analytic_first``)."""
         nfe = int(nfe)
         if nfe < 1:
             raise ConfigError(f"NFE must be at least 1, got {nfe}")
-        return nfe
+        return nfe + _skipped(options)
 
     def validate(self, n_steps: int, order: Optional[int] = None) -> int:
         """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError."""

@@ -13,7 +13,10 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from . import get_solver
-from .base import SolverSpec
+from .base import ANALYTIC_FIRST, SolverSpec
+
+# options declared after store keys were made: at these values (what every run did before) they stay out of keys
+NEUTRAL_SOLVER_SETTINGS = {ANALYTIC_FIRST.name: (False,)}
 
 
 def parse_nfe(nfe: Any, prefix: str = "") -> int:
@@ -54,7 +57,7 @@ class SolverSetup:
         options = spec.resolve_options(own, prefix, values=True)
         head = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
         n = parse_nfe(nfe, head)
-        steps = spec.steps_for_nfe(n)
+        steps = spec.steps_for_nfe(n, options)
         spec.validate(steps, options["order"])
         return cls(spec.name, n, steps, {k: options[k] for k in own})
 
@@ -68,5 +71,7 @@ class SolverSetup:
         return {**self.spec.defaults, **self.options}
 
     def key_fields(self) -> dict:
-        """What this solver config contributes to store keys: its name and the options the config sets."""
-        return {"name": self.name, **self.options}
+        """What this solver config contributes to store keys: its name and the options the config sets (less those
+        at a neutral value, :data:`NEUTRAL_SOLVER_SETTINGS`)."""
+        return {"name": self.name, **{k: v for k, v in self.options.items()
+                                      if v not in NEUTRAL_SOLVER_SETTINGS.get(k, ())}}

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid
+from .base import ANALYTIC_FIRST, DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid
 
 Tensor = torch.Tensor
 FORMS = ("data", "noise")
@@ -146,20 +146,24 @@ def _combine(weights: Tensor, diffs: list) -> Tensor | float:
 
 
 def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, sigmas_eval=None, cond=None,
-                     callback=None, check=True, eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE) -> Tensor:
-    """Run an explicit coefficient table (a base solver's or a learned one) as a solver."""
+                     callback=None, check=True, eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE,
+                     analytic_first: bool = False) -> Tensor:
+    """Run an explicit coefficient table (a base solver's or a learned one) as a solver (``analytic_first``: grid
+    point 0 is not evaluated, see :class:`~ld3_cli.solvers.base.Evaluator`)."""
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     if coefficients.grid_steps != sigmas.numel() - 1:
         raise ConfigError(f"the coefficient table runs on {coefficients.grid_steps} grid steps, the grid has "
                           f"{sigmas.numel() - 1}")
-    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate)
+    ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate, analytic_first)
     return run_multistep(ev, x, coefficients, callback)
 
 
 class MultistepSolver(SolverSpec):
     """A solver that is a coefficient table: subclasses define :meth:`table` (keyword arguments: ``order`` and
-    the solver's declared ``options``, all of them); running it, learning corrections to it and exporting it need
-    nothing else."""
+    the solver's declared ``options``, all of them but the run's, ``analytic_first``); running it, learning
+    corrections to it and exporting it need nothing else."""
+
+    run_options = (ANALYTIC_FIRST,)
 
     def table(self, sigmas, **options) -> MultistepCoefficients:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -167,10 +171,15 @@ class MultistepSolver(SolverSpec):
     def coefficients(self, sigmas, **options) -> MultistepCoefficients:
         """The table on ``sigmas`` with ``options`` (the defaults for those not given; an unknown name is refused,
         the values are the caller's, checked where they entered)."""
-        return self.table(sigmas, **self.resolve_options(options, values=False))
+        return self.table(sigmas, **self.update_options(self.resolve_options(options, values=False)))
+
+    def update_options(self, options: dict) -> dict:
+        """``options`` without the run's (what :meth:`table` takes)."""
+        return {k: v for k, v in options.items() if k not in {o.name for o in self.run_options}}
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
             noise_estimate=DEFAULT_NOISE_ESTIMATE, **options):
         sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)  # the table needs the prepared grid
-        return sample_multistep(denoiser, x, sigmas, self.table(sigmas, **options), sigmas_eval, cond,
-                                callback, False, eval_scales, noise_estimate)
+        return sample_multistep(denoiser, x, sigmas, self.table(sigmas, **self.update_options(options)), sigmas_eval,
+                                cond, callback, False, eval_scales, noise_estimate,
+                                bool(options.get(ANALYTIC_FIRST.name, False)))

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import DEFAULT_NOISE_ESTIMATE
+from .base import ANALYTIC_FIRST, DEFAULT_NOISE_ESTIMATE
 from .multistep import MultistepCoefficients, sample_multistep
 
 Tensor = torch.Tensor
@@ -38,6 +38,11 @@ class Sampler:
     @property
     def steps(self) -> int:
         return int(self.sigmas.numel()) - 1
+
+    @property
+    def analytic_first(self) -> bool:
+        """Whether grid point 0 is skipped (the solver option ``analytic_first``)."""
+        return bool(self.options.get(ANALYTIC_FIRST.name, False))
 
     @property
     def evaluation_sigmas(self) -> Tensor:
@@ -74,7 +79,8 @@ class Sampler:
         (no host synchronisation: the trainer's grids are valid by construction)."""
         if self.coefficients is not None:
             return sample_multistep(denoiser, x, self.sigmas, self.coefficients, self.sigmas_eval, cond, callback,
-                                    check, eval_scales=self.eval_scales, noise_estimate=self.noise_estimate)
+                                    check, eval_scales=self.eval_scales, noise_estimate=self.noise_estimate,
+                                    analytic_first=self.analytic_first)
         from . import solve
 
         return solve(self.solver, denoiser, x, self.sigmas, self.sigmas_eval, cond, callback, check,

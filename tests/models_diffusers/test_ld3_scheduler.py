@@ -218,10 +218,14 @@ def test_the_scheduler_round_trips_and_refuses_what_it_cannot_run(ddpm_dir, tmp_
         a.add_noise(x, x, torch.tensor([1]))
 
 
-@pytest.mark.parametrize("solver,nfe", [("heun", 5), ("k_heun", 5), ("k_dpmpp_2m", 4), ("unipc", 4)])
-def test_the_scheduler_loop_for_every_kind_of_run_and_what_a_pipeline_does_to_its_latents(tmp_path, solver, nfe):
-    """Heun (two evaluations a step), the stock samplers' step onto 0, and the latents a pipeline hands back: a copy
-    (set again from the sample), half precision (ld3's state stays float32) and an in-place edit (seen)."""
+@pytest.mark.parametrize("solver,nfe,opts", [("heun", 5, {}), ("k_heun", 5, {}), ("k_dpmpp_2m", 4, {}),
+                                             ("unipc", 4, {}), ("unipc", 4, {"analytic_first": True})],
+                         ids=["heun", "k_heun", "k_dpmpp_2m", "unipc", "unipc-analytic-first"])
+def test_the_scheduler_loop_for_every_kind_of_run_and_what_a_pipeline_does_to_its_latents(tmp_path, solver, nfe,
+                                                                                          opts):
+    """Heun (two evaluations a step), the stock samplers' step onto 0, the analytic first step (the pipeline's start
+    is the state at the first evaluation), and the latents a pipeline hands back: a copy (set again from the
+    sample), half precision (ld3's state stays float32) and an in-place edit (seen)."""
     from ld3_cli.models.adapters import NetworkDenoiser
     from ld3_cli.schedules.noise import VPDiscrete
     from ld3_cli.solvers import get_solver
@@ -234,9 +238,9 @@ def test_the_scheduler_loop_for_every_kind_of_run_and_what_a_pipeline_does_to_it
         return torch.tanh(conv(x_t.float())) * 0.5 + (t.float() / 2000).view(-1, 1, 1, 1)
 
     model = NetworkDenoiser(net, sched).requires_grad_(False)
-    steps = get_solver(solver).steps_for_nfe(nfe)
-    s = Sampler(solver, discretize("time_uniform", steps, sched), {})
-    es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, sched, solver, {}, nfe, "m", "m-0",
+    steps = get_solver(solver).steps_for_nfe(nfe, opts)
+    s = Sampler(solver, discretize("time_uniform", steps, sched), dict(opts))
+    es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, sched, solver, dict(opts), nfe, "m", "m-0",
                         coefficients=s.table(), network=network_convention(model, s.evaluation_sigmas))
     write_export(es, tmp_path, ["diffusers"])
     scheduler = _scheduler_class(tmp_path).from_export(tmp_path)

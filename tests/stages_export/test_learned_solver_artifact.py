@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 import torch
 from stages_export_helpers import make_ctx
 
@@ -19,47 +20,52 @@ from ld3_cli.stages import teacher_sample, train
 from ld3_cli.stages.artifacts import load_sampler
 from ld3_cli.store.shards import iter_images
 
-LEARN = ["train.learn=[steps,offsets,coefficients]", "train.iters_phase3=4", "solver=dpmpp", "solver.order=2",
-         "nfe=4"]
+LEARN = ["train.learn=[steps,offsets,coefficients]", "solver=dpmpp", "solver.order=2", "nfe=4"]
 
 
-def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_thread, caplog):
+@pytest.mark.parametrize("afs", [False, True], ids=["", "analytic-first"])
+def test_a_learned_solver_artifact_samples_what_was_learned(tmp_path, one_torch_thread, caplog, afs):
+    """``afs``: with the analytic first step the NFE-4 run has 5 steps, and the export runs it with 4 evaluations."""
     store = tmp_path / "store"
-    teacher_sample.run(make_ctx("teacher-sample", store, LEARN))
+    iters = 12 if afs else 4  # with 4 training pairs the analytic-first run's coefficients beat LD3's after 12
+    learn = [*LEARN, f"train.iters_phase3={iters}", *(["solver.analytic_first=true"] if afs else [])]
+    teacher_sample.run(make_ctx("teacher-sample", store, learn))
     with caplog.at_level(logging.INFO, logger="ld3"):
-        art = train.run(make_ctx("train", store, LEARN))
+        art = train.run(make_ctx("train", store, learn))
     # the run says up front what phase 3 will do (its batch of 50 capped at the 4 training pairs)
-    assert "phases: steps 3 it, offsets 3 it, coefficients 4 it; the coefficients with adam at lr 0.05, batch 4" \
-        in caplog.text
+    assert f"phases: steps 3 it, offsets 3 it, coefficients {iters} it; the coefficients with adam at lr 0.05, " \
+        "batch 4" in caplog.text
     # ... and that 4 training pairs are far fewer than the measured best (500, train=learned_solver's teacher.n / 2)
     assert "learning solver coefficients from 4 training pairs" in caplog.text
     schedule = art.json("schedule.json")
     assert schedule["learn"] == ["steps", "offsets", "coefficients"] and schedule["sampler"]["learned_coefficients"]
-    ctx = make_ctx("sample", store, [*LEARN, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
+    ctx = make_ctx("sample", store, [*learn, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
     sampler = load_sampler(art, ctx.model.schedule)
-    assert sampler.coefficients is not None and sampler.coefficients.steps == 4
+    assert sampler.coefficients is not None and sampler.coefficients.steps == 4 + afs
+    assert sampler.analytic_first is afs
     # the table in schedule.json (for people) is the one in the tensors (what runs)
     assert torch.equal(torch.tensor(schedule["coefficients"]["pred"], dtype=torch.float64), sampler.coefficients.pred)
 
     samples = sample_stage.run(ctx)
     stored = np.concatenate(list(iter_images(samples)))
     out = tmp_path / "export"
-    export_stage.run(make_ctx("export", store, [*LEARN, f"export.out={out}", "export.format=json"]))
+    export_stage.run(make_ctx("export", store, [*learn, f"export.out={out}", "export.format=json"]))
     record = load_schedule_json(out / "schedule.json")
-    assert record["learned_coefficients"] is True
+    assert record["learned_coefficients"] is True and record["analytic_first"] is afs
     ns: dict = {"__name__": "ld3_sampler"}
     exec(compile((out / "ld3_sampler.py").read_text(), "ld3_sampler.py", "exec"), ns)  # noqa: S102 - our own file
     noises = noise_for_seeds(range(1_000_000, 1_000_006), tuple(ctx.model.shape))
+    assert len(ns["evaluation_points"](record)) == 4
     with torch.no_grad():
         x0 = ns["sample"](ctx.model, noises * record["sigmas"][0], record)
         direct = sampler.solve(ctx.model, noises * float(sampler.sigmas[0]))
     assert torch.equal(x0, direct)
     assert np.abs(stored.astype(int) - to_uint8(ctx.model.decode(x0)).astype(int)).max() <= 1  # batch composition
     # `ld3 schedules` and the training plot show the learned coefficients beside the solver's own
-    learned, base = schedules_stage.learned_tables(make_ctx("schedules", store, LEARN))
+    learned, base = schedules_stage.learned_tables(make_ctx("schedules", store, learn))
     assert torch.equal(learned.pred, sampler.coefficients.pred) and not torch.equal(learned.pred, base.widen(4).pred)
     png = tmp_path / "s.png"
-    schedules_stage.run(make_ctx("schedules", store, [*LEARN, f"schedules.out={png}", "schedules.include=[ld3,edm]"]))
+    schedules_stage.run(make_ctx("schedules", store, [*learn, f"schedules.out={png}", "schedules.include=[ld3,edm]"]))
     assert png.stat().st_size > 0 and (art.path / "schedule.png").stat().st_size > 0
 
 

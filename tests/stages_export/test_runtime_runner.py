@@ -20,14 +20,15 @@ from ld3_cli.solvers.sampler import Sampler
 
 CASES = [("unipc", {"order": 3}), ("unipc", {"order": 2, "variant": "bh1"}), ("dpmpp", {"order": 3}),
          ("dpmpp", {"order": 2}), ("ipndm", {"order": 3}), ("deis", {"order": 3}), ("euler", {}), ("heun", {}),
-         ("k_euler", {}), ("k_dpmpp_2m", {}), ("k_heun", {})]
+         ("k_euler", {}), ("k_dpmpp_2m", {}), ("k_heun", {}), ("unipc", {"order": 3, "analytic_first": True}),
+         ("ipndm", {"order": 3, "analytic_first": True}), ("dpmpp", {"order": 2, "analytic_first": True})]
 
 
 def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5, seed=0):
     """A sampler like LD3's (perturbed evaluation times and scales) and the learned solver's (a perturbed full
     table), on the edm baseline grid for ``nfe``."""
     g = torch.Generator().manual_seed(seed)
-    steps = get_solver(solver).steps_for_nfe(nfe)
+    steps = get_solver(solver).steps_for_nfe(nfe, opts)
     sig = discretize("edm", steps, schedule)
     ev = scales = None
     if decoupled:
@@ -50,7 +51,7 @@ def _record(s: Sampler, schedule=EDM()) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("solver,opts", CASES, ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o in CASES])
+@pytest.mark.parametrize("solver,opts", CASES, ids=[f"{s}-{'-'.join(k if v is True else str(v) for k, v in o.items())}" for s, o in CASES])
 def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
     net = Smooth()
     variants = [(False, False)]
@@ -68,7 +69,7 @@ def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
         net.calls = 0
         theirs = ld3_sampler.sample(net, x, record)
         assert net.calls == nfe == len(ld3_sampler.evaluation_points(record))
-        assert nfe == get_solver(solver).nfe(s.steps)
+        assert nfe == get_solver(solver).nfe(s.steps, opts) == 5
         assert torch.equal(ours, theirs), (solver, decoupled, learned)
         # k-diffusion's calling convention: model(x, sigma * s_in, **extra_args), float32 grid accepted
         kd = ld3_kdiffusion.make_sampler(record)
@@ -94,6 +95,26 @@ def test_the_step_by_step_run_and_its_callbacks():
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(seen, theirs))
     with pytest.raises(RuntimeError, match="finished"):
         run.network_input()
+
+
+def test_the_analytic_first_step_runs_from_the_first_evaluation_and_reports_every_grid_point():
+    """The first evaluation is at grid point 1, at start_factor x the start; the callback still sees grid point 0."""
+    s = _sampler("ipndm", {"order": 3, "analytic_first": True}, True, True)
+    record = _record(s)
+    assert record["analytic_first"] and ld3_sampler.evaluation_points(record) == [1, 2, 3, 4, 5]
+    net = Smooth()
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 80
+    seen, theirs = [], []
+    s.solve(net, x, callback=lambda i, xi, d: seen.append((i, xi.clone(), d.clone())))
+    run = ld3_sampler.LD3Run(record, x)
+    assert run.grid_index == 1
+    assert torch.allclose(run.current_point, ld3_sampler.start_factor(record) * x, rtol=1e-14, atol=0)
+    while not run.done:
+        x_in, sigma = run.network_input()
+        run.advance(net(x_in, sigma), lambda i, xi, d: theirs.append((i, xi.clone(), d.clone())))
+    assert [i for i, *_ in seen] == [i for i, *_ in theirs] == list(range(6)) and run.calls == 5
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (_, a, c), (_, b, d) in zip(seen, theirs))
+    assert torch.equal(run.result, s.solve(net, x))
 
 
 def test_the_kdiffusion_signature_refuses_another_grid_and_reports_steps():
@@ -122,6 +143,9 @@ def test_records_it_cannot_run_are_refused():
     with pytest.raises(ValueError, match="has no coefficient table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "dpmpp", "coefficients": None})
+    with pytest.raises(ValueError, match="analytic first step needs a multistep table"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
+                                  "solver": "heun", "coefficients": None, "analytic_first": True})
     with pytest.raises(FileNotFoundError, match="no ld3 export"):
         ld3_sampler.load_schedule("/nonexistent/folder")
 

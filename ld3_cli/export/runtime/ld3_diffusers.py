@@ -56,6 +56,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         sigmas, sigmas_eval: the grid and the decoupled evaluation points (EDM sigmas, ``N + 1`` each).
         solver: ld3's solver name; coefficients: its multistep table (``None`` for Heun).
         eval_scales, noise_estimate, to_zero: how the network is evaluated; whether the run ends onto 0.
+        analytic_first: the first step is analytic (no evaluation at ``sigmas[0]``).
         network_kind: ``vp`` (DDPM / LDM / SD), ``flow`` (SD3-style) or ``edm``.
         prediction_type: ``epsilon``, ``v_prediction``, ``sample`` or ``flow_prediction``.
         timestep_labels: the network's time at each grid point (``N + 1`` values).
@@ -71,7 +72,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                  coefficients: Optional[dict] = None, eval_scales: Optional[list] = None,
                  noise_estimate: str = "step", to_zero: bool = False, network_kind: str = "vp",
                  prediction_type: str = "epsilon", sigma_data: float = 0.5, num_train_timesteps: int = 1000,
-                 schedule_name: str = "ld3"):
+                 schedule_name: str = "ld3", analytic_first: bool = False):
         if network_kind not in NETWORK_KINDS:
             raise ValueError(f"network_kind must be one of {NETWORK_KINDS}, got {network_kind!r}")
         if prediction_type not in PREDICTIONS or (network_kind == "edm" and prediction_type != "epsilon"):
@@ -81,13 +82,16 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"sigmas, sigmas_eval and timestep_labels need {len(sigmas)} values each")
         self.record = {"format": ld3_sampler.FORMAT, "sigmas": list(sigmas), "sigmas_eval": list(sigmas_eval),
                        "solver": solver, "coefficients": coefficients, "eval_scales": eval_scales,
-                       "noise_estimate": noise_estimate, "to_zero": bool(to_zero)}
+                       "noise_estimate": noise_estimate, "to_zero": bool(to_zero),
+                       "analytic_first": bool(analytic_first)}
         ld3_sampler.check_record(self.record, "the scheduler config")
         self.points = ld3_sampler.evaluation_points(self.record)
         self.nfe = len(self.points)
         self.num_inference_steps = self.nfe
         self.timesteps = torch.tensor([float(timestep_labels[i]) for i in self.points], dtype=torch.float32)
-        self.init_noise_sigma = self._native_scale(0) * float(sigmas[0])
+        # the state at the first evaluation is start_factor x the start (1 unless the first step is analytic)
+        self._start = ld3_sampler.start_factor(self.record)
+        self.init_noise_sigma = self._native_scale(0) * float(sigmas[0]) * self._start
         self._reset()
         if network_kind != "edm" and abs(self.init_noise_sigma - 1.0) > START_RTOL:
             logger.warning("LD3Scheduler starts from %.6g x unit noise: pipelines that do not multiply their start "
@@ -110,7 +114,8 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                    to_zero=bool(record.get("to_zero", False)), network_kind=net["kind"],
                    prediction_type=net["prediction_type"], sigma_data=float(net.get("sigma_data", 0.5)),
                    num_train_timesteps=int(net.get("num_train_timesteps") or 1000),
-                   schedule_name=str(record.get("schedule", "ld3")))
+                   schedule_name=str(record.get("schedule", "ld3")),
+                   analytic_first=ld3_sampler.analytic_first(record))
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
@@ -194,7 +199,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         if self._last is None or sample is not self._last or sample._version != self._last_version:
             point = sample.to(torch.promote_types(sample.dtype, torch.float32)) / self._native_scale(k)
             if self._run is None:
-                self._run = ld3_sampler.LD3Run(self.record, point)
+                self._run = ld3_sampler.LD3Run(self.record, point / self._start if self._start != 1.0 else point)
+                if self._start != 1.0:  # the analytic first step ran from the start it implies: keep the sample
+                    self._run.set_point(point)
             else:
                 self._run.set_point(point)
         x_in, _ = self._run.network_input()

@@ -22,7 +22,10 @@ Conventions (EDM sigma-space, those of ld3):
 
   where ``D'`` is the evaluation at ``x'`` (reused as the next step's ``F``; the last step has no
   corrector).  A table with one more step than the grid ends with a step onto 0 (``to_zero``);
-* Heun (EDM): Euler predictor, trapezoid corrector; the last step is Euler (onto 0 for ``to_zero``).
+* Heun (EDM): Euler predictor, trapezoid corrector; the last step is Euler (onto 0 for ``to_zero``);
+* ``analytic_first`` (tables only): grid point 0 is not evaluated; its noise estimate is
+  ``x / sqrt(1 + sigmas[0]^2)`` and ``D = x - sigmas[0] * that``, so the first evaluation is at grid point 1, at
+  the state ``start_factor(record) * x`` (the first step is linear in ``x``).
 
 Use:
 
@@ -64,13 +67,34 @@ def check_record(record: dict, where: str = "the record") -> None:
     if record.get("coefficients") is None and record["solver"] not in ("heun", "k_heun"):
         raise ValueError(f"{where}: solver {record['solver']!r} has no coefficient table; re-export it with "
                          "`ld3 export` (this ld3 version writes the table of every multistep solver)")
+    if analytic_first(record) and record.get("coefficients") is None:
+        raise ValueError(f"{where}: an analytic first step needs a multistep table; re-export it with `ld3 export`")
+
+
+def analytic_first(record: dict) -> bool:
+    """Whether grid point 0 is skipped (the analytic first step)."""
+    return bool(record.get("analytic_first", False))
+
+
+def analytic_noise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The analytic first step's noise estimate ``x / sqrt(1 + sigma^2)`` (``sigma`` a 0-d coefficient tensor)."""
+    return x * torch.rsqrt(1 + sigma * sigma).to(x.dtype)
+
+
+def start_factor(record: dict) -> float:
+    """The state at the first evaluation over the start state ``x`` (1, or the analytic first step's factor)."""
+    if not analytic_first(record):
+        return 1.0
+    c, sigma = record["coefficients"], float(record["sigmas"][0])
+    r = 1.0 / (1.0 + sigma * sigma) ** 0.5
+    return float(c["a"][0]) + float(c["b"][0]) * (r if c["form"] == "noise" else 1.0 - sigma * r)
 
 
 def evaluation_points(record: dict) -> list:
     """The grid point ``i`` of each network evaluation of one run (its ``sigmas_eval[i]``, ``eval_scales[i]``)."""
     c = record.get("coefficients")
     if c is not None:
-        return list(range(len(c["a"])))
+        return list(range(1 if analytic_first(record) else 0, len(c["a"])))
     steps = len(record["sigmas"]) - 1 + (1 if record.get("to_zero") else 0)
     return [p for i in range(steps) for p in ([i, i + 1] if i < steps - 1 else [i])]
 
@@ -91,6 +115,7 @@ class _Grid:
         scales = record.get("eval_scales")
         self.scales = None if scales is None else tensor(scales)
         self.at_eval = record.get("noise_estimate", DEFAULT_NOISE_ESTIMATE) == "eval"
+        self.analytic_first = analytic_first(record)
         self.batch = x.shape[0]
 
     def scaled(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -99,7 +124,13 @@ class _Grid:
     def sigma_batch(self, i: int) -> torch.Tensor:
         return self.net_sigmas[i].expand(self.batch)
 
+    def analytic_denoised(self, x: torch.Tensor) -> torch.Tensor:
+        """``D_0`` of the analytic first step."""
+        return x - self.sigmas[0].to(x.dtype) * analytic_noise(x, self.sigmas[0])
+
     def eps(self, x: torch.Tensor, den: torch.Tensor, i: int) -> torch.Tensor:
+        if self.analytic_first and i == 0:
+            return analytic_noise(x, self.sigmas[0])
         if self.at_eval:
             return (self.scaled(x, i) - den) / self.sigmas_eval[i].to(x.dtype)
         return (x - den) / self.sigmas[i].to(x.dtype)
@@ -219,6 +250,9 @@ class LD3Run:
             else _HeunRun(record, self.grid, x)
         self.evaluations = len(evaluation_points(record))
         self.calls = 0
+        self._first = None  # the analytic first step's callback arguments, given to the first advance's callback
+        if self.grid.analytic_first:
+            self._run.advance(self.grid.analytic_denoised(x), lambda *args: setattr(self, "_first", args))
 
     @property
     def done(self) -> bool:
@@ -255,6 +289,10 @@ class LD3Run:
         """Take the network's x0 estimate at :meth:`network_input` and move on.  ``callback(i, x_i, D_i)`` is
         called once per grid step with the state at ``sigmas[i]`` and the estimate that step uses."""
         self.calls += 1
+        if self._first is not None:
+            if callback is not None:
+                callback(*self._first)
+            self._first = None
         self._run.advance(denoised, callback)
 
 
