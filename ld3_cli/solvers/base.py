@@ -123,19 +123,19 @@ class Evaluator:
     def _input(self, x: Tensor, i: int) -> Tensor:
         return x if self.scales is None else as_state_dtype(self.scales[i], x) * x
 
-    def _analytic(self, x: Tensor, i: int) -> bool:
+    def _analytic(self, i: int) -> bool:
         return self.analytic_first and i == 0
 
     def __call__(self, x: Tensor, i: int) -> Tensor:
-        """``D_i = D(c_i x, sigmas_eval[i])`` (at grid point 0 with ``analytic_first``: ``x - sigma_0 eps_0``, no call)."""
-        if self._analytic(x, i):
+        """``D_i = D(c_i x, sigmas_eval[i])`` (with ``analytic_first``, at grid point 0: ``x - sigma_0 eps_0``)."""
+        if self._analytic(i):
             return x - as_state_dtype(self.sigmas[0], x) * analytic_noise(x, self.sigmas[0])
         self.calls += 1
         return self.denoiser(self._input(x, i), self.sig[i].expand(self.batch), self.cond)
 
     def eps(self, x: Tensor, den: Tensor, i: int) -> Tensor:
         """The noise estimate at grid point ``i`` from the state ``x`` and its ``den = self(x, i)``."""
-        if self._analytic(x, i):
+        if self._analytic(i):
             return analytic_noise(x, self.sigmas[0])
         if self.at_eval:
             return (self._input(x, i) - den) / as_state_dtype(self.sigmas_eval[i], x)

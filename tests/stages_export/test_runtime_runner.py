@@ -51,7 +51,8 @@ def _record(s: Sampler, schedule=EDM()) -> dict:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("solver,opts", CASES, ids=[f"{s}-{'-'.join(k if v is True else str(v) for k, v in o.items())}" for s, o in CASES])
+@pytest.mark.parametrize("solver,opts", CASES, ids=[s + "-" + "-".join(k if v is True else str(v) for k, v in o.items())
+                                                    for s, o in CASES])
 def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
     net = Smooth()
     variants = [(False, False)]
