@@ -87,10 +87,22 @@ class StageContext:
         self._model = None
 
     @property
+    def analytic_first(self) -> bool:
+        """Whether the student solver takes its first step analytically (``solver.analytic_first``)."""
+        return bool(self.solver_options.get("analytic_first", False))
+
+    @property
+    def solver_variant(self) -> str:
+        """``ipndm``, or ``ipndm+afs`` with the analytic first step: the solver column of results.csv."""
+        return self.solver_name + ("+afs" if self.analytic_first else "")
+
+    @property
     def solver_tag(self) -> str:
-        """``unipc3`` (the solver and its order, if it has one), for default file names."""
+        """``unipc3`` (the solver and its order, if it has one; ``-afs`` with the analytic first step), for default
+        file names."""
         order = self.solver_options.get("order")
-        return f"{self.solver_name}{order}" if order is not None else self.solver_name
+        tag = f"{self.solver_name}{order}" if order is not None else self.solver_name
+        return tag + ("-afs" if self.analytic_first else "")
 
     # -- the model ----------------------------------------------------------------------------
     @property

@@ -130,7 +130,7 @@ def evaluate(ctx: StageContext) -> list[dict]:
                        "schedule": learned_schedule_name(ctx.settings.learn)}
         counts = art.manifest["info"].get("counts", {})
         csv_rows += [{"date": date, "model": ctx.model_cfg.get("name"), "dataset": ctx.cfg.dataset.name,
-                      "model_key": ctx.model_key, "solver": ctx.solver_name, "order": order, "nfe": ctx.nfe,
+                      "model_key": ctx.model_key, "solver": ctx.solver_variant, "order": order, "nfe": ctx.nfe,
                       "schedule": name, "metric": metric,
                       "value": f"{value:.6g}", "n": counts.get(metric, art.manifest["info"]["n"]),
                       "samples_key": art.config["samples"], "eval_key": art.key,
@@ -150,7 +150,8 @@ def _print_table(ctx: StageContext, table: list[dict], order) -> None:
     # with exact samples, fd_exact is the solver error and fd_data mostly the model's mismatch: not a ranking
     unranked = frozenset({"fd_data"}) if "fd_exact" in columns else frozenset()
     print()
-    print(f"{ctx.model_cfg.get('name')} / {ctx.cfg.dataset.name}: {ctx.solver_name} (order {order}) "
+    afs = ", analytic first step" if ctx.analytic_first else ""
+    print(f"{ctx.model_cfg.get('name')} / {ctx.cfg.dataset.name}: {ctx.solver_name} (order {order}{afs}) "
           f"NFE {ctx.nfe}, n = {int(ctx.cfg.sample.n)}; held-out teacher distances on "
           f"{int(ctx.cfg.eval.heldout_n)} noises")
     print(format_table(table, columns, unranked))

@@ -135,6 +135,7 @@ def run(ctx: StageContext) -> dict:
     labeled = rows(scheds)
     model = ctx.model_cfg.get("name", ctx.model_key)
     solver = ctx.solver_name + (f" order {ctx.solver_options['order']}" if "order" in ctx.solver_options else "")
+    solver += ", analytic first step" if ctx.analytic_first else ""
     print(f"schedules for {model} ({ctx.model_key}): {solver}, NFE {ctx.nfe} = {ctx.n_steps} steps; "
           f"noise schedule {noise.kind}")
     print()

@@ -218,7 +218,8 @@ def test_a_sweep_over_solvers_gives_each_solver_only_its_own_options(tmp_path):
         cfg = composed("cifar10_paper", f"solver={name}", f"cache_dir={tmp_path}", "device=cpu")
         opts = StageContext(cfg, "train").solver_options  # what the stages pass to the solver
         assert {k: opts[k] for k in want} == want
-        assert set(opts) <= {"order", "variant", "lower_order_final", "corrector", "solver_type", "coefficients"}
+        assert set(opts) <= {"order", "variant", "lower_order_final", "corrector", "solver_type", "coefficients",
+                             "analytic_first"}
         if name != "unipc":
             assert "variant" not in opts
 
