@@ -179,14 +179,19 @@ class ExportSchedule:
                 "train for the stock sampler: ld3 train solver=k_dpmpp_2m (or k_euler, k_heun)")
 
     def slug(self) -> str:
-        """``<model>-<schedule>-<solver><order>-nfe<N>[-<key>]``: a file name for this schedule."""
+        """``<model>-<schedule>-<solver><order>[-afs]-nfe<N>[-<key>]``: a file name for this schedule."""
         order = self.solver_options.get("order")
         key = str(self.provenance.get("artifact_key") or "")[:8]
-        return "-".join(p for p in (self.model, self.name, f"{self.solver}{order or ''}", f"nfe{self.nfe}", key) if p)
+        afs = "afs" if self.analytic_first else ""
+        return "-".join(p for p in (self.model, self.name, f"{self.solver}{order or ''}", afs, f"nfe{self.nfe}", key)
+                        if p)
 
     def decoupled_gap(self) -> float:
-        """Largest relative difference ``|sigma_eval_i / sigma_i - 1|`` over the evaluated points ``i < N``."""
-        return float((self.sigmas_eval[:-1] / self.sigmas[:-1] - 1).abs().max())
+        """Largest relative difference ``|sigma_eval_i / sigma_i - 1|`` over the evaluated points ``i < N`` (not
+        point 0 with the analytic first step)."""
+        first = 1 if self.analytic_first else 0
+        gaps = (self.sigmas_eval[first:-1] / self.sigmas[first:-1] - 1).abs()
+        return float(gaps.max()) if gaps.numel() else 0.0
 
     def time_steps_only(self) -> list[str]:
         """What a format that carries only the time steps loses (empty: nothing), one sentence each."""

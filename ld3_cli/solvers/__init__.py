@@ -44,7 +44,7 @@ def solve(name, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None,
     spec = get_solver(name)
     options = spec.resolve_options(options, values=check)
     if check:
-        spec.validate(len(sigmas) - 1, options["order"])
+        spec.validate(len(sigmas) - 1, options["order"], options)
         NOISE_ESTIMATE.check(noise_estimate, "solve")
     return spec.run(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate, **options)
 

@@ -229,8 +229,9 @@ class SolverSpec:
             raise ConfigError(f"NFE must be at least 1, got {nfe}")
         return nfe + _skipped(options)
 
-    def validate(self, n_steps: int, order: Optional[int] = None) -> int:
-        """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError."""
+    def validate(self, n_steps: int, order: Optional[int] = None, options: Optional[Mapping] = None) -> int:
+        """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError
+        (``options``: the run's, for the NFE the message names)."""
         order = self.default_order if order is None else int(order)
         if order not in self.orders:
             raise ConfigError(f"solver '{self.name}' supports orders {list(self.orders)}, got order={order}")
@@ -238,7 +239,7 @@ class SolverSpec:
             raise ConfigError(f"solver '{self.name}' needs at least 1 step, got {n_steps}")
         if len(self.orders) > 1 and order > n_steps:
             raise ConfigError(f"solver '{self.name}' of order {order} needs at least {order} steps "
-                              f"(NFE {self.nfe(order)}); got {n_steps} steps. Lower solver.order or raise nfe.")
+                              f"(NFE {self.nfe(order, options)}); got {n_steps} steps. Lower solver.order or raise nfe.")
         return order
 
     def learns_coefficients(self, options: Mapping) -> bool:

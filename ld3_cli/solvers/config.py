@@ -58,7 +58,7 @@ class SolverSetup:
         head = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
         n = parse_nfe(nfe, head)
         steps = spec.steps_for_nfe(n, options)
-        spec.validate(steps, options["order"])
+        spec.validate(steps, options["order"], options)
         return cls(spec.name, n, steps, {k: options[k] for k in own})
 
     @property

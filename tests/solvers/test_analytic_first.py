@@ -62,6 +62,11 @@ def test_nfe_n_runs_n_plus_one_steps_and_evaluates_the_network_n_times(name, opt
     assert (setup.nfe, setup.steps) == (4, 5)
 
 
+def test_too_few_steps_for_the_order_names_the_nfe_that_would_do():
+    with pytest.raises(ConfigError, match="order 4 needs at least 4 steps \\(NFE 3\\); got 3 steps"):
+        SolverSetup.from_config({"name": "ipndm", "order": 4, **AFS}, 2)
+
+
 @pytest.mark.parametrize("name,opts", CASES, ids=lambda v: str(v))
 def test_the_first_step_replaces_only_the_first_evaluation(name, opts):
     """With a network that returns the analytic estimate at sigma_max, the run equals the evaluated one to rounding;

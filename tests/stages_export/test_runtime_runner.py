@@ -144,6 +144,11 @@ def test_records_it_cannot_run_are_refused():
     with pytest.raises(ValueError, match="has no coefficient table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "dpmpp", "coefficients": None})
+    from ld3_cli.export.record import RECORD_VERSION
+
+    assert ld3_sampler.VERSION == RECORD_VERSION  # the runner shipped runs what the writer beside it writes
+    with pytest.raises(ValueError, match="version-5 ld3 export; this ld3_sampler.py runs versions up to 4"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "version": 5, "sigmas": [2.0, 1.0]})
     with pytest.raises(ValueError, match="analytic first step needs a multistep table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "heun", "coefficients": None, "analytic_first": True})

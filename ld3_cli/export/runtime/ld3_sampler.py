@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 FORMAT = "ld3-schedule"
+VERSION = 4  # the newest record this runner runs (4: analytic_first); a newer one may hold what it cannot do
 DEFAULT_NOISE_ESTIMATE = "step"
 
 
@@ -61,6 +62,9 @@ def check_record(record: dict, where: str = "the record") -> None:
     """Refuse what is not an ld3 export this runner can run (ValueError naming the problem)."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{where} is not an ld3 schedule export (no \"format\": \"{FORMAT}\"); re-export it")
+    if int(record.get("version", VERSION)) > VERSION:
+        raise ValueError(f"{where} is a version-{record['version']} ld3 export; this ld3_sampler.py runs versions up "
+                         f"to {VERSION}: copy the ld3_sampler.py written beside that schedule.json")
     missing = [k for k in ("sigmas", "sigmas_eval", "solver") if k not in record]
     if missing:
         raise ValueError(f"{where} lacks {missing}; re-export it with `ld3 export`")
