@@ -239,7 +239,8 @@ class SolverSpec:
             raise ConfigError(f"solver '{self.name}' needs at least 1 step, got {n_steps}")
         if len(self.orders) > 1 and order > n_steps:
             raise ConfigError(f"solver '{self.name}' of order {order} needs at least {order} steps "
-                              f"(NFE {self.nfe(order, options)}); got {n_steps} steps. Lower solver.order or raise nfe.")
+                              f"(NFE {self.nfe(order, options)}); got {n_steps} steps. Lower solver.order or raise "
+                              "nfe.")
         return order
 
     def learns_coefficients(self, options: Mapping) -> bool:

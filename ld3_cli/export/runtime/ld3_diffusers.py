@@ -17,9 +17,9 @@ arithmetic; this file only speaks the pipeline's language).  One pipeline step i
   and flow models (so pipelines that call no ``scale_model_input``, like ``DDPMPipeline`` and
   ``StableDiffusion3Pipeline``, run it too), the EDM state for EDM models; ``scale_model_input`` applies the
   model's input preconditioning (identity, or ``c_in`` for EDM);
-* ``init_noise_sigma`` is exactly ld3's start, ``sigma_max * noise`` in that space (with the analytic first step,
-  the state of the first evaluation: ``start_factor * sigma_max * noise``, the first step being linear).  Pipelines that do not
-  multiply their start noise by it (DDPMPipeline, StableDiffusion3Pipeline) must be given
+* ``init_noise_sigma`` is exactly ld3's start, ``sigma_max * noise`` in that space (with the analytic first
+  step, the state of the first evaluation: ``start_factor * sigma_max * noise``, the first step being linear).
+  Pipelines that do not multiply their start noise by it (DDPMPipeline, StableDiffusion3Pipeline) must be given
   ``latents = torch.randn(...) * scheduler.init_noise_sigma``; the scheduler says so when it matters (more
   than 1e-4 relative);
 * after the last step ``prev_sample`` is ld3's final state ``x = x0 + sigma_min * noise`` (what ld3 decodes).
