@@ -120,7 +120,7 @@ class LD3Trainer:
         self.solver = self.spec.name
         self.solver_options = dict(solver_options or {})
         resolved = self.spec.resolve_options(self.solver_options, values=False)  # values: checked where they entered
-        self.n_steps = self.spec.steps_for_nfe(nfe, resolved)
+        self.n_steps = self.spec.steps_for(nfe, resolved)
         self.solver_options["order"] = self.spec.validate(self.n_steps, resolved["order"], resolved)
         self.nfe = int(nfe)
         self.schedule = denoiser.schedule

@@ -289,7 +289,7 @@ def gits_search(n_steps: int, schedule: NoiseSchedule, denoiser, noise: Tensor |
         log.info("GITS warm-up: %d / %d trajectories", b, n)
     cost = total / n
     path = gits_dp(cost, int(n_steps), st.coeff)
-    nfe = get_solver(st.teacher_solver).nfe(m - 1, opts) * n
+    nfe = get_solver(st.teacher_solver).evaluations(m - 1, opts) * n
     return GITSResult(sig_grid[path].clone(), path, sig_grid, cost, n, nfe)
 
 

@@ -187,7 +187,8 @@ class SolverSpec:
     ``options`` (:class:`~ld3_cli.utils.option_schema.Option` declarations besides ``order``) and
     ``run(denoiser, x, sigmas, sigmas_eval, cond, callback, check, eval_scales, noise_estimate, **options)``
     (``options``: every declared option, resolved by :func:`ld3_cli.solvers.solve`).  ``nfe`` and
-    ``steps_for_nfe`` state the cost; ``validate`` refuses impossible order / step combinations.
+    ``steps_for_nfe`` state the cost of the method (``evaluations`` / ``steps_for``: of a run, with its options);
+    ``validate`` refuses impossible order / step combinations.
     """
 
     name = "base"
@@ -218,16 +219,24 @@ class SolverSpec:
         names refused, values checked unless ``values=False`` (they were checked where they entered)."""
         return check_options(self.declared, options, prefix, fill_defaults, values, owner=f"solver '{self.name}'")
 
-    def nfe(self, n_steps: int, options: Optional[Mapping] = None) -> int:
-        """Network evaluations of ``n_steps`` steps with ``options`` (one fewer with ``analytic_first``)."""
-        return int(n_steps) - _skipped(options)
+    def nfe(self, n_steps: int) -> int:
+        """Network evaluations of ``n_steps`` steps of the solver's own method (:meth:`evaluations`: of a run)."""
+        return int(n_steps)
 
-    def steps_for_nfe(self, nfe: int, options: Optional[Mapping] = None) -> int:
-        """Steps that ``nfe`` evaluations pay for with ``options`` (one more with ``analytic_first``)."""
+    def steps_for_nfe(self, nfe: int) -> int:
+        """Steps that ``nfe`` evaluations pay for in the solver's own method (:meth:`steps_for`: in a run)."""
         nfe = int(nfe)
         if nfe < 1:
             raise ConfigError(f"NFE must be at least 1, got {nfe}")
-        return nfe + _skipped(options)
+        return nfe
+
+    def evaluations(self, n_steps: int, options: Optional[Mapping] = None) -> int:
+        """Network evaluations of ``n_steps`` steps run with ``options`` (one fewer with ``analytic_first``)."""
+        return self.nfe(n_steps) - _skipped(options)
+
+    def steps_for(self, nfe: int, options: Optional[Mapping] = None) -> int:
+        """Steps that ``nfe`` evaluations pay for in a run with ``options`` (one more with ``analytic_first``)."""
+        return self.steps_for_nfe(nfe) + _skipped(options)
 
     def validate(self, n_steps: int, order: Optional[int] = None, options: Optional[Mapping] = None) -> int:
         """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError
@@ -239,8 +248,8 @@ class SolverSpec:
             raise ConfigError(f"solver '{self.name}' needs at least 1 step, got {n_steps}")
         if len(self.orders) > 1 and order > n_steps:
             raise ConfigError(f"solver '{self.name}' of order {order} needs at least {order} steps "
-                              f"(NFE {self.nfe(order, options)}); got {n_steps} steps. Lower solver.order or raise "
-                              "nfe.")
+                              f"(NFE {self.evaluations(order, options)}); got {n_steps} steps. Lower solver.order "
+                              "or raise nfe.")
         return order
 
     def learns_coefficients(self, options: Mapping) -> bool:

@@ -57,7 +57,7 @@ class SolverSetup:
         options = spec.resolve_options(own, prefix, values=True)
         head = prefix.rsplit(".", 1)[0] + "." if "." in prefix else ""
         n = parse_nfe(nfe, head)
-        steps = spec.steps_for_nfe(n, options)
+        steps = spec.steps_for(n, options)
         spec.validate(steps, options["order"], options)
         return cls(spec.name, n, steps, {k: options[k] for k in own})
 

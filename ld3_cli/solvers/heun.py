@@ -43,10 +43,10 @@ class Heun(SolverSpec):
     default_order = 2
     description = "Heun (EDM): second order, 2 NFE per step, last step Euler (NFE = 2N - 1)"
 
-    def nfe(self, n_steps: int, options=None) -> int:
+    def nfe(self, n_steps: int) -> int:
         return 2 * int(n_steps) - 1
 
-    def steps_for_nfe(self, nfe: int, options=None) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 1 or nfe % 2 == 0:
             raise ConfigError(f"Heun needs an odd NFE (N steps cost 2N - 1 evaluations); got nfe={nfe}. "

@@ -68,10 +68,10 @@ class _Stock:
 class _EndsAtZero(_Stock):
     """NFE bookkeeping of a sampler whose list ends with a step onto 0 (one more evaluation than grid steps)."""
 
-    def nfe(self, n_steps: int, options=None) -> int:
+    def nfe(self, n_steps: int) -> int:
         return int(n_steps) + 1
 
-    def steps_for_nfe(self, nfe: int, options=None) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 2:
             raise ConfigError(f"solver '{self.name}' ends with a step onto sigma 0, so it needs nfe >= 2; got "
@@ -117,10 +117,10 @@ class KHeun(_Stock, SolverSpec):
     description = (f"k-diffusion / ComfyUI heun on the list ending at 0, Euler onto 0 (NFE = 2 * steps + 1)"
                    f"{_STOCK_NOTE}")
 
-    def nfe(self, n_steps: int, options=None) -> int:
+    def nfe(self, n_steps: int) -> int:
         return 2 * int(n_steps) + 1
 
-    def steps_for_nfe(self, nfe: int, options=None) -> int:
+    def steps_for_nfe(self, nfe: int) -> int:
         nfe = int(nfe)
         if nfe < 3 or nfe % 2 == 0:
             near = [3] if nfe < 3 else [nfe - 1, nfe + 1]

@@ -101,7 +101,7 @@ def load_sampler(art: Artifact, schedule) -> Sampler:
     """What a learned-schedule artifact runs: its grid, decoupled evaluation and coefficients, validated
     against the model's range (CorruptArtifactError names the path and the rebuild command)."""
     solver = str(art.config["solver"]["name"])
-    n = get_solver(solver).steps_for_nfe(int(art.config["nfe"]), art.config["solver"])
+    n = get_solver(solver).steps_for(int(art.config["nfe"]), art.config["solver"])
     t = art.tensors({"sigmas": (n + 1,), "sigmas_eval": (n + 1,)})
     rebuild = f"; delete {art.path} and rerun `{art.rebuild}`"
     try:

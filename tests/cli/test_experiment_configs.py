@@ -224,12 +224,17 @@ def test_a_sweep_over_solvers_gives_each_solver_only_its_own_options(tmp_path):
             assert "variant" not in opts
 
 
-def test_the_learned_solver_preset_changes_only_what_is_learned_and_the_pairs():
-    """`train=learned_solver` runs LD3's phases as `ld3 train` does (its LD3 part is what it is compared with):
-    of the train options only `learn` differs from the default; the teacher makes more pairs."""
+def test_the_learned_solver_preset_changes_only_what_is_learned_phase_3_and_the_pairs():
+    """`train=learned_solver` runs LD3's phases as `ld3 train solver.analytic_first=true` does (its LD3 part is what
+    it is compared with): of the train options only `learn` and phase 3's own differ from the default; the teacher
+    makes more pairs."""
+    from ld3_cli.ld3.options import COEFFICIENTS
+
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         base = OmegaConf.to_container(compose("train").train, resolve=True)
         preset = compose("train", overrides=["train=learned_solver"])
     got = OmegaConf.to_container(preset.train, resolve=True)
-    assert {k for k in got if got[k] != base.get(k)} == {"learn"}
+    phase3 = {o.name for o in COEFFICIENTS.options} | {"iters_phase3"}
+    assert {k for k in got if got[k] != base.get(k)} - phase3 == {"learn"}
+    assert preset.solver.analytic_first is True  # the student solver's first step is analytic: LD3's part too
     assert got["learn"] == ["steps", "offsets", "coefficients"] and preset.teacher.n == 1000

@@ -238,7 +238,7 @@ def test_the_scheduler_loop_for_every_kind_of_run_and_what_a_pipeline_does_to_it
         return torch.tanh(conv(x_t.float())) * 0.5 + (t.float() / 2000).view(-1, 1, 1, 1)
 
     model = NetworkDenoiser(net, sched).requires_grad_(False)
-    steps = get_solver(solver).steps_for_nfe(nfe, opts)
+    steps = get_solver(solver).steps_for(nfe, opts)
     s = Sampler(solver, discretize("time_uniform", steps, sched), dict(opts))
     es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, sched, solver, dict(opts), nfe, "m", "m-0",
                         coefficients=s.table(), network=network_convention(model, s.evaluation_sigmas))

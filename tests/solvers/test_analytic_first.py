@@ -50,9 +50,9 @@ def test_the_first_noise_estimate_is_the_closed_form_and_close_to_the_exact_one_
 def test_nfe_n_runs_n_plus_one_steps_and_evaluates_the_network_n_times(name, opts):
     spec = get_solver(name)
     for nfe in (3, 5):
-        steps = spec.steps_for_nfe(nfe, {**opts, **AFS})
-        assert steps == spec.steps_for_nfe(nfe, opts) + 1 == nfe + 1
-        assert spec.nfe(steps, AFS) == nfe
+        steps = spec.steps_for(nfe, {**opts, **AFS})
+        assert steps == spec.steps_for(nfe, opts) + 1 == nfe + 1
+        assert spec.evaluations(steps, AFS) == nfe
         net = CountingDenoiser()
         sig = discretize("edm", steps, EDM())
         with torch.no_grad():

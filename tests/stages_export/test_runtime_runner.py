@@ -28,7 +28,7 @@ def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5
     """A sampler like LD3's (perturbed evaluation times and scales) and the learned solver's (a perturbed full
     table), on the edm baseline grid for ``nfe``."""
     g = torch.Generator().manual_seed(seed)
-    steps = get_solver(solver).steps_for_nfe(nfe, opts)
+    steps = get_solver(solver).steps_for(nfe, opts)
     sig = discretize("edm", steps, schedule)
     ev = scales = None
     if decoupled:
@@ -70,7 +70,7 @@ def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
         net.calls = 0
         theirs = ld3_sampler.sample(net, x, record)
         assert net.calls == nfe == len(ld3_sampler.evaluation_points(record))
-        assert nfe == get_solver(solver).nfe(s.steps, opts) == 5
+        assert nfe == get_solver(solver).evaluations(s.steps, opts) == 5
         assert torch.equal(ours, theirs), (solver, decoupled, learned)
         # k-diffusion's calling convention: model(x, sigma * s_in, **extra_args), float32 grid accepted
         kd = ld3_kdiffusion.make_sampler(record)
