@@ -76,7 +76,8 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
     trainer.start()  # scores the baselines and picks the start (a restored run has both already)
     log.info("training LD3: solver=%s order=%s NFE=%d (%d steps%s), learn=%s, init=%s, loss=%s, r=%.4g, "
              "%d train / %d val, batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe,
-             trainer.n_steps, ", the first analytic" if ctx.analytic_first else "", ",".join(opts.learn), trainer.state.init_name, trainer.loss_name, trainer.radius,
+             trainer.n_steps, ", the first analytic" if ctx.analytic_first else "", ",".join(opts.learn),
+             trainer.state.init_name, trainer.loss_name, trainer.radius,
              trainer.n_train, len(trainer.val_pairs), opts.batch_size, "on" if trainer.grad_checkpoint else "off")
     if "coefficients" in opts.learn:
         _log_coefficient_plan(trainer, opts)
