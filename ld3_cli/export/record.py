@@ -39,7 +39,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..schedules.noise import NoiseSchedule
 from ..solvers import SOLVERS
-from ..solvers.base import DEFAULT_NOISE_ESTIMATE
+from ..solvers.base import DEFAULT_NOISE_ESTIMATE, analytic_first
 from ..solvers.multistep import MultistepCoefficients
 from ..solvers.stock import STOCK_SAMPLERS
 
@@ -154,7 +154,7 @@ class ExportSchedule:
     @property
     def analytic_first(self) -> bool:
         """Whether the run skips the evaluation at ``sigmas[0]`` (the solver option ``analytic_first``)."""
-        return bool(self.solver_options.get("analytic_first", False))
+        return analytic_first(self.solver_options)
 
     @property
     def stock_sigmas(self) -> list:

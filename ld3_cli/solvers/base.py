@@ -175,9 +175,14 @@ LOWER_ORDER_FINAL = Option("lower_order_final", True, one_of((True, False, "auto
                            "auto (only when steps < 10, DPM-Solver's rule) or false.")
 
 
+def analytic_first(options: Optional[Mapping]) -> bool:
+    """Whether a run with solver ``options`` takes its first step analytically (the option ``analytic_first``)."""
+    return bool((options or {}).get(ANALYTIC_FIRST.name, False))
+
+
 def _skipped(options: Optional[Mapping]) -> int:
     """Evaluations the run skips: 1 with ``analytic_first``."""
-    return int(bool((options or {}).get(ANALYTIC_FIRST.name, False)))
+    return int(analytic_first(options))
 
 
 class SolverSpec:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..store import without_neutral
 from . import get_solver
 from .base import ANALYTIC_FIRST, SolverSpec
 
@@ -73,5 +74,4 @@ class SolverSetup:
     def key_fields(self) -> dict:
         """What this solver config contributes to store keys: its name and the options the config sets (less those
         at a neutral value, :data:`NEUTRAL_SOLVER_SETTINGS`)."""
-        return {"name": self.name, **{k: v for k, v in self.options.items()
-                                      if v not in NEUTRAL_SOLVER_SETTINGS.get(k, ())}}
+        return {"name": self.name, **without_neutral(dict(self.options), NEUTRAL_SOLVER_SETTINGS)}

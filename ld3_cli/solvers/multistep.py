@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import ANALYTIC_FIRST, DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, prepare_grid
+from .base import ANALYTIC_FIRST, DEFAULT_NOISE_ESTIMATE, Evaluator, SolverSpec, analytic_first, prepare_grid
 
 Tensor = torch.Tensor
 FORMS = ("data", "noise")
@@ -171,15 +171,15 @@ class MultistepSolver(SolverSpec):
     def coefficients(self, sigmas, **options) -> MultistepCoefficients:
         """The table on ``sigmas`` with ``options`` (the defaults for those not given; an unknown name is refused,
         the values are the caller's, checked where they entered)."""
-        return self.table(sigmas, **self.update_options(self.resolve_options(options, values=False)))
+        return self.table(sigmas, **self.table_options(self.resolve_options(options, values=False)))
 
-    def update_options(self, options: dict) -> dict:
+    def table_options(self, options: dict) -> dict:
         """``options`` without the run's (what :meth:`table` takes)."""
         return {k: v for k, v in options.items() if k not in {o.name for o in self.run_options}}
 
     def run(self, denoiser, x, sigmas, sigmas_eval=None, cond=None, callback=None, check=True, eval_scales=None,
             noise_estimate=DEFAULT_NOISE_ESTIMATE, **options):
         sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)  # the table needs the prepared grid
-        return sample_multistep(denoiser, x, sigmas, self.table(sigmas, **self.update_options(options)), sigmas_eval,
+        return sample_multistep(denoiser, x, sigmas, self.table(sigmas, **self.table_options(options)), sigmas_eval,
                                 cond, callback, False, eval_scales, noise_estimate,
-                                bool(options.get(ANALYTIC_FIRST.name, False)))
+                                analytic_first(options))

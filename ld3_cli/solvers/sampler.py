@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..errors import ConfigError
-from .base import ANALYTIC_FIRST, DEFAULT_NOISE_ESTIMATE
+from .base import DEFAULT_NOISE_ESTIMATE, analytic_first
 from .multistep import MultistepCoefficients, sample_multistep
 
 Tensor = torch.Tensor
@@ -42,7 +42,7 @@ class Sampler:
     @property
     def analytic_first(self) -> bool:
         """Whether grid point 0 is skipped (the solver option ``analytic_first``)."""
-        return bool(self.options.get(ANALYTIC_FIRST.name, False))
+        return analytic_first(self.options)
 
     @property
     def evaluation_sigmas(self) -> Tensor:

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from ..solvers.base import analytic_first
 from ..store import Store, to_plain
 from ..utils.devices import resolve_device
 from ..utils.distributed import rank_device
@@ -89,7 +90,7 @@ class StageContext:
     @property
     def analytic_first(self) -> bool:
         """Whether the student solver takes its first step analytically (``solver.analytic_first``)."""
-        return bool(self.solver_options.get("analytic_first", False))
+        return analytic_first(self.solver_options)
 
     @property
     def solver_variant(self) -> str:

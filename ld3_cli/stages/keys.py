@@ -19,7 +19,7 @@ from typing import Any
 from ..ld3.options import TRAIN_RUNTIME_KEYS
 from ..models.registry import MODEL_HINT_KEYS
 from ..solvers.config import SolverSetup
-from ..store import make_key, to_plain
+from ..store import make_key, to_plain, without_neutral
 
 TEACHER_VERSION = 1
 # Version 2 (2026-11-30): a learned schedule records how it evaluates the network (eval_scales,
@@ -38,11 +38,6 @@ NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_g
 SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}
 
 
-def _without_neutral(fields: dict, neutral_settings: dict) -> dict:
-    """``fields`` less the settings at their neutral values."""
-    return {k: v for k, v in fields.items() if not (k in neutral_settings and v in neutral_settings[k])}
-
-
 def _file_identity(path: Any) -> Any:
     p = Path(str(path)).expanduser()
     if p.is_file():
@@ -54,7 +49,7 @@ def _file_identity(path: Any) -> Any:
 
 def model_key(model_cfg: Any, autocast: Any = None) -> str:
     m = to_plain(model_cfg)
-    fields = _without_neutral({k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}, NEUTRAL_MODEL_SETTINGS)
+    fields = without_neutral({k: v for k, v in m.items() if k not in MODEL_HINT_KEYS}, NEUTRAL_MODEL_SETTINGS)
     if autocast:
         fields["autocast"] = str(autocast)
     for k in ("path", "checkpoint", "weights"):
@@ -73,7 +68,7 @@ def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) ->
 def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
     train = {k: v for k, v in to_plain(cfg.train).items()
              if k not in TRAIN_RUNTIME_KEYS and SOLVER_TRAIN_SETTINGS.get(k, solver.name) == solver.name}
-    train = _without_neutral(train, NEUTRAL_TRAIN_SETTINGS)
+    train = without_neutral(train, NEUTRAL_TRAIN_SETTINGS)
     return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}
 

@@ -32,6 +32,12 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(norm(to_plain(obj)), sort_keys=True, separators=(",", ":"))
 
 
+def without_neutral(fields: dict, neutral_settings: dict) -> dict:
+    """``fields`` less the settings at their neutral values (``{name: (values...)}``): settings added after keys were
+    made stay out of a key at the values every earlier run had, so those keys stay valid."""
+    return {k: v for k, v in fields.items() if not (k in neutral_settings and v in neutral_settings[k])}
+
+
 def make_key(fields: Any) -> str:
     """Short hex digest of ``fields`` (any JSON-able structure)."""
     return hashlib.sha256(canonical_json(fields).encode()).hexdigest()[:KEY_LENGTH]

@@ -199,12 +199,9 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         # passed our own sample back untouched, its sample is the state there (before the state scale)
         if self._last is None or sample is not self._last or sample._version != self._last_version:
             point = sample.to(torch.promote_types(sample.dtype, torch.float32)) / self._native_scale(k)
-            if self._run is None:
-                self._run = ld3_sampler.LD3Run(self.record, point / self._start if self._start != 1.0 else point)
-                if self._start != 1.0:  # the analytic first step ran from the start it implies: keep the sample
-                    self._run.set_point(point)
-            else:
-                self._run.set_point(point)
+            if self._run is None:  # from the start the first state implies (the same state unless analytic)
+                self._run = ld3_sampler.LD3Run(self.record, point / self._start)
+            self._run.set_point(point)
         x_in, _ = self._run.network_input()
         denoised = self._denoised(model_output, x_in, float(self.config.sigmas_eval[i]))
         self._run.advance(denoised)
