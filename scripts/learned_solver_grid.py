@@ -7,7 +7,7 @@
     python scripts/learned_solver_grid.py --summary seed0.jsonl seed1.jsonl  # one row per grid (seeds, variants)
 
 For each cell (model, solver:order, NFE), on the first ``--pairs`` teacher pairs of ``ld3 teacher-sample``
-(half of them validate), with the ``train=learned_solver`` settings:
+(half of them validate), with the ``train=learned_solver`` settings (or the preset an extra ``train=...`` names):
 
 * every closed-form baseline (the best is reported);
 * LD3 (time steps + decoupled offsets) and the learned solver + steps come from **one** run with
@@ -53,8 +53,10 @@ def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: li
     from ld3_cli.cli.apps import config_dir
     from ld3_cli.stages.context import StageContext
 
-    overrides = ["train=learned_solver", f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
-                 f"teacher.n={pairs}", "progress=false", *extra]
+    # the train preset: train=learned_solver unless the extra overrides name another (train=learned_solver_guided)
+    preset = [e for e in extra if e.startswith("train=")] or ["train=learned_solver"]
+    overrides = [*preset, f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
+                 f"teacher.n={pairs}", "progress=false", *(e for e in extra if not e.startswith("train="))]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="grid"):
         cfg = compose("train", overrides=overrides)

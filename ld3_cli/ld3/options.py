@@ -22,6 +22,7 @@ from ..solvers.base import NOISE_ESTIMATE
 from ..solvers.unipc import RHO_GRADIENTS
 from ..utils.option_schema import (FLAG, PATH_OR_NULL, Option, OptionGroup, Rule, by_name, check_options, list_of,
                                    number, one_of, whole)
+from .coefficients import CONSTRAINTS
 from .losses import LOSSES
 from .optim import COEFFICIENT_OPTIMIZERS, OFFSET_OPTIMIZERS
 from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
@@ -56,6 +57,8 @@ SCHEDULE = OptionGroup("schedule", "The grid: where the time steps live, where t
            as_tuple=True),
     Option("win_rate", 0.5, number(lambda v: 0 <= v <= 1, "in [0, 1]"),
            "Bound of the decoupled offsets, as a fraction of the smallest grid gap."),
+    Option("decouple_first", False, FLAG, "The first evaluation's time (at sigma_max) is decoupled too, within the "
+           "same bound; false: it stays at sigma_max, as the paper's code (no effect with solver.analytic_first)."),
     Option("offset_units", "window", one_of(OFFSET_UNITS), "Units of the offsets: window (a fraction of the bound, "
            "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code); "
            "the model's hint, else window.", yaml=_select("train_offset_units")),
@@ -126,8 +129,9 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
            "After each update the corrections shrink by this fraction towards the base solver (0 = none)."),
     Option("coefficient_history", 0, whole(0),
            "Network outputs a learned step may combine: 0 = every earlier one, k = at most k."),
-    Option("coefficient_constraint", True, FLAG, "true: the weights on the network outputs keep the base solver's "
-           "sum (a constant denoiser stays exact); false: each step's lead weight is learned too."),
+    Option("coefficient_constraint", True, one_of(CONSTRAINTS), "true: the weights on the network outputs keep the "
+           "base solver's sum (a constant denoiser stays exact); false: each step's lead weight is learned too; last: "
+           "only the last step's (with the steps learned: DyWeight's family)."),
     Option("batch_size_coefficients", 50, whole(0), "Training pairs per iteration in phase 3 (0 = batch_size)."),
     Option("val_every_coefficients", 5, whole(1), "Validate every this many iterations in phase 3."),
     Option("schedule_rates_coefficients", "reset", one_of(SCHEDULE_RATES),

@@ -18,6 +18,10 @@ with the first and last points fixed:
 
     u_eval_i = u_i + shift_i,  i = 1..N-1;   u_eval_0 = u_0, u_eval_N = u_N.
 
+With ``decouple_first`` the first evaluation moves too (``u_eval_0 = u_0 + shift_0``; DyWeight's time scale of
+its first evaluation): the grid still starts at ``sigma_max`` (the noise is drawn there), only the network's noise
+level at that evaluation is learned.  The last point is never evaluated by a solver that ends on a step.
+
 The offsets' units (``offset_units``) decide what a learning rate means:
 
 * ``"window"`` (default): ``shift_i = W * clamp(delta_i, -1, 1)`` -- ``delta`` is the fraction of
@@ -61,10 +65,12 @@ class ScheduleParameterization(nn.Module):
         win_rate: bound of the decoupled shifts as a fraction of the smallest gap.
         offset_units: ``"window"`` or ``"official"`` (module docstring).
         eval_scale: ``"model"``, ``"vp"`` or ``"none"`` (module docstring).
+        decouple_first: the first evaluation's time is learned too (module docstring).
     """
 
     def __init__(self, schedule: NoiseSchedule, init_sigmas: torch.Tensor, space: str = "lambda",
-                 win_rate: float = 0.5, offset_units: str = "window", eval_scale: str = "model"):
+                 win_rate: float = 0.5, offset_units: str = "window", eval_scale: str = "model",
+                 decouple_first: bool = False):
         super().__init__()  # space, offset_units, eval_scale: checked where the options entered (TrainOptions)
         init_sigmas = torch.as_tensor(init_sigmas, dtype=torch.float64).detach().cpu()
         n = init_sigmas.numel() - 1
@@ -75,6 +81,7 @@ class ScheduleParameterization(nn.Module):
         self.win_rate = float(win_rate)
         self.offset_units = offset_units
         self.eval_scale = eval_scale
+        self.first = 0 if decouple_first else 1  # the first point whose evaluation time moves
         self.unit = 1.0 if (space == "lambda" or offset_units == "window") else float(schedule.time_unit)
         self.n_steps = n
         self.sigma_max = float(init_sigmas[0])
@@ -107,11 +114,10 @@ class ScheduleParameterization(nn.Module):
         sig = self._pin(self.from_space(u))
         if not decoupled:
             return sig, sig
-        shift = self.shifts(u)
-        mask = torch.ones_like(shift)
-        mask[0] = 0.0
+        mask = torch.ones_like(u)
+        mask[:self.first] = 0.0
         mask[-1] = 0.0
-        sig_eval = self._pin(self.from_space(u + shift * mask))
+        sig_eval = self._pin(self.from_space(u + self.shifts(u) * mask), first=not self.first)
         return sig, sig_eval
 
     def window(self, u: torch.Tensor) -> torch.Tensor:
@@ -127,19 +133,22 @@ class ScheduleParameterization(nn.Module):
 
     @torch.no_grad()
     def window_fractions(self) -> torch.Tensor:
-        """``|shift_i| / W`` at the inner points ``[N - 1]``: how far the offsets moved (1 = the bound)."""
+        """``|shift_i| / W`` at the points that move (``[N - 1]`` inner ones, ``[N]`` with ``decouple_first``): how
+        far the offsets moved (1 = the bound)."""
         u = self.grid()
-        return (self.shifts(u) / self.window(u)).abs()[1:-1]
+        return (self.shifts(u) / self.window(u)).abs()[self.first:-1]
 
     def eval_scales(self, sigmas: torch.Tensor, sigmas_eval: torch.Tensor) -> Optional[torch.Tensor]:
         """State scales ``c_i`` ``[N + 1]`` of a decoupled evaluation (``None`` for ``eval_scale="none"``)."""
         return state_scales(self.eval_scale, self.schedule, sigmas, sigmas_eval)
 
-    def _pin(self, sig: torch.Tensor) -> torch.Tensor:
+    def _pin(self, sig: torch.Tensor, first: bool = False) -> torch.Tensor:
+        """``sig`` with its ends set to exactly ``sigma_max`` / ``sigma_min`` (``first``: the first one left free)."""
         ends = torch.zeros_like(sig)
-        ends[0], ends[-1] = self.sigma_max, self.sigma_min
         keep = torch.ones_like(sig)
-        keep[0] = keep[-1] = 0.0
+        if not first:
+            ends[0], keep[0] = self.sigma_max, 0.0
+        ends[-1], keep[-1] = self.sigma_min, 0.0
         return sig * keep + ends
 
     @torch.no_grad()

@@ -173,7 +173,7 @@ class LD3Trainer:
         their tensors."""
         o = self.options
         self.grid = ScheduleParameterization(self.schedule, init_sigmas, o.param, o.win_rate, o.offset_units,
-                                             o.eval_scale).to(self.device)
+                                             o.eval_scale, o.decouple_first).to(self.device)
         params = {"steps": self.grid.logits, "offsets": self.grid.offsets}
         if "coefficients" in o.learn:
             base = self.spec.coefficients(init_sigmas.to(self.device), **self.solver_options)

@@ -238,3 +238,17 @@ def test_the_learned_solver_preset_changes_only_what_is_learned_phase_3_and_the_
     assert {k for k in got if got[k] != base.get(k)} - phase3 == {"learn"}
     assert preset.solver.analytic_first is True  # the student solver's first step is analytic: LD3's part too
     assert got["learn"] == ["steps", "offsets", "coefficients"] and preset.teacher.n == 1000
+
+
+def test_the_guided_preset_is_the_learned_solver_preset_with_three_changes():
+    """`train=learned_solver_guided` is `train=learned_solver` without the analytic first step, with the pseudo-Huber
+    loss and the first evaluation's time learned (what the guided grid measured), and nothing else."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        plain = compose("train", overrides=["train=learned_solver"])
+        guided = compose("train", overrides=["train=learned_solver_guided"])
+    a, b = (OmegaConf.to_container(c, resolve=True) for c in (plain, guided))
+    changed = {f"{g}.{k}" for g in a if isinstance(a[g], dict) for k in a[g] if a[g][k] != b[g].get(k)}
+    assert changed == {"solver.analytic_first", "train.loss", "train.decouple_first"}
+    assert (b["solver"]["analytic_first"], b["train"]["loss"], b["train"]["decouple_first"]) == (
+        False, "pseudo_huber", True)
+    assert {k for k in a if a[k] != b[k]} == {"solver", "train"}

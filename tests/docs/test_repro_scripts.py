@@ -313,6 +313,17 @@ def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
     assert all(got["unipc"][k]["rmse"] == rec[k]["rmse"] for k in ("ld3", "learned", "learned_steps"))
 
 
+def test_learned_solver_grid_takes_the_preset_an_override_names(tmp_path):
+    """`-- train=learned_solver_guided` replaces the grid's own `train=learned_solver` (not an error of two values)."""
+    grid = _grid_script()
+    place = f"cache_dir={tmp_path}"
+    plain = grid.context("mnist_gmm", "dpmpp", 2, 4, 16, [place]).cfg
+    guided = grid.context("mnist_gmm", "dpmpp", 2, 4, 16, ["train=learned_solver_guided", place]).cfg
+    assert plain.solver.analytic_first is True and plain.train.loss == "auto"
+    assert guided.solver.analytic_first is False and guided.train.loss == "pseudo_huber"
+    assert guided.train.learn == plain.train.learn and guided.teacher.n == 16
+
+
 def test_learned_solver_grid_summarises_grids(tmp_path, capsys):
     """--summary: one row per grid with the geometric mean, worst cell, cells > 2 % worse, validation ratio,
     fd_exact count and time range, from the records alone (closed-form values)."""

@@ -88,6 +88,35 @@ def test_a_constant_denoiser_stays_exact_for_any_corrections(name, opts):
     assert torch.allclose(out, r * x0 + (1 - r) * c, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name,opts", CASES, ids=lambda v: str(v))
+def test_constraint_last_keeps_every_step_but_the_last_exact_for_a_constant_denoiser(name, opts):
+    """``coefficient_constraint="last"``: with any corrections a constant denoiser is still followed exactly up to
+    the last grid step, and only the last step's lead weight moves the end point off it."""
+    sig = discretize("logsnr", 6, EDM())
+    base = get_solver(name).coefficients(sig, **opts)
+    coef = CoefficientParameterization.for_table(base, constraint="last")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in coef.parameters_list():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    c = torch.full((1, 1, 2, 3), 0.37, dtype=torch.float64)
+    x0 = start(1) * 4
+    states = {}
+    out = sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, coef.apply(base),
+                           callback=lambda i, x, d: states.setdefault(i, x.clone()))
+
+    def exact(i):
+        r = sig[i] / sig[0]
+        return r * x0 + (1 - r) * c
+    for i in range(1, 6):
+        assert torch.allclose(states[i], exact(i), rtol=1e-10, atol=1e-10), i
+    assert not torch.allclose(out, exact(6), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        coef.lead.zero_()
+    out = sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, coef.apply(base))
+    assert torch.allclose(out, exact(6), rtol=1e-10, atol=1e-10)
+
+
 def test_a_sampler_round_trips_through_tensors_and_json():
     sig, ev, scales = grids(5)
     base = get_solver("unipc").coefficients(sig, order=3)

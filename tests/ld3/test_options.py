@@ -23,7 +23,7 @@ def test_the_defaults_pass_and_lists_become_tuples():
     ("offsets_optimizer", "adam", "train.offsets_optimizer must be rmsprop or sgd, got 'adam'"),
     ("coefficients_optimizer", "sgd", "train.coefficients_optimizer must be adam or rmsprop, got 'sgd'"),
     ("coefficient_decay", 1.0, "train.coefficient_decay must be in [0, 1), got 1.0"),
-    ("coefficient_constraint", 1, "train.coefficient_constraint must be true or false, got 1"),
+    ("coefficient_constraint", 1, "train.coefficient_constraint must be true, false or last, got 1"),
     ("init", "fancy", "train.init must be auto or one of"),
     ("init_candidates", [], "train.init_candidates must be a non-empty list"),
     ("init_candidates", ["edm", "fancy"], "train.init_candidates must be a non-empty list of"),

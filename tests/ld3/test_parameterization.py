@@ -52,6 +52,33 @@ def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap(units)
 
 
 @pytest.mark.parametrize("space", ["lambda", "time"])
+def test_decouple_first_moves_the_first_evaluation_within_the_same_bound_and_keeps_the_grid(space):
+    """With ``decouple_first`` the evaluation at sigma_max moves like the inner ones (the noise is still drawn at
+    sigma_max: the grid keeps its ends); without it the same offset does nothing there."""
+    sched = EDM()
+    base = discretize("edm", 5, sched)
+    moved = ScheduleParameterization(sched, base, space, decouple_first=True)
+    fixed = ScheduleParameterization(sched, base, space)
+    assert torch.allclose(moved()[1], fixed()[1], rtol=1e-12, atol=0)  # zero offsets: the same evaluation times
+    with torch.no_grad():
+        for p in (moved, fixed):
+            p.offsets.copy_(torch.tensor([-9.0, 0.0, 0.0, 0.0, 0.0, 9.0], dtype=torch.float64))
+    sig, ev = moved()
+    assert float(sig[0]) == sched.sigma_max and float(ev[-1]) == sched.sigma_min
+    u, u_ev = moved.to_space(sig), moved.to_space(ev)
+    bound = 0.5 * float((u[1:] - u[:-1]).abs().min())
+    assert float(u_ev[0] - u[0]) == pytest.approx(-bound, rel=1e-9)  # moved to the bound
+    assert float(ev[0]) != sched.sigma_max and torch.equal(ev[1:-1], sig[1:-1])
+    assert float(fixed()[1][0]) == sched.sigma_max
+    assert moved.window_fractions().tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0, 0.0])
+    assert len(fixed.window_fractions()) == 4
+    # the first offset's gradient reaches the evaluation time
+    ev0 = ScheduleParameterization(sched, base, space, decouple_first=True)
+    ev0()[1][0].backward()
+    assert float(ev0.offsets.grad[0].abs()) > 0
+
+
+@pytest.mark.parametrize("space", ["lambda", "time"])
 def test_window_offsets_mean_the_same_on_every_schedule(space):
     """A window-unit offset moves a point by the same fraction of its window whatever the native time's scale;
     official units are the official code's (log-SNR, or time normalised to (0, 1]: one DDPM step = 1/1000)."""

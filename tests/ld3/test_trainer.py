@@ -52,7 +52,8 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     (("steps", "offsets"), 11, {}),
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "rmsprop", "lr_coefficients": 0.01}),
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02}),
-    (("steps", "offsets", "coefficients"), 40, {"schedule_rates_coefficients": "carry"})])
+    (("steps", "offsets", "coefficients"), 40, {"schedule_rates_coefficients": "carry"}),
+    (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
     """Interrupted mid phase 1 (LD3) or mid phase 3 (the coefficients and their optimiser's state), the resumed
     run takes the uninterrupted one's path step by step and ends where it does."""
@@ -264,3 +265,19 @@ def test_rho_gradient_reaches_the_first_step_of_unipc_only(setup, solver, opts, 
         seen[mode] = rec["loss"], trainer.state.params["steps"].grad.clone()
     assert seen["full"][0] == seen["stopped"][0]
     assert torch.equal(seen["full"][1], seen["stopped"][1]) != differs
+
+
+def test_decouple_first_learns_the_first_evaluation_time(setup):
+    """`decouple_first`: the first evaluation's noise level is learned (the noise is still drawn at sigma_max), and
+    on held-out noises the run is better than with that evaluation fixed; with the analytic first step (that point
+    is not evaluated) it changes nothing."""
+    model, x, y, held, y_held = setup
+    runs = {f: learn_schedule(model, "euler", 3, x, y, decouple_first=f, **FAST) for f in (False, True)}
+    for f, res in runs.items():
+        assert float(res.sigmas[0]) == 80.0 and (float(res.sigmas_eval[0]) != 80.0) == f
+    rmse = {f: heldout_rmse(model, "euler", {}, held, y_held, r.sigmas, r.sigmas_eval) for f, r in runs.items()}
+    assert rmse[True] < rmse[False], rmse
+    afs = {f: learn_schedule(model, "euler", 3, x, y, decouple_first=f, solver_options={"analytic_first": True},
+                             **FAST) for f in (False, True)}
+    assert torch.equal(afs[True].sigmas, afs[False].sigmas)
+    assert torch.equal(afs[True].sigmas_eval[1:], afs[False].sigmas_eval[1:])

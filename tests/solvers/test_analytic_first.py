@@ -88,17 +88,19 @@ def test_the_first_step_replaces_only_the_first_evaluation(name, opts):
     assert not torch.allclose(analytic, plain, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("constraint", [False, "last"])
 @pytest.mark.parametrize("name,opts", [c for c in CASES if c[1].get("order", 1) >= 2], ids=lambda v: str(v))
-def test_learned_coefficients_start_at_the_base_solver_and_gradients_reach_every_parameter(name, opts):
+def test_learned_coefficients_start_at_the_base_solver_and_gradients_reach_every_parameter(name, opts, constraint):
     sig = discretize("edm", 5, EDM()).requires_grad_(True)
     base = get_solver(name).coefficients(sig, **opts, **AFS)  # the run option is not the table's
-    coef = CoefficientParameterization.for_table(base, constrained=False)
+    coef = CoefficientParameterization.for_table(base, constraint=constraint)
+    assert coef.lead.numel() == (base.steps if constraint is False else 1)
     x = _start()
     got = sample_multistep(CountingDenoiser(), x, sig, coef.apply(base), analytic_first=True)
     want = solve(name, CountingDenoiser(), x, sig.detach(), **opts, **AFS)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
     (got ** 2).sum().backward()
-    assert bool(torch.all(coef.lead.grad != 0))  # every step's lead weight, the analytic step's included
+    assert bool(torch.all(coef.lead.grad != 0))  # every freed lead weight, the analytic step's included
     for p, mask in ((coef.pred, coef.pred_mask), (coef.corr, coef.corr_mask)):
         if p is not None:
             assert bool(torch.all(p.grad[mask > 0] != 0)), (name, p.grad)
