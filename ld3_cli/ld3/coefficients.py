@@ -16,7 +16,8 @@ this; ld3 keeps it by default).
 
 ``constraint`` (``train.coefficient_constraint``) says which lead weights ``b_i`` are learned too, as relative
 corrections ``b_i (1 + l_i)``: none (``True``), every step's (``False``), or the last step's only (``"last"``).
-``"last"`` is DyWeight's family when the time steps are learned as well: its rule that a step's weight sum ``s_i``
+For a noise-form solver ``"last"`` is DyWeight's family when the time steps are learned as well (a data-form step's
+state weight ``sigma_{i+1} / sigma_i`` does not follow a moved time): its rule that a step's weight sum ``s_i``
 moves the time the step reaches (``sigma~_{i+1} = sigma~_i + s_i (sigma_{i+1} - sigma~_i)``) makes every step but
 the last a sum-keeping combination on the moved grid ``sigma~``, and the last one's sum is free.
 """

@@ -58,7 +58,8 @@ SCHEDULE = OptionGroup("schedule", "The grid: where the time steps live, where t
     Option("win_rate", 0.5, number(lambda v: 0 <= v <= 1, "in [0, 1]"),
            "Bound of the decoupled offsets, as a fraction of the smallest grid gap."),
     Option("decouple_first", False, FLAG, "The first evaluation's time (at sigma_max) is decoupled too, within the "
-           "same bound; false: it stays at sigma_max, as the paper's code (no effect with solver.analytic_first)."),
+           "same bound and towards the grid only; false: it stays at sigma_max, as the paper's code (no effect with "
+           "solver.analytic_first)."),
     Option("offset_units", "window", one_of(OFFSET_UNITS), "Units of the offsets: window (a fraction of the bound, "
            "one learning rate for every noise schedule) or official (log-SNR or time in (0, 1], as the paper's code); "
            "the model's hint, else window.", yaml=_select("train_offset_units")),

@@ -18,9 +18,10 @@ with the first and last points fixed:
 
     u_eval_i = u_i + shift_i,  i = 1..N-1;   u_eval_0 = u_0, u_eval_N = u_N.
 
-With ``decouple_first`` the first evaluation moves too (``u_eval_0 = u_0 + shift_0``; DyWeight's time scale of
-its first evaluation): the grid still starts at ``sigma_max`` (the noise is drawn there), only the network's noise
-level at that evaluation is learned.  The last point is never evaluated by a solver that ends on a step.
+With ``decouple_first`` the first evaluation moves too (``u_eval_0 = u_0 + shift_0``, towards the grid only, so
+never above ``sigma_max``; DyWeight's time scale of its first evaluation): the grid still starts at ``sigma_max``
+(the noise is drawn there), only the network's noise level at that evaluation is learned.  The last point is never
+evaluated by a solver that ends on a step.
 
 The offsets' units (``offset_units``) decide what a learning rate means:
 
@@ -81,7 +82,7 @@ class ScheduleParameterization(nn.Module):
         self.win_rate = float(win_rate)
         self.offset_units = offset_units
         self.eval_scale = eval_scale
-        self.first = 0 if decouple_first else 1  # the first point whose evaluation time moves
+        self.decouple_first = bool(decouple_first)
         self.unit = 1.0 if (space == "lambda" or offset_units == "window") else float(schedule.time_unit)
         self.n_steps = n
         self.sigma_max = float(init_sigmas[0])
@@ -114,10 +115,13 @@ class ScheduleParameterization(nn.Module):
         sig = self._pin(self.from_space(u))
         if not decoupled:
             return sig, sig
+        shift = self.shifts(u)
         mask = torch.ones_like(u)
-        mask[:self.first] = 0.0
-        mask[-1] = 0.0
-        sig_eval = self._pin(self.from_space(u + self.shifts(u) * mask), first=not self.first)
+        mask[0] = mask[-1] = 0.0
+        sig_eval = self._pin(self.from_space(u + shift * mask))
+        if self.decouple_first:  # sigma_max times the first shift's factor: exactly sigma_max at a zero shift
+            factor = self.from_space(u[:1] + shift[:1]) / self.from_space(u[:1])
+            sig_eval = torch.cat([self.sigma_max * factor, sig_eval[1:]])
         return sig, sig_eval
 
     def window(self, u: torch.Tensor) -> torch.Tensor:
@@ -125,30 +129,38 @@ class ScheduleParameterization(nn.Module):
         return self.win_rate * (u[1:] - u[:-1]).abs().min().detach()
 
     def shifts(self, u: torch.Tensor) -> torch.Tensor:
-        """``shift_i`` in the space ``u`` (before the endpoint mask), within ``[-W, W]``."""
+        """``shift_i`` in the space ``u`` (before the endpoint mask), within ``[-W, W]``; with ``decouple_first``
+        the first one only towards the grid (never above ``sigma_max``, where a model may not be defined)."""
         bound = self.window(u)
         if self.offset_units == "window":
-            return bound * torch.clamp(self.offsets, -1.0, 1.0)
-        return torch.clamp(self.offsets * self.unit, -bound, bound)
+            shift = bound * torch.clamp(self.offsets, -1.0, 1.0)
+        else:
+            shift = torch.clamp(self.offsets * self.unit, -bound, bound)
+        if self.decouple_first:
+            inward = torch.sign(u[1] - u[0]).detach()
+            first = shift[:1]
+            kept = inward * torch.clamp(inward * first, min=0.0)
+            # the value keeps to the grid's side; the gradient is the unbounded shift's (a straight-through bound),
+            # so a first offset pushed outwards still feels the loss and can come back
+            shift = torch.cat([first + (kept - first).detach(), shift[1:]])
+        return shift
 
     @torch.no_grad()
     def window_fractions(self) -> torch.Tensor:
         """``|shift_i| / W`` at the points that move (``[N - 1]`` inner ones, ``[N]`` with ``decouple_first``): how
         far the offsets moved (1 = the bound)."""
         u = self.grid()
-        return (self.shifts(u) / self.window(u)).abs()[self.first:-1]
+        return (self.shifts(u) / self.window(u)).abs()[0 if self.decouple_first else 1:-1]
 
     def eval_scales(self, sigmas: torch.Tensor, sigmas_eval: torch.Tensor) -> Optional[torch.Tensor]:
         """State scales ``c_i`` ``[N + 1]`` of a decoupled evaluation (``None`` for ``eval_scale="none"``)."""
         return state_scales(self.eval_scale, self.schedule, sigmas, sigmas_eval)
 
-    def _pin(self, sig: torch.Tensor, first: bool = False) -> torch.Tensor:
-        """``sig`` with its ends set to exactly ``sigma_max`` / ``sigma_min`` (``first``: the first one left free)."""
+    def _pin(self, sig: torch.Tensor) -> torch.Tensor:
         ends = torch.zeros_like(sig)
+        ends[0], ends[-1] = self.sigma_max, self.sigma_min
         keep = torch.ones_like(sig)
-        if not first:
-            ends[0], keep[0] = self.sigma_max, 0.0
-        ends[-1], keep[-1] = self.sigma_min, 0.0
+        keep[0] = keep[-1] = 0.0
         return sig * keep + ends
 
     @torch.no_grad()

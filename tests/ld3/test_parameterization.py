@@ -7,7 +7,7 @@ import torch
 from ld3_cli.ld3.optim import SGD, Adam, RMSpropMomentum
 from ld3_cli.ld3.parameterization import ScheduleParameterization
 from ld3_cli.ld3.soft_teacher import accept_moves, default_radius, project_to_ball
-from ld3_cli.schedules import EDM, VPDiscrete, VPLinear, discretize
+from ld3_cli.schedules import EDM, FlowMatching, VPCosine, VPDiscrete, VPLinear, discretize
 
 
 @pytest.mark.parametrize("sched", [EDM(), VPLinear(), VPDiscrete.linear(1000)], ids=lambda s: s.kind)
@@ -52,30 +52,51 @@ def test_decoupled_offsets_are_clamped_to_win_rate_times_the_smallest_gap(units)
 
 
 @pytest.mark.parametrize("space", ["lambda", "time"])
-def test_decouple_first_moves_the_first_evaluation_within_the_same_bound_and_keeps_the_grid(space):
-    """With ``decouple_first`` the evaluation at sigma_max moves like the inner ones (the noise is still drawn at
-    sigma_max: the grid keeps its ends); without it the same offset does nothing there."""
+def test_decouple_first_moves_the_first_evaluation_towards_the_grid_within_the_same_bound(space):
+    """With ``decouple_first`` the evaluation at sigma_max moves like the inner ones but only towards the grid (never
+    above sigma_max); the noise is still drawn at sigma_max (the grid keeps its ends); a zero offset is exactly
+    sigma_max; without the option the same offset does nothing there."""
     sched = EDM()
     base = discretize("edm", 5, sched)
-    moved = ScheduleParameterization(sched, base, space, decouple_first=True)
     fixed = ScheduleParameterization(sched, base, space)
-    assert torch.allclose(moved()[1], fixed()[1], rtol=1e-12, atol=0)  # zero offsets: the same evaluation times
-    with torch.no_grad():
-        for p in (moved, fixed):
-            p.offsets.copy_(torch.tensor([-9.0, 0.0, 0.0, 0.0, 0.0, 9.0], dtype=torch.float64))
-    sig, ev = moved()
-    assert float(sig[0]) == sched.sigma_max and float(ev[-1]) == sched.sigma_min
-    u, u_ev = moved.to_space(sig), moved.to_space(ev)
-    bound = 0.5 * float((u[1:] - u[:-1]).abs().min())
-    assert float(u_ev[0] - u[0]) == pytest.approx(-bound, rel=1e-9)  # moved to the bound
-    assert float(ev[0]) != sched.sigma_max and torch.equal(ev[1:-1], sig[1:-1])
-    assert float(fixed()[1][0]) == sched.sigma_max
-    assert moved.window_fractions().tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0, 0.0])
+    zero = ScheduleParameterization(sched, base, space, decouple_first=True)
+    assert float(zero()[1][0]) == sched.sigma_max and torch.equal(zero()[1], fixed()[1])
+    moved_by = {}
+    for sign in (1.0, -1.0):
+        p = ScheduleParameterization(sched, base, space, decouple_first=True)
+        with torch.no_grad():
+            p.offsets.copy_(torch.tensor([9.0 * sign, 0.0, 0.0, 0.0, 0.0, 9.0], dtype=torch.float64))
+            fixed.offsets.copy_(p.offsets)
+        sig, ev = p()
+        assert float(sig[0]) == sched.sigma_max and float(ev[-1]) == sched.sigma_min
+        assert float(ev[0]) <= sched.sigma_max and torch.equal(ev[1:-1], sig[1:-1])
+        assert float(fixed()[1][0]) == sched.sigma_max
+        u, u_ev = p.to_space(sig), p.to_space(ev)
+        moved_by[sign] = (float((u_ev[0] - u[0]).abs()), float(0.5 * (u[1:] - u[:-1]).abs().min()),
+                          p.window_fractions().tolist())
+    (inward, bound, fractions), (outward, _, still) = sorted(moved_by.values(), reverse=True)
+    assert inward == pytest.approx(bound, rel=1e-9) and outward == 0.0  # one direction to the bound, the other none
+    assert fractions == pytest.approx([1.0, 0.0, 0.0, 0.0, 0.0]) and still == [0.0] * 5
     assert len(fixed.window_fractions()) == 4
     # the first offset's gradient reaches the evaluation time
     ev0 = ScheduleParameterization(sched, base, space, decouple_first=True)
     ev0()[1][0].backward()
     assert float(ev0.offsets.grad[0].abs()) > 0
+
+
+@pytest.mark.parametrize("sched", [FlowMatching(), VPCosine(), VPDiscrete.linear(1000), EDM()], ids=lambda s: s.kind)
+@pytest.mark.parametrize("space", ["lambda", "time"])
+@pytest.mark.parametrize("kind", ["time_uniform", "time_quadratic", "logsnr"])
+def test_the_first_evaluation_stays_inside_the_models_range_for_any_offset(sched, space, kind):
+    """Whatever the first offset, its evaluation noise level is positive and at most sigma_max (a flow model's time
+    above 1, a cosine schedule's beyond its end, would give a negative or undefined sigma)."""
+    p = ScheduleParameterization(sched, discretize(kind, 6, sched), space, win_rate=1.0, decouple_first=True)
+    for first in (-50.0, -1.0, 1.0, 50.0):
+        with torch.no_grad():
+            p.offsets.zero_()
+            p.offsets[0] = first
+            ev = p()[1]
+        assert 0 < float(ev[0]) <= sched.sigma_max * (1 + 1e-12), (first, float(ev[0]))
 
 
 @pytest.mark.parametrize("space", ["lambda", "time"])

@@ -274,7 +274,8 @@ def test_decouple_first_learns_the_first_evaluation_time(setup):
     model, x, y, held, y_held = setup
     runs = {f: learn_schedule(model, "euler", 3, x, y, decouple_first=f, **FAST) for f in (False, True)}
     for f, res in runs.items():
-        assert float(res.sigmas[0]) == 80.0 and (float(res.sigmas_eval[0]) != 80.0) == f
+        assert float(res.sigmas[0]) == 80.0
+        assert (float(res.sigmas_eval[0]) < 80.0 * (1 - 1e-3)) if f else float(res.sigmas_eval[0]) == 80.0
     rmse = {f: heldout_rmse(model, "euler", {}, held, y_held, r.sigmas, r.sigmas_eval) for f, r in runs.items()}
     assert rmse[True] < rmse[False], rmse
     afs = {f: learn_schedule(model, "euler", 3, x, y, decouple_first=f, solver_options={"analytic_first": True},

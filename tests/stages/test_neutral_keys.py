@@ -32,3 +32,9 @@ def test_rho_gradient_keys_unipc_schedules_only_when_stopped():
     assert _train_fields(rho_gradient="full") == before
     assert _train_fields(rho_gradient="stopped")["rho_gradient"] == "stopped"
     assert _train_fields(DPMPP, rho_gradient="stopped") == _train_fields(DPMPP)  # no UniPC: nothing changes
+
+
+def test_decouple_first_enters_the_schedule_key_only_when_on():
+    before = _train_fields()
+    assert _train_fields(decouple_first=False) == before
+    assert _train_fields(decouple_first=True)["decouple_first"] is True
