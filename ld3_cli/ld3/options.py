@@ -131,8 +131,8 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
     Option("coefficient_history", 0, whole(0),
            "Network outputs a learned step may combine: 0 = every earlier one, k = at most k."),
     Option("coefficient_constraint", True, one_of(CONSTRAINTS), "true: the weights on the network outputs keep the "
-           "base solver's sum (a constant denoiser stays exact); false: each step's lead weight is learned too; last: "
-           "only the last step's (with the steps learned and a noise-form solver: DyWeight's family)."),
+           "base solver's sum (a constant denoiser stays exact); false: every step's lead weight is learned; last: "
+           "only the last step's (DyWeight's family)."),
     Option("batch_size_coefficients", 50, whole(0), "Training pairs per iteration in phase 3 (0 = batch_size)."),
     Option("val_every_coefficients", 5, whole(1), "Validate every this many iterations in phase 3."),
     Option("schedule_rates_coefficients", "reset", one_of(SCHEDULE_RATES),
