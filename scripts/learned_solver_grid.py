@@ -54,9 +54,9 @@ def context(model: str, solver: str, order: int, nfe: int, pairs: int, extra: li
     from ld3_cli.stages.context import StageContext
 
     # the train preset: train=learned_solver unless the extra overrides name another (train=learned_solver_guided)
-    preset = [e for e in extra if e.startswith("train=")] or ["train=learned_solver"]
-    overrides = [*preset, f"model={model}", f"solver={solver}", f"solver.order={order}", f"nfe={nfe}",
-                 f"teacher.n={pairs}", "progress=false", *(e for e in extra if not e.startswith("train="))]
+    presets = [e for e in extra if e.startswith("train=")]
+    overrides = [*(presets or ["train=learned_solver"]), f"model={model}", f"solver={solver}", f"solver.order={order}",
+                 f"nfe={nfe}", f"teacher.n={pairs}", "progress=false", *(e for e in extra if e not in presets)]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="grid"):
         cfg = compose("train", overrides=overrides)

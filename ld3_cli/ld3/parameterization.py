@@ -112,16 +112,17 @@ class ScheduleParameterization(nn.Module):
     def forward(self, decoupled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(sigmas, sigmas_eval)``, float64 ``[N + 1]`` each, endpoints exact."""
         u = self.grid()
-        sig = self._pin(self.from_space(u))
+        raw = self.from_space(u)
+        sig = self._pin(raw)
         if not decoupled:
             return sig, sig
-        shift = self.shifts(u)
         mask = torch.ones_like(u)
-        mask[0] = mask[-1] = 0.0
-        sig_eval = self._pin(self.from_space(u + shift * mask))
+        mask[0] = float(self.decouple_first)
+        mask[-1] = 0.0
+        moved = self.from_space(u + self.shifts(u) * mask)
+        sig_eval = self._pin(moved)
         if self.decouple_first:  # sigma_max times the first shift's factor: exactly sigma_max at a zero shift
-            factor = self.from_space(u[:1] + shift[:1]) / self.from_space(u[:1])
-            sig_eval = torch.cat([self.sigma_max * factor, sig_eval[1:]])
+            sig_eval = torch.cat([self.sigma_max * moved[:1] / raw[:1], sig_eval[1:]])
         return sig, sig_eval
 
     def window(self, u: torch.Tensor) -> torch.Tensor:

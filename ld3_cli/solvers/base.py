@@ -180,11 +180,6 @@ def analytic_first(options: Optional[Mapping]) -> bool:
     return bool((options or {}).get(ANALYTIC_FIRST.name, False))
 
 
-def _skipped(options: Optional[Mapping]) -> int:
-    """Evaluations the run skips: 1 with ``analytic_first``."""
-    return int(analytic_first(options))
-
-
 class SolverSpec:
     """Registry entry for one solver.
 
@@ -237,11 +232,11 @@ class SolverSpec:
 
     def evaluations(self, n_steps: int, options: Optional[Mapping] = None) -> int:
         """Network evaluations of ``n_steps`` steps run with ``options`` (one fewer with ``analytic_first``)."""
-        return self.nfe(n_steps) - _skipped(options)
+        return self.nfe(n_steps) - int(analytic_first(options))
 
     def steps_for(self, nfe: int, options: Optional[Mapping] = None) -> int:
         """Steps that ``nfe`` evaluations pay for in a run with ``options`` (one more with ``analytic_first``)."""
-        return self.steps_for_nfe(nfe) + _skipped(options)
+        return self.steps_for_nfe(nfe) + int(analytic_first(options))
 
     def validate(self, n_steps: int, order: Optional[int] = None, options: Optional[Mapping] = None) -> int:
         """``order`` (default: ``default_order``) if this solver can run it on ``n_steps`` steps, else ConfigError
