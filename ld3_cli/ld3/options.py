@@ -29,7 +29,8 @@ from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
 
 DEFAULT_INIT_CANDIDATES = ("logsnr", "edm", "time_uniform", "time_quadratic")
 LEARNABLE = ("steps", "offsets", "coefficients")
-SCHEDULE_RATES = ("reset", "carry")  # the schedule's learning rates when phase 3 starts
+# an optimiser at a phase change: fresh, the ended phase's going on, or its running averages at a fresh rate
+SCHEDULE_RATES = ("reset", "carry", "averages")
 
 
 def _kinds() -> tuple:
@@ -95,6 +96,10 @@ OPTIMISERS = OptionGroup("optimisers", "How the time steps, the offsets and the 
            "A phase ends when the learning rate of its first parameter group decays to this."),
     Option("patience", 5, whole(1), "Validations without improvement before the best is restored and lr decays."),
     Option("grad_clip", 1.0, POSITIVE, "Gradient-norm clipping, per parameter group."),
+    Option("steps_rates_offsets", "reset", one_of(SCHEDULE_RATES), "The time steps' optimiser in phase 2: reset "
+           "(fresh, at lr), carry (phase 1's goes on, decayed rate and running averages: the paper's code) or "
+           "averages (phase 1's averages at lr); the model's hint, else reset.",
+           yaml=_select("train_steps_rates_offsets")),
     Option("rho_gradient", "full", one_of(RHO_GRADIENTS), "UniPC's weights rho in the gradient of the time steps: "
            "full (exact) or stopped (rho held constant in the step-size ratios, as the paper's code computes it); "
            "the model's hint, else full.", yaml=_select("train_rho_gradient")),
@@ -136,8 +141,8 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
     Option("batch_size_coefficients", 50, whole(0), "Training pairs per iteration in phase 3 (0 = batch_size)."),
     Option("val_every_coefficients", 5, whole(1), "Validate every this many iterations in phase 3."),
     Option("schedule_rates_coefficients", "reset", one_of(SCHEDULE_RATES),
-           "The optimisers of the time steps and offsets in phase 3: reset (fresh, at lr and lr_offsets) or "
-           "carry (LD3's go on: their decayed rates and running averages)."),
+           "The optimisers of the time steps and offsets in phase 3: reset (fresh, at lr and lr_offsets), "
+           "carry (LD3's go on: their decayed rates and running averages) or averages (LD3's averages, fresh rates)."),
 ))
 
 TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS)

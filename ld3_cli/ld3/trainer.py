@@ -14,7 +14,8 @@ Training runs in phases (:func:`plan_phases`): ``steps`` (``iters_phase1``), the
 (``iters_phase2``) -- exactly LD3 -- then the coefficients (``iters_phase3`` iterations of
 ``batch_size_coefficients`` pairs), jointly with what else is learned or, with ``alternate_rounds = k > 0``,
 in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt).  Every phase starts
-from the best parameters so far with fresh optimisers.
+from the best parameters so far with fresh optimisers, except those ``steps_rates_offsets`` (phase 2) or
+``schedule_rates_coefficients`` (phase 3) carry on from the phase before.
 
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
 RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE``); Adam (or RMSprop,
@@ -345,9 +346,9 @@ class LD3Trainer:
 
     def _next_phase(self) -> None:
         """The phase change: record the ended phase's best validation and sampler, then start the next phase
-        from the best parameters so far, with fresh optimisers (the options' learning rates; a phase that runs the
-        coefficients may keep the schedule's optimisers, ``schedule_rates_coefficients=carry``) and its iteration and
-        patience counters at zero.  The best validation so far carries over."""
+        from the best parameters so far, with fresh optimisers (the options' learning rates) but those it carries
+        (:meth:`_carried`), and its iteration and patience counters at zero.  The best validation so far carries
+        over."""
         s = self.state
         ended = self.phases[s.phase_index]
         s.phase_index, s.phase_iteration, s.stale_validations = s.phase_index + 1, 0, 0
@@ -356,10 +357,24 @@ class LD3Trainer:
         ending = dict(self.optimizers)
         self._make_optimizers()
         starting = self.phases[s.phase_index] if s.phase_index < len(self.phases) else None
-        if starting is not None and starting.coefficients and self.options.schedule_rates_coefficients == "carry":
-            for name in ("steps", "offsets"):  # the same optimisers go on: their rates and running averages
-                self.optimizers[name] = ending[name]
-                s.optimizers[name] = ending[name].state
+        names, mode = self._carried(starting)
+        for name in names:  # the same optimisers go on: their running averages, and their rates unless "averages"
+            fresh_rate = self.optimizers[name].lr
+            self.optimizers[name] = ending[name]
+            s.optimizers[name] = ending[name].state
+            if mode == "averages":
+                self.optimizers[name].lr = fresh_rate
+
+    def _carried(self, starting: Optional[Phase]) -> tuple[tuple, str]:
+        """The ended phase's optimisers that ``starting`` keeps, and how (``carry`` or ``averages``): the time
+        steps' in phase 2 (``steps_rates_offsets``), the time steps' and offsets' in phase 3
+        (``schedule_rates_coefficients``); none at ``reset``."""
+        o = self.options
+        if starting is None or not (starting.coefficients or starting.name == "offsets"):
+            return (), "reset"
+        names, mode = (("steps", "offsets"), o.schedule_rates_coefficients) if starting.coefficients else (
+            ("steps",), o.steps_rates_offsets)
+        return (tuple(n for n in names if n in self.optimizers) if mode != "reset" else ()), mode
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> LearnedSchedule:

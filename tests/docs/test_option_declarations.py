@@ -63,6 +63,18 @@ def test_the_yaml_holds_nothing_undeclared():
         assert set(solver) == {"name", *spec.declared} and solver["name"] == name
 
 
+def test_every_model_hint_an_option_reads_is_a_hint_key():
+    """An option whose default a model config may set (``${oc.select:model.<hint>,...}``) names a key that ld3
+    treats as a hint: never passed to the model's constructor, never in its store key."""
+    import re
+
+    from ld3_cli.models.registry import MODEL_HINT_KEYS
+
+    hints = {m.group(1) for o in TRAIN_OPTIONS.values() if isinstance(o.yaml, str)
+             for m in [re.search(r"oc\.select:model\.(\w+),", o.yaml)] if m}
+    assert "train_steps_rates_offsets" in hints and hints <= MODEL_HINT_KEYS, hints - MODEL_HINT_KEYS
+
+
 def test_each_group_declares_distinct_options_with_docs():
     names = [o.name for g in TRAIN_GROUPS for o in g.options]
     assert len(names) == len(set(names)) == len(TRAIN_OPTIONS)

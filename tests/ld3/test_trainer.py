@@ -53,10 +53,13 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "rmsprop", "lr_coefficients": 0.01}),
     (("steps", "offsets", "coefficients"), 40, {"coefficients_optimizer": "adam", "coefficient_decay": 0.02}),
     (("steps", "offsets", "coefficients"), 40, {"schedule_rates_coefficients": "carry"}),
+    (("steps", "offsets"), 22, {"steps_rates_offsets": "carry", "patience": 2}),
+    (("steps", "offsets"), 22, {"steps_rates_offsets": "averages", "patience": 2}),
     (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
-    """Interrupted mid phase 1 (LD3) or mid phase 3 (the coefficients and their optimiser's state), the resumed
-    run takes the uninterrupted one's path step by step and ends where it does."""
+    """Interrupted mid phase 1 (LD3), mid phase 2 (with phase 1's optimiser carried) or mid phase 3 (the
+    coefficients and their optimiser's state), the resumed run takes the uninterrupted one's path step by step and
+    ends where it does."""
     model, x, y, held, _ = setup
     opts = TrainOptions(**FAST, seed=3, learn=learn, iters_phase3=20, **extra)
     full = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts).run()
@@ -216,37 +219,63 @@ def test_coefficient_phase_trains_on_its_own_batch_size(setup):
     assert seen == {"steps": {4, 20}, "offsets": {4, 20}, "coefficients": {8, 20}}, seen
 
 
-def _phase3_run(setup, **extra):
-    """A short learned-solver run with early decays: the records, and for the last phase-2 iteration and the
-    first phase-3 iteration the rates of the time steps, the offsets and the first coefficient tensor, and the
-    time steps' optimiser."""
+def _phase_changes(setup, **extra):
+    """A short learned-solver run with early decays (patience 1): the options, the records, and for each phase
+    change the optimisers' rates and the time steps' optimiser just before it (the ended phase's) and just after it
+    (the starting phase's)."""
     model, x, y, _, _ = setup
     opts = TrainOptions(batch_size=4, batch_size_coefficients=8, iters_phase1=6, iters_phase2=6, iters_phase3=5,
                         patience=1, lr_decay=0.5, learn=("steps", "offsets", "coefficients"), **extra)
     trainer = LD3Trainer(model, "dpmpp", {"order": 2}, 4, x, y, options=opts)
-    seen, records = {}, []
+    changes, records, next_phase = [], [], trainer._next_phase
 
-    def progress(rec):
-        records.append(rec)
-        if rec["phase"] == "offsets" or (rec["phase"] == "coefficients" and "coefficients" not in seen):
-            seen[rec["phase"]] = {k: trainer.optimizers[k].lr for k in ("steps", "offsets", "coefficients.0")}
-            seen[rec["phase"]]["optimizer"] = trainer.optimizers["steps"]
+    def rates():
+        return {**{k: o.lr for k, o in trainer.optimizers.items()}, "optimizer": trainer.optimizers["steps"]}
 
-    trainer.progress = progress
+    def watched():
+        before = rates()
+        next_phase()
+        changes.append((before, rates()))
+
+    trainer._next_phase, trainer.progress = watched, records.append
     trainer.run()
-    return opts, seen["offsets"], seen["coefficients"], records
+    return opts, changes, records
+
+
+def test_phase2_steps_rates_reset_or_carry(setup):
+    """``steps_rates_offsets``: reset starts phase 2's time steps with a fresh optimiser at lr; carry goes on with
+    phase 1's (the decayed rate it ended with, and its running averages), as the paper's code does; averages goes
+    on with phase 1's running averages at the fresh rate lr.  The offsets start at their own rate each time."""
+    opts, changes, _ = _phase_changes(setup)
+    end, first = changes[0]
+    assert end["steps"] < opts.lr  # patience 1 decayed it in phase 1
+    assert (first["steps"], first["offsets"]) == (opts.lr, opts.lr_offsets) and first["optimizer"] is not end[
+        "optimizer"]
+    opts, changes, records = _phase_changes(setup, steps_rates_offsets="carry")
+    end, first = changes[0]
+    assert first["steps"] == end["steps"] < opts.lr and first["optimizer"] is end["optimizer"]
+    assert first["offsets"] == opts.lr_offsets
+    assert sum(r["phase"] == "offsets" for r in records) == opts.iters_phase2
+    # phase 3 starts afresh all the same (its own option, reset by default)
+    assert changes[1][1]["steps"] == opts.lr and changes[1][1]["optimizer"] is not changes[1][0]["optimizer"]
+    opts, changes, _ = _phase_changes(setup, steps_rates_offsets="averages")  # phase 1's averages, a fresh rate
+    end, first = changes[0]
+    assert end["steps"] < opts.lr == first["steps"] and first["optimizer"] is end["optimizer"]
+    assert torch.count_nonzero(first["optimizer"].state["square_avg"]) > 0
 
 
 def test_phase3_schedule_rates_reset_or_carry(setup):
     """``schedule_rates_coefficients``: reset starts phase 3's time steps and offsets with fresh optimisers at
     lr / lr_offsets; carry goes on with LD3's optimisers of them (the decayed rates they ended with, and their
     running averages).  The coefficients start at their own rate either way, and the phase runs its budget."""
-    opts, end, first, records = _phase3_run(setup)
+    opts, changes, records = _phase_changes(setup)
+    end, first = changes[1]
     assert end["steps"] < opts.lr and end["offsets"] < opts.lr_offsets  # patience 1 decayed them
     assert (first["steps"], first["offsets"], first["coefficients.0"]) == (opts.lr, opts.lr_offsets,
                                                                            opts.lr_coefficients)
     assert first["optimizer"] is not end["optimizer"]
-    opts, end, first, records = _phase3_run(setup, schedule_rates_coefficients="carry")
+    opts, changes, records = _phase_changes(setup, schedule_rates_coefficients="carry")
+    end, first = changes[1]
     assert (first["steps"], first["offsets"]) == (end["steps"], end["offsets"])
     assert first["optimizer"] is end["optimizer"] and first["coefficients.0"] == opts.lr_coefficients
     assert sum(r["phase"] == "coefficients" for r in records) == opts.iters_phase3

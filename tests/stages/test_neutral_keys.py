@@ -21,6 +21,13 @@ def test_phase3_schedule_rates_enter_the_schedule_key_only_when_they_change_the_
     assert carry != before and carry["schedule_rates_coefficients"] == "carry"
 
 
+def test_phase2_steps_rates_enter_the_schedule_key_only_when_carried():
+    before = _train_fields()
+    assert _train_fields(steps_rates_offsets="reset") == before
+    for mode in ("carry", "averages"):
+        assert _train_fields(steps_rates_offsets=mode)["steps_rates_offsets"] == mode
+
+
 def test_guidance_one_keeps_the_model_key():
     base = {"name": "mnist_gmm", "kind": "mnist_gmm", "conditional": True}
     assert model_key({**base, "guidance_scale": 1}) == model_key(base) == model_key({**base, "guidance_scale": 1.0})
