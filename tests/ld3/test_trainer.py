@@ -267,7 +267,8 @@ def test_phase2_steps_rates_reset_or_carry(setup):
 def test_phase3_schedule_rates_reset_or_carry(setup):
     """``schedule_rates_coefficients``: reset starts phase 3's time steps and offsets with fresh optimisers at
     lr / lr_offsets; carry goes on with LD3's optimisers of them (the decayed rates they ended with, and their
-    running averages).  The coefficients start at their own rate either way, and the phase runs its budget."""
+    running averages); averages with LD3's optimisers at the fresh rates.  The coefficients start at their own rate
+    each time, and the phase runs its budget."""
     opts, changes, records = _phase_changes(setup)
     end, first = changes[1]
     assert end["steps"] < opts.lr and end["offsets"] < opts.lr_offsets  # patience 1 decayed them
@@ -279,6 +280,9 @@ def test_phase3_schedule_rates_reset_or_carry(setup):
     assert (first["steps"], first["offsets"]) == (end["steps"], end["offsets"])
     assert first["optimizer"] is end["optimizer"] and first["coefficients.0"] == opts.lr_coefficients
     assert sum(r["phase"] == "coefficients" for r in records) == opts.iters_phase3
+    opts, changes, _ = _phase_changes(setup, schedule_rates_coefficients="averages")  # LD3's averages, fresh rates
+    end, first = changes[1]
+    assert (first["steps"], first["offsets"]) == (opts.lr, opts.lr_offsets) and first["optimizer"] is end["optimizer"]
 
 
 @pytest.mark.parametrize("solver,opts,differs", [("unipc", {"order": 3}, True), ("dpmpp", {"order": 3}, False)])
