@@ -370,11 +370,13 @@ class LD3Trainer:
         steps' in phase 2 (``steps_rates_offsets``), the time steps' and offsets' in phase 3
         (``schedule_rates_coefficients``); none at ``reset``."""
         o = self.options
-        if starting is None or not (starting.coefficients or starting.name == "offsets"):
+        if starting is not None and starting.coefficients:
+            names, mode = ("steps", "offsets"), o.schedule_rates_coefficients
+        elif starting is not None and starting.name == "offsets":
+            names, mode = ("steps",), o.steps_rates_offsets
+        else:
             return (), "reset"
-        names, mode = (("steps", "offsets"), o.schedule_rates_coefficients) if starting.coefficients else (
-            ("steps",), o.steps_rates_offsets)
-        return (tuple(n for n in names if n in self.optimizers) if mode != "reset" else ()), mode
+        return (() if mode == "reset" else tuple(n for n in names if n in self.optimizers)), mode
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> LearnedSchedule:

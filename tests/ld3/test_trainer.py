@@ -249,8 +249,8 @@ def test_phase2_steps_rates_reset_or_carry(setup):
     opts, changes, _ = _phase_changes(setup)
     end, first = changes[0]
     assert end["steps"] < opts.lr  # patience 1 decayed it in phase 1
-    assert (first["steps"], first["offsets"]) == (opts.lr, opts.lr_offsets) and first["optimizer"] is not end[
-        "optimizer"]
+    assert (first["steps"], first["offsets"]) == (opts.lr, opts.lr_offsets)
+    assert first["optimizer"] is not end["optimizer"]
     opts, changes, records = _phase_changes(setup, steps_rates_offsets="carry")
     end, first = changes[0]
     assert first["steps"] == end["steps"] < opts.lr and first["optimizer"] is end["optimizer"]
