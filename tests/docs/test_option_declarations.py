@@ -5,6 +5,7 @@ option; an option added in one place only (a YAML key, a declaration not regener
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from docs_testlib import REPO
 
 from ld3_cli.errors import ConfigError
 from ld3_cli.ld3.options import TRAIN_GROUPS, TRAIN_OPTIONS, TrainOptions
+from ld3_cli.models.registry import MODEL_HINT_KEYS
 from ld3_cli.solvers import SOLVERS
 from ld3_cli.solvers.config import SolverSetup
 
@@ -66,10 +68,6 @@ def test_the_yaml_holds_nothing_undeclared():
 def test_every_model_hint_an_option_reads_is_a_hint_key():
     """An option whose default a model config may set (``${oc.select:model.<hint>,...}``) names a key that ld3
     treats as a hint: never passed to the model's constructor, never in its store key."""
-    import re
-
-    from ld3_cli.models.registry import MODEL_HINT_KEYS
-
     hints = {m.group(1) for o in TRAIN_OPTIONS.values() if isinstance(o.yaml, str)
              for m in [re.search(r"oc\.select:model\.(\w+),", o.yaml)] if m}
     assert "train_steps_rates_offsets" in hints and hints <= MODEL_HINT_KEYS, hints - MODEL_HINT_KEYS

@@ -71,21 +71,39 @@ def test_gradients_reach_every_coefficient_and_only_real_history_slots(name, opt
         assert bool(torch.all(p.grad[mask == 0] == 0))  # a slot before the first step has no history
 
 
+CONSTANT = 0.37  # the constant denoiser's output
+
+
+def _random_corrections(base, **kwargs) -> CoefficientParameterization:
+    """Corrections for ``base`` (``for_table`` with ``kwargs``), every one drawn from a standard normal (seed 1)."""
+    coef = CoefficientParameterization.for_table(base, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in coef.parameters_list():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return coef
+
+
+def _on_constant(sig, table, x0, callback=None):
+    """``table`` run on ``sig`` from ``x0`` with a denoiser that always answers ``CONSTANT``."""
+    c = torch.full((1, 1, 2, 3), CONSTANT, dtype=torch.float64)
+    return sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, table, callback=callback)
+
+
+def _exact_on_constant(sig, i, x0):
+    """The exact ODE solution at ``sig[i]`` for the constant denoiser: ``r x0 + (1 - r) c``, ``r = sig[i] / sig[0]``."""
+    r = sig[i] / sig[0]
+    return r * x0 + (1 - r) * CONSTANT
+
+
 @pytest.mark.parametrize("name,opts", CASES, ids=lambda v: str(v))
 def test_a_constant_denoiser_stays_exact_for_any_corrections(name, opts):
     """The corrections weigh history differences, so the weights on the outputs keep summing to b_i."""
     sig = discretize("logsnr", 6, EDM())
     base = get_solver(name).coefficients(sig, **opts)
-    coef = CoefficientParameterization.for_table(base)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in coef.parameters_list():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    c = torch.full((1, 1, 2, 3), 0.37, dtype=torch.float64)
     x0 = start(1) * 4
-    out = sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, coef.apply(base))
-    r = sig[-1] / sig[0]
-    assert torch.allclose(out, r * x0 + (1 - r) * c, rtol=1e-10, atol=1e-10)
+    out = _on_constant(sig, _random_corrections(base).apply(base), x0)
+    assert torch.allclose(out, _exact_on_constant(sig, -1, x0), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=lambda v: str(v))
@@ -94,27 +112,17 @@ def test_constraint_last_keeps_every_step_but_the_last_exact_for_a_constant_deno
     the last grid step, and only the last step's lead weight moves the end point off it."""
     sig = discretize("logsnr", 6, EDM())
     base = get_solver(name).coefficients(sig, **opts)
-    coef = CoefficientParameterization.for_table(base, constraint="last")
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in coef.parameters_list():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    c = torch.full((1, 1, 2, 3), 0.37, dtype=torch.float64)
+    coef = _random_corrections(base, constraint="last")
     x0 = start(1) * 4
     states = {}
-    out = sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, coef.apply(base),
-                           callback=lambda i, x, d: states.setdefault(i, x.clone()))
-
-    def exact(i):
-        r = sig[i] / sig[0]
-        return r * x0 + (1 - r) * c
+    out = _on_constant(sig, coef.apply(base), x0, callback=lambda i, x, d: states.setdefault(i, x.clone()))
     for i in range(1, 6):
-        assert torch.allclose(states[i], exact(i), rtol=1e-10, atol=1e-10), i
-    assert not torch.allclose(out, exact(6), rtol=1e-6, atol=1e-6)
+        assert torch.allclose(states[i], _exact_on_constant(sig, i, x0), rtol=1e-10, atol=1e-10), i
+    assert not torch.allclose(out, _exact_on_constant(sig, 6, x0), rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         coef.lead.zero_()
-    out = sample_multistep(lambda x, s, cond: c.expand_as(x), x0, sig, coef.apply(base))
-    assert torch.allclose(out, exact(6), rtol=1e-10, atol=1e-10)
+    out = _on_constant(sig, coef.apply(base), x0)
+    assert torch.allclose(out, _exact_on_constant(sig, 6, x0), rtol=1e-10, atol=1e-10)
 
 
 def test_a_sampler_round_trips_through_tensors_and_json():
