@@ -101,18 +101,21 @@ def fd_exact(ctx, run, exact: tuple) -> float:
 
 
 def train(ctx, teacher, learn: list[str]):
-    """One training run; ``(result, {"wall", "ld3_wall", "cpu"})`` -- ``ld3_wall``: the time when LD3's phases ended,
-    the run's construction and baseline scoring included (LD3 pays them too)."""
+    """One training run, as ``ld3 train`` runs it (``train.restarts`` included); ``(result, {"wall", "ld3_wall",
+    "cpu"})`` -- ``ld3_wall``: the time when LD3's phases ended (every restart's), the run's construction and
+    baseline scoring included (LD3 pays them too)."""
     from ld3_cli.ld3 import LD3Trainer
+    from ld3_cli.ld3.restarts import best_restart
 
     opts = ctx.settings.train.replace(learn=learn)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, teacher["noises"], teacher["images"],
-                     teacher.get("cond"), opts).run()
-    wall = time.perf_counter() - t0
-    outside = wall - res.history[-1]["seconds"]
-    ld3 = [h["seconds"] for h in res.history if h["phase"] in ("steps", "offsets")]
-    return res, {"wall": wall, "ld3_wall": outside + (max(ld3) if ld3 else 0.0), "cpu": time.process_time() - c0}
+    trainer, record = best_restart(
+        opts, lambda k, o: LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, teacher["noises"],
+                                      teacher["images"], teacher.get("cond"), o),
+        lambda k, t: t.run_schedule_phases())
+    ld3_wall = time.perf_counter() - t0
+    res = trainer.run().with_restarts(record)
+    return res, {"wall": time.perf_counter() - t0, "ld3_wall": ld3_wall, "cpu": time.process_time() - c0}
 
 
 def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int, extra: list[str],

@@ -23,19 +23,26 @@ STATE_FILE = "state.safetensors"
 STATE_META = "ld3_train_state"
 
 
+def restart_state_name(k: int) -> str:
+    """The state file of restart ``k`` (``train.restarts``): ``state.safetensors`` for the first, as a single run's."""
+    return STATE_FILE if k == 0 else f"state-restart{k}.safetensors"
+
+
 class TrainStateFile:
-    """The state of an :class:`~ld3_cli.ld3.trainer.LD3Trainer` saved in ``<directory>/state.safetensors``: the
+    """The state of an :class:`~ld3_cli.ld3.trainer.LD3Trainer` saved in ``<directory>/<name>`` (``name``:
+    ``state.safetensors`` unless :func:`restart_state_name` says otherwise): the
     tensors of :meth:`~ld3_cli.ld3.trainer.LD3Trainer.dump_state` as the file's tensors, its plain data as
     the JSON metadata entry ``ld3_train_state``."""
 
-    def __init__(self, directory: Path, every_s: Optional[float] = None):
+    def __init__(self, directory: Path, every_s: Optional[float] = None, name: str = STATE_FILE):
         self.directory, self.every_s = Path(directory), float(SAVE_EVERY_S if every_s is None else every_s)
+        self.name = name
         self.snapshot = None
         self.last_write = float("-inf")
 
     @property
     def path(self) -> Path:
-        return self.directory / STATE_FILE
+        return self.directory / self.name
 
     def capture(self, trainer) -> None:
         """Keep a copy of the trainer's state (the checkpoint callback, called between iterations), and write it

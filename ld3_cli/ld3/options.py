@@ -16,7 +16,7 @@ counts).  Why the defaults are what they are: docs/reproduction.md.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from ..solvers.base import NOISE_ESTIMATE
 from ..solvers.unipc import RHO_GRADIENTS
@@ -125,6 +125,9 @@ PHASES = OptionGroup("phases", "What is learned, for how long, on which pairs, v
     Option("grad_checkpoint", "auto", one_of(("auto", True, False)),
            "Gradient checkpointing per solver step: auto (for networks over 1M parameters), true or false."),
     Option("seed", 0, whole(), "Seed of the batch order (the top-level seed).", yaml="${seed}"),
+    Option("restarts", 1, whole(1), "LD3's phases run this many times, from the batch orders of seed, seed + "
+           "1000003, ...; the run with the lowest validation loss is kept (and goes on to phase 3); the model's hint, "
+           "else 1.", yaml=_select("train_restarts")),
 ))
 
 COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (phase 3; learn has coefficients)", (
@@ -198,10 +201,15 @@ class TrainOptions:
     def __repr__(self) -> str:
         return "TrainOptions(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
 
-    def total_iterations(self) -> int:
-        from .phases import plan_phases
+    def total_iterations(self, restarts: Optional[int] = None) -> int:
+        """Iterations of a whole run at full budgets: LD3's phases once per restart (``restarts``, else the option's),
+        then the rest."""
+        from .phases import plan_phases, schedule_phase_count
 
-        return sum(p.budget for p in plan_phases(self))
+        phases = plan_phases(self)
+        ld3 = schedule_phase_count(phases)
+        runs = int(self.restarts if restarts is None else restarts)
+        return runs * sum(p.budget for p in phases[:ld3]) + sum(p.budget for p in phases[ld3:])
 
 
 def check_train_options(options: Mapping[str, Any]) -> TrainOptions:

@@ -43,3 +43,9 @@ def plan_phases(o: TrainOptions) -> list[Phase]:
                 phases.append(Phase(f"coefficients-{r}", ("coefficients",), per, dec, True))
                 phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
     return [p for p in phases if p.budget > 0] or phases[:1]
+
+
+def schedule_phase_count(phases: list[Phase]) -> int:
+    """How many of ``phases`` come before the first that runs learned coefficients: LD3's own phases, the part
+    that ``train.restarts`` repeats."""
+    return next((i for i, p in enumerate(phases) if p.coefficients), len(phases))

@@ -33,6 +33,7 @@ class LearnedSchedule:
     window_fractions: list = field(default_factory=list)
     after_phase: dict = field(default_factory=dict)       # phase -> best validation loss when it ended
     phase_samplers: dict = field(default_factory=dict)    # phase -> the best sampler when it ended
+    restarts: list = field(default_factory=list)          # train.restarts > 1: one dict per restart (restarts.py)
 
     @property
     def solver(self) -> str:
@@ -58,6 +59,12 @@ class LearnedSchedule:
     def solve(self, denoiser, x: torch.Tensor, cond=None) -> torch.Tensor:
         """Run exactly what was learned from ``x`` (the state at ``sigma_max``)."""
         return self.sampler.solve(denoiser, x, cond)
+
+    def with_restarts(self, record: list) -> "LearnedSchedule":
+        """This result with the record of ``train.restarts`` (:func:`~ld3_cli.ld3.restarts.best_restart`); a single
+        run keeps none."""
+        self.restarts = list(record) if len(record) > 1 else []
+        return self
 
     def summary(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("sampler", "history", "phase_samplers")}

@@ -54,7 +54,8 @@ from .losses import resolve_loss
 from .optim import Adam, SGD, RMSpropMomentum, zero_grad
 from .options import TrainOptions, effective_learn
 from .parameterization import ScheduleParameterization
-from .phases import Phase, plan_phases
+from .phases import Phase, plan_phases, schedule_phase_count
+from .restarts import best_restart
 from .result import LearnedSchedule
 from .soft_teacher import accept_moves, default_radius, default_shift_lr, propose_move
 from .start import Pairs, choose_init, split_pairs
@@ -380,11 +381,33 @@ class LD3Trainer:
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> LearnedSchedule:
-        """Train through every phase; calls ``checkpoint(self)`` after each validation."""
+        """Train through every phase (those done already are skipped); calls ``checkpoint(self)`` after each
+        validation."""
+        clock_start = self._train_until(len(self.phases), checkpoint)
+        s = self.state
+        s.stopped = s.stopped or "budget"
+        self._set_params(s.best_params)
+        s.elapsed = time.perf_counter() - clock_start
+        return self._result()
+
+    def run_schedule_phases(self, checkpoint: Optional[Callable[["LD3Trainer"], None]] = None) -> dict:
+        """Train LD3's phases only, those before any that learns coefficients (:func:`schedule_phase_count`);
+        :meth:`run` goes on from there (``train.restarts`` compares runs here).  Returns what they gave, also when
+        the run had gone further: ``best_val`` (validation when they ended), ``iterations`` and ``seconds``."""
+        end = schedule_phase_count(self.phases)
+        self._train_until(end, checkpoint)
+        s, names = self.state, {p.name for p in self.phases[:end]}
+        ended = s.phase_ends.get(self.phases[end - 1].name) if end else None
+        mine = [h for h in s.history if h["phase"] in names]
+        return {"best_val": float(ended["best_val"] if ended else s.best_val), "iterations": len(mine),
+                "seconds": float(mine[-1]["seconds"]) if mine else 0.0}
+
+    def _train_until(self, end: int, checkpoint) -> float:
+        """Train until phase ``end`` starts (``len(phases)``: to the end); the clock's start, resumed runs included."""
         self.start()
         s = self.state
         clock_start = time.perf_counter() - s.elapsed
-        while s.phase_index < len(self.phases):
+        while s.phase_index < end:
             phase = self.phases[s.phase_index]
             if self._phase_done(phase):
                 self._next_phase()
@@ -394,10 +417,8 @@ class LD3Trainer:
                 self.progress(rec)
             if "val" in rec and checkpoint is not None:
                 checkpoint(self)
-        s.stopped = s.stopped or "budget"
-        self._set_params(s.best_params)
         s.elapsed = time.perf_counter() - clock_start
-        return self._result()
+        return clock_start
 
     def _iteration(self, phase: Phase, clock_start: float) -> dict:
         """One training iteration of ``phase`` (and a validation when one is due); its record, kept in the history."""
@@ -497,8 +518,8 @@ def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, target
         noises: ``[n, C, H, W]`` unit-variance noises; targets: ``[n, ...]`` teacher images in [-1, 1].
         schedule: ``train.init``: ``"auto"`` (best baseline on the training split; the default) or a baseline name.
         learn: ``train.learn``, any subset of ``("steps", "offsets", "coefficients")`` (default: steps, offsets).
-        **options: any other train option (``batch_size``, ``r``, ``param``, ``iters_phase3`` ...); the defaults are
-            the declared ones, which the CLI's configs/train/default.yaml also holds.
+        **options: any other train option (``batch_size``, ``r``, ``param``, ``iters_phase3``, ``restarts`` ...); the
+            defaults are the declared ones, which the CLI's configs/train/default.yaml also holds.
 
     Returns:
         :class:`LearnedSchedule`; ``result.solve(denoiser, x, cond)`` runs exactly what was learned from
@@ -507,4 +528,7 @@ def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, target
     named = {"init": schedule, "learn": None if learn is None else tuple(learn)}
     opts = TrainOptions(**options, **{k: v for k, v in named.items() if v is not None})  # checked here, once
     solver_options = get_solver(solver).resolve_options(solver_options or {}, values=True, fill_defaults=False)
-    return LD3Trainer(denoiser, solver, solver_options, nfe, noises, targets, cond, opts).run()
+    trainer, record = best_restart(
+        opts, lambda k, o: LD3Trainer(denoiser, solver, solver_options, nfe, noises, targets, cond, o),
+        lambda k, t: t.run_schedule_phases())
+    return trainer.run().with_restarts(record)

@@ -77,4 +77,4 @@ def build_model(cfg: dict, ctx: BuildContext):
 MODEL_HINT_KEYS = {"name", "kind", "url", "file_name", "download", "param", "teacher_discretization",
                    "teacher_nfe", "train_batch_size", "train_iters_phase1", "train_iters_phase2", "train_offset_units",
                    "train_offsets_optimizer", "train_lr_offsets", "train_rho_gradient", "train_steps_rates_offsets",
-                   "ays_family", "notes"}
+                   "train_restarts", "ays_family", "notes"}

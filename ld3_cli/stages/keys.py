@@ -34,7 +34,8 @@ EVAL_VERSION = 1
 # do not enter the key, so the keys made before them stay valid
 NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1, 1.0)}
 NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_gradient": (None, "full"),
-                          "decouple_first": (None, False), "steps_rates_offsets": (None, "reset")}
+                          "decouple_first": (None, False), "steps_rates_offsets": (None, "reset"),
+                          "restarts": (None, 1)}
 # training settings that change one solver's run only: other solvers' keys do not see them
 SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}
 

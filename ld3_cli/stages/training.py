@@ -3,7 +3,9 @@
 Reads the teacher pairs from the store (``ld3 teacher-sample`` makes them), trains with
 :class:`~ld3_cli.ld3.trainer.LD3Trainer`, saving its state to ``<key>.partial/state.safetensors``
 (:class:`~ld3_cli.ld3.checkpoint.TrainStateFile`: at most every few seconds, and on Ctrl-C / SIGTERM /
-any failure), so rerunning the same command resumes exactly where it stopped, mid-epoch included.
+any failure), so rerunning the same command resumes exactly where it stopped, mid-epoch included.  With
+``train.restarts = K > 1`` (:mod:`ld3_cli.ld3.restarts`) restart ``k > 0`` keeps its own
+``state-restart<k>.safetensors``.
 Only states taken between iterations are saved (an interrupt mid-iteration saves the state before
 that iteration).  The artifact holds
 
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from ..errors import NumericalError
-from ..ld3.checkpoint import TrainStateFile
+from ..ld3.checkpoint import TrainStateFile, restart_state_name
 from ..ld3 import LD3Trainer, LearnedSchedule, TrainOptions
+from ..ld3.restarts import best_restart
 from ..store import Artifact, atomic_write_text, make_key, to_plain
 from .artifacts import teacher_artifact
 from .context import StageContext
@@ -62,40 +67,78 @@ def _log_coefficient_plan(trainer: LD3Trainer, opts: TrainOptions) -> None:
 
 
 def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
-    """Train (resuming a saved state) and return the artifact's contents."""
+    """Train (resuming saved states; every restart its own) and return the artifact's contents."""
     n = int(teacher.config["n"])
     tt = teacher.tensors({"noises": (n, *tuple(ctx.model.shape)), "images": (n, None, None, None)})
     opts = ctx.settings.train  # checked once, at the boundary
-    trainer = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, tt["noises"], tt["images"],
-                         tt.get("cond"), opts)
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
-    state_file = TrainStateFile(part)
-    if state_file.restore(trainer):
-        log.info("resuming training at iteration %d (phase %d) from %s", trainer.state.iteration,
-                 trainer.state.phase_index, part)
-    trainer.start()  # scores the baselines and picks the start (a restored run has both already)
-    log.info("training LD3: solver=%s order=%s NFE=%d (%d steps%s), learn=%s, init=%s, loss=%s, r=%.4g, "
-             "%d train / %d val, batch %d, checkpointing %s", ctx.solver_name, ctx.solver_options.get("order"), ctx.nfe,
-             trainer.n_steps, ", the first analytic" if ctx.analytic_first else "", ",".join(opts.learn),
-             trainer.state.init_name, trainer.loss_name, trainer.radius,
-             trainer.n_train, len(trainer.val_pairs), opts.batch_size, "on" if trainer.grad_checkpoint else "off")
-    if "coefficients" in opts.learn:
-        _log_coefficient_plan(trainer, opts)
-    total = opts.total_iterations()
-    bar = ctx.progress(total, f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it", initial=trainer.state.iteration)
+    bar = ctx.progress(opts.total_iterations(), f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it")
+    per_restart = opts.total_iterations(restarts=1) - opts.total_iterations(restarts=0)  # LD3's phases, one run
+    files = {}
 
     def on_iter(rec):
         bar.update(1)
         if "val" in rec:
             bar.set_postfix(loss=f"{rec['loss']:.4g}", val=f"{rec['val']:.4g}", best=f"{rec['best_val']:.4g}")
 
-    trainer.progress = on_iter
+    def build(k: int, options: TrainOptions) -> LD3Trainer:
+        trainer = LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, tt["noises"], tt["images"],
+                             tt.get("cond"), options)
+        files[k] = TrainStateFile(part, name=restart_state_name(k))
+        if files[k].restore(trainer):
+            log.info("resuming training at iteration %d (phase %d) from %s", trainer.state.iteration,
+                     trainer.state.phase_index, files[k].path)
+        trainer.start()  # scores the baselines and picks the start (a restored run has both already)
+        if k == 0:
+            _log_plan(ctx, trainer, options)
+        trainer.progress = on_iter
+        return trainer
+
+    def schedule_phases(k: int, trainer: LD3Trainer) -> dict:
+        bar.update(max(0, k * per_restart + trainer.state.iteration - bar.n))  # a resumed restart's progress
+        with _state_saved(trainer, files[k], part):
+            done = trainer.run_schedule_phases(checkpoint=files[k].capture)
+            files[k].capture(trainer)
+            files[k].write()  # its LD3 phases are done: a rerun does not train them again
+        if opts.restarts > 1:
+            log.info("restart %d/%d (seed %d): validation %s %.6g after %d iterations", k + 1, opts.restarts,
+                     trainer.options.seed, trainer.loss_name, done["best_val"], done["iterations"])
+        return done
+
     try:
-        contents = _contents(ctx, trainer, trainer.run(checkpoint=state_file.capture), teacher)
-        state_file.write()  # the finished state: should publishing fail, a rerun trains no further
+        trainer, record = best_restart(opts, build, schedule_phases)
+        kept = next(i for i, r in enumerate(record) if r["kept"])
+        if opts.restarts > 1:
+            log.info("keeping restart %d (seed %d)", kept + 1, record[kept]["seed"])
+        bar.update(max(0, opts.restarts * per_restart + trainer.state.iteration - record[kept]["iterations"] - bar.n))
+        with _state_saved(trainer, files[kept], part):
+            res = trainer.run(checkpoint=files[kept].capture).with_restarts(record)
+            contents = _contents(ctx, trainer, res, teacher)
+            files[kept].write()  # the finished state: should publishing fail, a rerun trains no further
         return contents
-    except NumericalError as e:
+    finally:
         bar.close()
+
+
+def _log_plan(ctx: StageContext, trainer: LD3Trainer, opts: TrainOptions) -> None:
+    """Say up front what the run will do."""
+    log.info("training LD3: solver=%s order=%s NFE=%d (%d steps%s), learn=%s, init=%s, loss=%s, r=%.4g, "
+             "%d train / %d val, batch %d, checkpointing %s%s", ctx.solver_name, ctx.solver_options.get("order"),
+             ctx.nfe, trainer.n_steps, ", the first analytic" if ctx.analytic_first else "", ",".join(opts.learn),
+             trainer.state.init_name, trainer.loss_name, trainer.radius, trainer.n_train, len(trainer.val_pairs),
+             opts.batch_size, "on" if trainer.grad_checkpoint else "off",
+             f", best of {opts.restarts} restarts" if opts.restarts > 1 else "")
+    if "coefficients" in opts.learn:
+        _log_coefficient_plan(trainer, opts)
+
+
+@contextmanager
+def _state_saved(trainer: LD3Trainer, state_file: TrainStateFile, part: Path):
+    """Keep what a failure would lose: on a numerical failure the best schedule so far (``best_schedule.json``, and
+    the error says where), on any other failure or interrupt the last state taken between iterations."""
+    try:
+        yield
+    except NumericalError as e:
         path = part / "best_schedule.json"
         sig, ev = trainer.best_values()
         part.mkdir(parents=True, exist_ok=True)
@@ -110,8 +153,6 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
         except OSError as e:  # e.g. the disk is full: the state saved before stays as it is
             log.warning("could not save the training state (%s); the one saved before is kept", e)
         raise
-    finally:
-        bar.close()
 
 
 def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teacher: Artifact) -> dict:
@@ -150,6 +191,8 @@ def _contents(ctx: StageContext, trainer: LD3Trainer, res: LearnedSchedule, teac
             "after_phase": [[k, v] for k, v in res.after_phase.items()],  # a list: the phases' order survives JSON
             "iterations": res.iterations, "seconds": res.seconds, "radius": res.radius,
             "baselines": {k: v["val"] for k, v in res.baselines.items()}}
+    if res.restarts:
+        info["restarts"] = res.restarts
     return {"tensors": tensors, "files": files, "info": info, "inputs": {"teacher": teacher.key}}
 
 
@@ -164,6 +207,11 @@ def report(art: Artifact) -> None:
           f"{info['iterations']} iterations in {info['seconds']:.1f}s")
     base = ", ".join(f"{k} {v:.4g}" for k, v in sorted(info["baselines"].items(), key=lambda kv: kv[1]))
     print(f"  baselines (validation): {base}")
+    restarts = info.get("restarts") or []
+    if restarts:  # train.restarts: what each run's LD3 phases reached, and which went on
+        print("  restarts (validation after LD3's phases): " + ", ".join(
+            f"seed {r['seed']} {r['best_val']:.5g}" + (" (kept)" if r["kept"] else "") for r in restarts)
+            + f"; {sum(r['seconds'] for r in restarts):.1f}s in all")
     phases = info.get("after_phase") or []
     if len(phases) > 1:  # say what each phase added (e.g. the learned coefficients over LD3's time steps)
         print("  best validation after each phase: " + ", ".join(f"{k} {v:.5g}" for k, v in phases)

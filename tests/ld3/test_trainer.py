@@ -7,6 +7,7 @@ import torch
 from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.errors import ConfigError, NumericalError
 from ld3_cli.ld3 import learn_schedule
+from ld3_cli.ld3.restarts import RESTART_SEED_STRIDE, restart_seed
 from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
 from ld3_cli.schedules import discretize
@@ -315,3 +316,39 @@ def test_decouple_first_learns_the_first_evaluation_time(setup):
                              **FAST) for f in (False, True)}
     assert torch.equal(afs[True].sigmas, afs[False].sigmas)
     assert torch.equal(afs[True].sigmas_eval[1:], afs[False].sigmas_eval[1:])
+
+
+def test_restarts_keep_the_run_with_the_best_validation_each_exactly_a_plain_run(setup):
+    """``restarts=3``: restart k is the plain run seeded ``restart_seed(seed, k)`` (restart 0 the plain run itself),
+    and the result is the restart with the lowest validation loss, bit for bit."""
+    model, x, y, _, _ = setup
+    kw = dict(solver_options={"order": 2}, seed=5, **FAST)
+    res = learn_schedule(model, "dpmpp", 4, x, y, restarts=3, **kw)
+    plain = [learn_schedule(model, "dpmpp", 4, x, y, **{**kw, "seed": restart_seed(5, k)}) for k in range(3)]
+    assert plain[0].restarts == [] and [r["seed"] for r in res.restarts] == [5, 5 + RESTART_SEED_STRIDE,
+                                                                             5 + 2 * RESTART_SEED_STRIDE]
+    vals = [p.best_val for p in plain]
+    assert [r["best_val"] for r in res.restarts] == vals and len(set(vals)) == 3  # the batch orders differ
+    kept = vals.index(min(vals))
+    assert [r["kept"] for r in res.restarts] == [k == kept for k in range(3)]
+    assert [r["iterations"] for r in res.restarts] == [p.iterations for p in plain]
+    assert torch.equal(res.sigmas, plain[kept].sigmas) and torch.equal(res.sigmas_eval, plain[kept].sigmas_eval)
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (res, plain[kept])]
+    assert res.best_val == min(vals) and untimed[0] == untimed[1]  # the kept run's path, step by step
+
+
+def test_restarts_of_a_learned_solver_repeat_ld3_phases_and_run_phase_3_once(setup):
+    """With learned coefficients only LD3's phases restart: phase 3 runs once, from the kept restart, exactly as the
+    plain run of that seed runs it; the progress total counts LD3's phases per restart."""
+    model, x, y, held, _ = setup
+    kw = dict(solver_options={"order": 3}, learn=["steps", "offsets", "coefficients"], iters_phase3=10,
+              batch_size_coefficients=20, val_every_coefficients=2, seed=1, **FAST)
+    res = learn_schedule(model, "ipndm", 4, x, y, restarts=2, **kw)
+    kept = next(r for r in res.restarts if r["kept"])
+    plain = learn_schedule(model, "ipndm", 4, x, y, **{**kw, "seed": kept["seed"]})
+    assert sum(h["phase"] == "coefficients" for h in res.history) == 10
+    assert res.iterations == plain.iterations == kept["iterations"] + 10
+    with torch.no_grad():
+        assert torch.equal(res.solve(model, held[:4] * 80), plain.solve(model, held[:4] * 80))
+    opts = TrainOptions(**FAST, learn=("steps", "offsets", "coefficients"), iters_phase3=10, restarts=2)
+    assert opts.total_iterations() == 2 * 30 + 10 and opts.total_iterations(restarts=1) == 30 + 10

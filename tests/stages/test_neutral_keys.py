@@ -28,6 +28,12 @@ def test_phase2_steps_rates_enter_the_schedule_key_only_when_carried():
         assert _train_fields(steps_rates_offsets=mode)["steps_rates_offsets"] == mode
 
 
+def test_restarts_enter_the_schedule_key_only_above_one():
+    before = _train_fields()
+    assert _train_fields(restarts=1) == before
+    assert _train_fields(restarts=3)["restarts"] == 3
+
+
 def test_guidance_one_keeps_the_model_key():
     base = {"name": "mnist_gmm", "kind": "mnist_gmm", "conditional": True}
     assert model_key({**base, "guidance_scale": 1}) == model_key(base) == model_key({**base, "guidance_scale": 1.0})
