@@ -350,5 +350,7 @@ def test_restarts_of_a_learned_solver_repeat_ld3_phases_and_run_phase_3_once(set
     assert res.iterations == plain.iterations == kept["iterations"] + 10
     with torch.no_grad():
         assert torch.equal(res.solve(model, held[:4] * 80), plain.solve(model, held[:4] * 80))
+    alone = learn_schedule(model, "ipndm", 4, x, y, restarts=2, **{**kw, "learn": ["coefficients"]})
+    assert alone.restarts == [] and alone.iterations == 10  # no LD3 phase to restart: one run
     opts = TrainOptions(**FAST, learn=("steps", "offsets", "coefficients"), iters_phase3=10, restarts=2)
     assert opts.total_iterations() == 2 * 30 + 10 and opts.total_iterations(restarts=1) == 30 + 10
