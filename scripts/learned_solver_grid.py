@@ -111,8 +111,7 @@ def train(ctx, teacher, learn: list[str]):
     t0, c0 = time.perf_counter(), time.process_time()
     trainer, record = best_restart(
         opts, lambda k, o: LD3Trainer(ctx.model, ctx.solver_name, ctx.solver_options, ctx.nfe, teacher["noises"],
-                                      teacher["images"], teacher.get("cond"), o),
-        lambda k, t: t.run_schedule_phases())
+                                      teacher["images"], teacher.get("cond"), o))
     ld3_wall = time.perf_counter() - t0
     res = trainer.run().with_restarts(record)
     return res, {"wall": time.perf_counter() - t0, "ld3_wall": ld3_wall, "cpu": time.process_time() - c0}

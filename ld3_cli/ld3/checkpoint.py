@@ -44,12 +44,12 @@ class TrainStateFile:
     def path(self) -> Path:
         return self.directory / self.name
 
-    def capture(self, trainer) -> None:
+    def capture(self, trainer, write: bool = False) -> None:
         """Keep a copy of the trainer's state (the checkpoint callback, called between iterations), and write it
-        when ``every_s`` seconds have passed since the last write."""
+        when ``every_s`` seconds have passed since the last write, or at once with ``write``."""
         tensors, info = trainer.dump_state()  # info is a copy already; the tensors are the live ones
         self.snapshot = ({k: v.detach().clone() for k, v in tensors.items()}, info)
-        if time.monotonic() - self.last_write >= self.every_s:
+        if write or time.monotonic() - self.last_write >= self.every_s:
             self.write()
 
     def write(self) -> None:

@@ -201,15 +201,21 @@ class TrainOptions:
     def __repr__(self) -> str:
         return "TrainOptions(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
 
-    def total_iterations(self, restarts: Optional[int] = None) -> int:
-        """Iterations of a whole run at full budgets: LD3's phases once per restart (``restarts``, else the option's),
-        then the rest."""
+    def schedule_iterations(self) -> int:
+        """Iterations of LD3's phases (those before any that learns coefficients) in one run, at full budgets."""
         from .phases import plan_phases, schedule_phase_count
 
         phases = plan_phases(self)
-        ld3 = schedule_phase_count(phases)
+        return sum(p.budget for p in phases[:schedule_phase_count(phases)])
+
+    def total_iterations(self, restarts: Optional[int] = None) -> int:
+        """Iterations of a whole run at full budgets: LD3's phases once per restart (``restarts``, else the option's),
+        then the rest."""
+        from .phases import plan_phases
+
         runs = int(self.restarts if restarts is None else restarts)
-        return runs * sum(p.budget for p in phases[:ld3]) + sum(p.budget for p in phases[ld3:])
+        rest = sum(p.budget for p in plan_phases(self)) - self.schedule_iterations()
+        return runs * self.schedule_iterations() + rest
 
 
 def check_train_options(options: Mapping[str, Any]) -> TrainOptions:

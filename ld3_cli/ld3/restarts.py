@@ -24,7 +24,11 @@ def restart_seed(seed: int, k: int) -> int:
     return int(seed) + RESTART_SEED_STRIDE * int(k)
 
 
-def best_restart(options: TrainOptions, build: Callable, schedule_phases: Callable) -> tuple:
+def _schedule_phases(k: int, trainer) -> dict:
+    return trainer.run_schedule_phases()
+
+
+def best_restart(options: TrainOptions, build: Callable, schedule_phases: Callable = _schedule_phases) -> tuple:
     """Run every restart's LD3 phases and keep the best: ``(trainer, record)``.
 
     Args:
@@ -32,7 +36,7 @@ def best_restart(options: TrainOptions, build: Callable, schedule_phases: Callab
         build: ``build(k, options_k)`` -> the :class:`~ld3_cli.ld3.trainer.LD3Trainer` of restart ``k`` (restored
             from a saved state, when the caller keeps one).
         schedule_phases: ``schedule_phases(k, trainer)`` trains its LD3 phases and returns what
-            ``trainer.run_schedule_phases`` does (the caller adds its checkpointing).
+            ``trainer.run_schedule_phases`` does (default: that call alone; a caller adds its checkpointing here).
 
     Returns:
         the kept trainer (``trainer.run()`` finishes it) and one dict per restart: ``seed``, ``best_val``,

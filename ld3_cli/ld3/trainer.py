@@ -529,6 +529,5 @@ def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, target
     opts = TrainOptions(**options, **{k: v for k, v in named.items() if v is not None})  # checked here, once
     solver_options = get_solver(solver).resolve_options(solver_options or {}, values=True, fill_defaults=False)
     trainer, record = best_restart(
-        opts, lambda k, o: LD3Trainer(denoiser, solver, solver_options, nfe, noises, targets, cond, o),
-        lambda k, t: t.run_schedule_phases())
+        opts, lambda k, o: LD3Trainer(denoiser, solver, solver_options, nfe, noises, targets, cond, o))
     return trainer.run().with_restarts(record)

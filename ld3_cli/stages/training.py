@@ -73,7 +73,7 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
     opts = ctx.settings.train  # checked once, at the boundary
     part = ctx.store.partial_path(ctx.model_key, KIND, key)
     bar = ctx.progress(opts.total_iterations(), f"LD3 {ctx.solver_name} NFE {ctx.nfe}", "it")
-    per_restart = opts.total_iterations(restarts=1) - opts.total_iterations(restarts=0)  # LD3's phases, one run
+    per_restart = opts.schedule_iterations()
     files = {}
 
     def on_iter(rec):
@@ -98,8 +98,7 @@ def _train(ctx: StageContext, teacher: Artifact, key: str) -> dict:
         bar.update(max(0, k * per_restart + trainer.state.iteration - bar.n))  # a resumed restart's progress
         with _state_saved(trainer, files[k], part):
             done = trainer.run_schedule_phases(checkpoint=files[k].capture)
-            files[k].capture(trainer)
-            files[k].write()  # its LD3 phases are done: a rerun does not train them again
+            files[k].capture(trainer, write=True)  # its LD3 phases are done: a rerun does not train them again
         if opts.restarts > 1:
             log.info("restart %d/%d (seed %d): validation %s %.6g after %d iterations", k + 1, opts.restarts,
                      trainer.options.seed, trainer.loss_name, done["best_val"], done["iterations"])
