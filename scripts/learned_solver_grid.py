@@ -14,6 +14,8 @@ For each cell (model, solver:order, NFE), on the first ``--pairs`` teacher pairs
   ``train.learn=[steps,offsets,coefficients]``: LD3 is that run's best state when its phase 2 ended
   (identical to an LD3-only run: phase 3 starts after it), so the training times compare in one run;
 * the learned solver alone (``train.learn=[coefficients]``, on the best baseline);
+* with ``residual`` in the preset's ``train.learn`` (or an override's), the residual operator (phase 4) on top of the
+  learned solver + steps, from the same run;
 * the held-out RMSE of each on ``--heldout`` noises never used in training (seeds ``sample.seed_offset + i``, the
   ones ``ld3 eval`` draws), and for a model that can draw exact samples (the mixture) ``fd_exact`` of 5,000
   samples against 5,000 exact ones.
@@ -136,8 +138,11 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
         rec["baselines"][name] = heldout_errors(
             ctx, lambda x, c, s=sig: solve(ctx.solver_name, ctx.model, x, s, cond=c, **ctx.solver_options), noises,
             targets, cond)
-    full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients"])
+    residual = "residual" in ctx.settings.train.learn  # the preset (or an override) learns the residual operator too
+    full, rec["time"] = train(ctx, teacher, ["steps", "offsets", "coefficients", *(["residual"] if residual else [])])
     runs = {"ld3": full.phase_samplers["offsets"].solve, "learned_steps": full.solve}
+    if residual:  # + steps is phase 3's result; the residual operator's is phase 4's (or phase 3's, if no better)
+        runs.update(learned_steps=full.phase_samplers["coefficients"].solve, residual=full.solve)
     if alone:
         only, rec["time_coefficients_only"] = train(ctx, teacher, ["coefficients"])
         runs["learned"] = only.solve
@@ -148,7 +153,10 @@ def cell(model: str, solver: str, order: int, nfe: int, pairs: int, heldout: int
         rec[name] = heldout_errors(ctx, lambda x, c, r=run: r(ctx.model, x, c), noises, targets, cond)
         if exact is not None:
             rec[name]["fd_exact"] = fd_exact(ctx, lambda x, r=run: r(ctx.model, x), exact)
-    rec["ld3"]["val"], rec["learned_steps"]["val"] = full.after_phase["offsets"], full.best_val
+    rec["ld3"]["val"] = full.after_phase["offsets"]
+    rec["learned_steps"]["val"] = full.after_phase["coefficients"] if residual else full.best_val
+    if residual:
+        rec["residual"]["val"] = full.best_val
     return rec
 
 
@@ -178,21 +186,27 @@ def _settings(r: dict) -> str:
     return " ".join(keep)
 
 
+RUNS = ("ld3", "learned", "learned_steps", "residual")  # a record's held-out runs, in table order
+
+
 def _header(rows: list[dict], fd: bool, varied: bool) -> list[str]:
+    residual = any("residual" in r for r in rows)
     cols = (["settings"] if varied else []) + ["solver", "NFE", "best baseline", "LD3", "learned solver",
-                                               "learned solver + steps", "+ steps / LD3", "training s: LD3 / + steps"]
+                                               "learned solver + steps", *(["+ residual"] if residual else []),
+                                               "+ steps / LD3", "training s: LD3 / + steps"]
     cols += ["fd_exact: LD3 / + steps"] if fd else []
     return [f"#### {rows[0]['model']}: {rows[0]['pairs']} teacher pairs, held-out RMSE on {rows[0]['heldout']:,} "
             "noises", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
 
-def _row(r: dict, fd: bool, varied: bool) -> str:
+def _row(r: dict, fd: bool, varied: bool, residual: bool) -> str:
     best = min(r["baselines"], key=lambda k: r["baselines"][k]["rmse"])
     t = r["time"]
     cols = [_settings(r)] * varied + [f"{r['solver']}-{r['order']}", str(r["nfe"]),
                                       f"{r['baselines'][best]['rmse']:.4f} ({best})"]
-    bold = iter(_bold_lowest([r[k]["rmse"] for k in ("ld3", "learned", "learned_steps") if k in r]))
-    cols += [next(bold) if k in r else "-" for k in ("ld3", "learned", "learned_steps")]
+    shown = RUNS if residual else RUNS[:-1]
+    bold = iter(_bold_lowest([r[k]["rmse"] for k in shown if k in r]))
+    cols += [next(bold) if k in r else "-" for k in shown]
     cols += [f"{_ratio(r):.3f}", f"{t['ld3_wall']:.0f} / {t['wall']:.0f} ({_time_ratio(r):.2f}x)"]
     if fd:
         cols.append(f"{r['ld3']['fd_exact']:.2f} / {r['learned_steps']['fd_exact']:.2f}")
@@ -207,7 +221,8 @@ def render(records: list[dict]) -> str:
         rows = sorted((r for r in records if r["model"] == model), key=lambda r: (_settings(r), r["solver"], r["nfe"]))
         fd = "fd_exact" in rows[0]["ld3"]
         varied = len({_settings(r) for r in rows}) > 1
-        out += _header(rows, fd, varied) + [_row(r, fd, varied) for r in rows]
+        residual = any("residual" in r for r in rows)
+        out += _header(rows, fd, varied) + [_row(r, fd, varied, residual) for r in rows]
         ratios = [_ratio(r) for r in rows]
         gm = _gmean(ratios)
         out += ["", f"Geometric mean of (learned solver + steps) / LD3 over {len(ratios)} cells: **{gm:.3f}** "
@@ -273,8 +288,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         with open(args.out, "a") as f:  # one line per cell: appends from parallel jobs do not interleave
             f.write(json.dumps(rec) + "\n")
         alone = f", learned solver {rec['learned']['rmse']:.4f}" if "learned" in rec else ""
+        residual = f", + residual {rec['residual']['rmse']:.4f}" if "residual" in rec else ""
         print(f"{args.model} {solver}-{order} NFE {nfe}: LD3 {rec['ld3']['rmse']:.4f}, learned solver + steps "
-              f"{rec['learned_steps']['rmse']:.4f}{alone}; training {rec['time']['ld3_wall']:.1f} s (LD3) / "
+              f"{rec['learned_steps']['rmse']:.4f}{alone}{residual}; training {rec['time']['ld3_wall']:.1f} s (LD3) / "
               f"{rec['time']['wall']:.1f} s (whole run)", flush=True)
     return 0
 

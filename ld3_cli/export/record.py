@@ -16,6 +16,9 @@ Conventions (those of the whole package):
 * ``to_zero``: the solver is a stock k-diffusion sampler (``k_euler``, ``k_dpmpp_2m``, ``k_heun``) whose list
   is the grid plus a final 0 (:attr:`ExportSchedule.stock_sigmas`); such a schedule was trained for that
   stock sampler and runs there exactly.
+* ``residual`` (optional): the learned residual operator (:mod:`~ld3_cli.solvers.residual`): its sizes and, per
+  step, its convolution weights as nested lists; the runners add it to each step of the table, a stock sampler
+  cannot.  A record with one is version 5 (older runners refuse it), one without stays version 4.
 * ``analytic_first``: the first step takes no network evaluation (the solver option of that name; ``sigmas_eval[0]``
   is unused and the NFE is ``N - 1``); the runners do it, a stock sampler cannot.
 * ``network``: how the model's network is called (space, prediction, time fed at ``sigmas_eval``;
@@ -41,11 +44,14 @@ from ..schedules.noise import NoiseSchedule
 from ..solvers import SOLVERS
 from ..solvers.base import DEFAULT_NOISE_ESTIMATE, analytic_first
 from ..solvers.multistep import MultistepCoefficients
+from ..solvers.residual import PARTS as RESIDUAL_PARTS
+from ..solvers.residual import ResidualOperator
 from ..solvers.stock import STOCK_SAMPLERS
 
 RECORD_FORMAT = "ld3-schedule"
 RECORD_VERSION = 4  # 2: eval_scales, noise_estimate and the coefficient table; 3: to_zero, network, trained_for;
 # 4: analytic_first
+RESIDUAL_RECORD_VERSION = 5  # a record that holds a residual operator
 
 
 def _finite(v: float) -> float:
@@ -91,6 +97,7 @@ class ExportSchedule:
         eval_scales, noise_estimate: the decoupled evaluation (see :class:`~ld3_cli.solvers.base.Evaluator`).
         coefficients: the multistep table the solver runs (``None`` for Heun); learned_coefficients: whether
             it was learned (else it is the solver's own on ``sigmas``).
+        residual: the learned residual operator on that table, or ``None``.
     """
 
     name: str
@@ -108,6 +115,7 @@ class ExportSchedule:
     coefficients: Optional[MultistepCoefficients] = None
     learned_coefficients: bool = False
     network: Optional[dict] = None
+    residual: Optional[ResidualOperator] = None
 
     def __post_init__(self):
         self.sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten().cpu()
@@ -170,8 +178,9 @@ class ExportSchedule:
         return self.kind == "vp_discrete" and (self.network or {}).get("time_rounding") != "nearest"
 
     def stock_warning(self) -> Optional[str]:
-        """Why a stock sampler on these sigmas is not what ld3 validated (``None`` for a stock-sampler schedule)."""
-        if self.to_zero:
+        """Why a stock sampler on these sigmas is not what ld3 validated (``None`` for a stock-sampler schedule without
+        a residual operator)."""
+        if self.to_zero and self.residual is None:
             return None
         return (f"this schedule was trained for ld3's {self.solver_short()}, not for a stock sampler: a stock "
                 "sampler on these sigmas runs another method (docs/export.md measures what that loses). Run it "
@@ -205,6 +214,9 @@ class ExportSchedule:
         if self.analytic_first:
             out.append("the analytic first step: ld3 takes the first step without a network evaluation, a stock "
                        "sampler evaluates the network at sigma_max (one evaluation more)")
+        if self.residual is not None:
+            out.append("the learned residual operator: a small network ld3 adds to each step (the runners written "
+                       "beside schedule.json run it)")
         if self.learned_coefficients:
             out.append(f"the learned solver coefficients: this schedule was learned together with {self.solver}'s "
                        "multistep weights, and another sampler's own weights are not what was learned")
@@ -228,7 +240,7 @@ class ExportSchedule:
         """The JSON-ready description (what ``schedule.json`` holds)."""
         return {
             "format": RECORD_FORMAT,
-            "version": RECORD_VERSION,
+            "version": RECORD_VERSION if self.residual is None else RESIDUAL_RECORD_VERSION,
             "schedule": self.name,
             "sigmas": self.sigmas.tolist(),
             "sigmas_eval": self.sigmas_eval.tolist(),
@@ -247,6 +259,7 @@ class ExportSchedule:
             "noise_estimate": self.noise_estimate,
             "learned_coefficients": self.learned_coefficients,
             "coefficients": _table(self.coefficients),
+            "residual": _residual(self.residual),
             "to_zero": self.to_zero,
             "analytic_first": self.analytic_first,
             "stock_sigmas": self.stock_sigmas,
@@ -257,12 +270,21 @@ class ExportSchedule:
                             "sigma_min; the solver steps on sigmas and evaluates the network at sigmas_eval[i] "
                             "for step i < steps (sigmas_eval[steps] is unused unless to_zero); t: the model's native "
                             "time; lambdas = -log(sigma); eval_scales / noise_estimate / coefficients: how the "
-                            "solver evaluates the network and combines its outputs (ld3_sampler.py runs them); "
+                            "solver evaluates the network and combines its outputs, residual: the network ld3 adds "
+                            "to each step (ld3_sampler.py runs them); "
                             "to_zero: the run ends with a step onto 0 (stock_sigmas is the list a stock sampler "
                             "takes); analytic_first: the first step takes no network evaluation (its noise estimate is "
                             "x / sqrt(1 + sigmas[0]^2)); network: how the model's network is called (ld3_diffusers.py "
                             "reads it)"),
         }
+
+
+def _residual(op: Optional[ResidualOperator]) -> Optional[dict]:
+    """The operator's sizes and, per step, ``{part: nested list}`` (float32 values written as float64 text)."""
+    if op is None:
+        return None
+    return {**op.config(), "weights": [{name: op.part(i, name).detach().double().tolist() for name in RESIDUAL_PARTS}
+                                       for i in range(op.steps)]}
 
 
 def _table(c: Optional[MultistepCoefficients]) -> Optional[dict]:

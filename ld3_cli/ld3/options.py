@@ -28,7 +28,7 @@ from .optim import COEFFICIENT_OPTIMIZERS, OFFSET_OPTIMIZERS
 from .parameterization import EVAL_SCALES, OFFSET_UNITS, SPACES
 
 DEFAULT_INIT_CANDIDATES = ("logsnr", "edm", "time_uniform", "time_quadratic")
-LEARNABLE = ("steps", "offsets", "coefficients")
+LEARNABLE = ("steps", "offsets", "coefficients", "residual")
 # an optimiser at a phase change: fresh, the ended phase's going on, or its running averages at a fresh rate
 SCHEDULE_RATES = ("reset", "carry", "averages")
 
@@ -107,7 +107,8 @@ OPTIMISERS = OptionGroup("optimisers", "How the time steps, the offsets and the 
 
 PHASES = OptionGroup("phases", "What is learned, for how long, on which pairs, validated how often", (
     Option("learn", ("steps", "offsets"), list_of(LEARNABLE), "What is learned: steps (phase 1), offsets (decoupled "
-           "evaluation times, phase 2) and coefficients (the solver's weights, phase 3).", as_tuple=True),
+           "evaluation times, phase 2), coefficients (the solver's weights, phase 3), residual (per-step networks, "
+           "phase 4).", as_tuple=True),
     Option("iters_phase1", 50, whole(0), "Iterations of phase 1 (time steps); the model's hint, else 50.",
            yaml=_select("train_iters_phase1")),
     Option("iters_phase2", 125, whole(0), "Iterations of phase 2 (time steps and offsets); the model's hint, else "
@@ -148,7 +149,15 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
            "carry (LD3's go on: their decayed rates and running averages) or averages (LD3's averages, fresh rates)."),
 ))
 
-TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS)
+RESIDUAL = OptionGroup("residual", "The learned residual operator (phase 4; learn has residual)", (
+    Option("iters_residual", 1500, whole(0), "Iterations of phase 4 (the residual operator; the rest is frozen)."),
+    Option("lr_residual", 0.001, POSITIVE, "Adam's step size on the residual operator's weights."),
+    Option("residual_width", 16, whole(1), "Hidden channels of each step's residual network."),
+    Option("batch_size_residual", 50, whole(0), "Training pairs per iteration in phase 4 (0 = batch_size)."),
+    Option("val_every_residual", 50, whole(1), "Validate every this many iterations in phase 4."),
+))
+
+TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS, RESIDUAL)
 TRAIN_OPTIONS: dict[str, Option] = by_name(o for g in TRAIN_GROUPS for o in g.options)
 # what never enters a schedule's store key (runtime settings: a validation batch size, a weights path)
 TRAIN_RUNTIME_KEYS = frozenset(name for name, o in TRAIN_OPTIONS.items() if not o.keyed)

@@ -3,7 +3,9 @@
 ``train.learn`` (any subset of steps, offsets, coefficients) becomes: ``steps`` for ``iters_phase1``,
 then ``steps + offsets`` for ``iters_phase2`` (LD3's two phases), then the coefficients jointly with the
 rest for ``iters_phase3`` -- or, with ``alternate_rounds = k``, ``k`` rounds of coefficients alone then
-time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt).
+time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt); then, with ``residual`` in ``learn``, the
+residual operator alone for ``iters_residual`` (phase 4, everything before it frozen; the student runs the table,
+learned or the solver's own, with the residual on top).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class Phase:
     budget: int
     decoupled: bool      # the student evaluates at the decoupled times
     coefficients: bool   # the student runs the learned coefficient table
+    residual: bool = False  # the student runs the residual operator on its table
 
 
 def plan_phases(o: TrainOptions) -> list[Phase]:
@@ -42,10 +45,13 @@ def plan_phases(o: TrainOptions) -> list[Phase]:
             for r in range(1, rounds + 1):
                 phases.append(Phase(f"coefficients-{r}", ("coefficients",), per, dec, True))
                 phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
+    if "residual" in learn:
+        phases.append(Phase("residual", ("residual",), int(o.iters_residual), "offsets" in learn,
+                            "coefficients" in learn, True))
     return [p for p in phases if p.budget > 0] or phases[:1]
 
 
 def schedule_phase_count(phases: list[Phase]) -> int:
-    """How many of ``phases`` come before the first that runs learned coefficients: LD3's own phases, the part
-    that ``train.restarts`` repeats."""
-    return next((i for i, p in enumerate(phases) if p.coefficients), len(phases))
+    """How many of ``phases`` come before the first that runs learned coefficients or the residual: LD3's own
+    phases, the part that ``train.restarts`` repeats."""
+    return next((i for i, p in enumerate(phases) if p.coefficients or p.residual), len(phases))

@@ -72,5 +72,6 @@ class LearnedSchedule:
                   "sigmas_eval": self.sigmas_eval.tolist(), "learn": list(self.learn),
                   "eval_scales": None if self.eval_scales is None else self.eval_scales.tolist(),
                   "noise_estimate": self.sampler.noise_estimate,
-                  "learned_coefficients": self.sampler.coefficients is not None})
+                  "learned_coefficients": self.sampler.coefficients is not None,
+                  "residual": None if self.sampler.residual is None else self.sampler.residual.config()})
         return d

@@ -8,13 +8,16 @@ learns is ``train.learn``, any subset of
 * ``steps``: the schedule logits (:class:`~ld3_cli.ld3.parameterization.ScheduleParameterization`);
 * ``offsets``: the decoupled evaluation times (LD3's phase 2);
 * ``coefficients``: corrections to the solver's multistep weights
-  (:class:`~ld3_cli.ld3.coefficients.CoefficientParameterization`, in the spirit of S4S).
+  (:class:`~ld3_cli.ld3.coefficients.CoefficientParameterization`, in the spirit of S4S);
+* ``residual``: a per-step spatial network added to each step (:class:`~ld3_cli.solvers.residual.ResidualOperator`,
+  SpanLift's idea), trained last, alone (phase 4: ``iters_residual`` iterations of ``batch_size_residual`` pairs,
+  Adam at ``lr_residual``).
 
 Training runs in phases (:func:`plan_phases`): ``steps`` (``iters_phase1``), then ``steps + offsets``
 (``iters_phase2``) -- exactly LD3 -- then the coefficients (``iters_phase3`` iterations of
 ``batch_size_coefficients`` pairs), jointly with what else is learned or, with ``alternate_rounds = k > 0``,
-in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt).  Every phase starts
-from the best parameters so far with fresh optimisers, except those ``steps_rates_offsets`` (phase 2) or
+in ``k`` rounds that alternate coefficients alone and time steps alone (S4S-Alt); then the residual.  Every phase
+starts from the best parameters so far with fresh optimisers, except those ``steps_rates_offsets`` (phase 2) or
 ``schedule_rates_coefficients`` (phase 3) carry on from the phase before.
 
 Optimisation follows the paper: RMSprop (lr 5e-3, momentum 0.9) on the logits; the offsets with
@@ -54,6 +57,7 @@ from .losses import resolve_loss
 from .optim import Adam, SGD, RMSpropMomentum, zero_grad
 from .options import TrainOptions, effective_learn
 from .parameterization import ScheduleParameterization
+from ..solvers.residual import ResidualOperator
 from .phases import Phase, plan_phases, schedule_phase_count
 from .restarts import best_restart
 from .result import LearnedSchedule
@@ -129,7 +133,7 @@ class LD3Trainer:
         self.device = getattr(denoiser, "device", torch.device("cpu"))
         self.dtype = getattr(denoiser, "dtype", torch.float32)
         self.phases = plan_phases(o)
-        if "coefficients" in o.learn:  # a solver without multistep weights is refused before anything runs
+        if {"coefficients", "residual"} & set(o.learn):  # a solver without multistep weights is refused at once
             self.spec.check_learnable(resolved)
         self.train_pairs, self.val_pairs = split_pairs(noises, targets, cond, o.val_fraction, self.device, self.dtype)
         self.n_train = len(self.train_pairs)
@@ -143,6 +147,7 @@ class LD3Trainer:
         self.sigma_max = float(self.schedule.sigma_max)
         self.grid: Optional[ScheduleParameterization] = None
         self.coefficients: Optional[CoefficientParameterization] = None
+        self.residual: Optional[ResidualOperator] = None
         self.optimizers: dict = {}
         self.state = self._fresh_state()
 
@@ -177,11 +182,18 @@ class LD3Trainer:
         self.grid = ScheduleParameterization(self.schedule, init_sigmas, o.param, o.win_rate, o.offset_units,
                                              o.eval_scale, o.decouple_first).to(self.device)
         params = {"steps": self.grid.logits, "offsets": self.grid.offsets}
+        base = self.spec.coefficients(init_sigmas.to(self.device), **self.solver_options) \
+            if {"coefficients", "residual"} & set(o.learn) else None
+        history = base.history if base is not None else 0
         if "coefficients" in o.learn:
-            base = self.spec.coefficients(init_sigmas.to(self.device), **self.solver_options)
             self.coefficients = CoefficientParameterization.for_table(base, o.coefficient_history,
                                                                       o.coefficient_constraint).to(self.device)
             params.update({f"coefficients.{i}": p for i, p in enumerate(self.coefficients.parameters_list())})
+            history = self.coefficients.history
+        if "residual" in o.learn:  # its hidden layers start from the run's seed: restarts share them
+            self.residual = ResidualOperator(base.steps, int(self.train_pairs.eps.shape[1]), history, o.residual_width,
+                                             torch.Generator().manual_seed(int(o.seed))).to(self.device)
+            params.update({f"residual.{i}": p for i, p in enumerate(self.residual.weights)})
         self.state.params = params
 
     def _make_optimizers(self, saved: Optional[dict] = None) -> None:
@@ -200,6 +212,8 @@ class LD3Trainer:
         o, group = self.options, name.split(".")[0]
         if group == "offsets" and o.offsets_optimizer == "sgd":
             return SGD(p, lr=o.lr_offsets / self.nfe)
+        if group == "residual":
+            return Adam(p, lr=o.lr_residual)
         if group == "coefficients" and o.coefficients_optimizer == "adam":
             return Adam(p, lr=o.lr_coefficients, decay=o.coefficient_decay)
         if group == "coefficients":
@@ -223,10 +237,12 @@ class LD3Trainer:
         decoupled = phase is not None and phase.decoupled
         scales = self.grid.eval_scales(sigmas, sigmas_eval) if decoupled else None
         table = None
-        if phase is not None and phase.coefficients:
-            table = self.coefficients.apply(self.spec.coefficients(sigmas, **self.solver_options))
+        if phase is not None and (phase.coefficients or phase.residual):  # the residual runs on the solver's table
+            table = self.spec.coefficients(sigmas, **self.solver_options)
+            table = self.coefficients.apply(table) if phase.coefficients else table
+        residual = self.residual if phase is not None and phase.residual else None
         return Sampler(self.solver, sigmas, self.solver_options, sigmas_eval if decoupled else None, scales,
-                       self.options.noise_estimate, table)
+                       self.options.noise_estimate, table, residual)
 
     def _student_sampler(self, phase: Optional[Phase], grad: bool = True) -> Sampler:
         """The student on the current parameters, as ``phase`` runs them."""
@@ -285,6 +301,8 @@ class LD3Trainer:
             rec["offset_frac"] = float(self.grid.window_fractions().max())
         if phase.coefficients:
             rec["coef_max"] = self.coefficients.magnitude()
+        if phase.residual:
+            rec["residual_max"] = self.residual.magnitude()
         return rec
 
     def _move_noises(self, idx: torch.Tensor, eps_in: torch.Tensor, batch: Pairs, loss_vec: torch.Tensor,
@@ -333,6 +351,8 @@ class LD3Trainer:
         coefficients, ``batch_size`` otherwise; at most the training split."""
         o = self.options
         bs = o.batch_size_coefficients if phase.coefficients and o.batch_size_coefficients else o.batch_size
+        if phase.residual:
+            bs = o.batch_size_residual or o.batch_size
         return max(1, min(int(bs), self.n_train))
 
     def _lead(self, phase: Phase):
@@ -428,7 +448,8 @@ class LD3Trainer:
         s.phase_iteration += 1
         rec.update(iteration=s.iteration, phase=phase.name, lr=self._lead(phase).lr,
                    seconds=time.perf_counter() - clock_start)
-        every = o.val_every_coefficients if phase.coefficients else o.val_every
+        every = o.val_every_residual if phase.residual else o.val_every_coefficients if phase.coefficients \
+            else o.val_every
         if s.iteration % max(1, every) == 0:
             rec.update(self._validate(phase))
         s.history.append(rec)

@@ -111,8 +111,10 @@ def table(form: str, a: list, b: list, pred: list, pred_terms: list, history: in
                                  tuple(corr_terms or ()), to_zero)
 
 
-def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=None) -> Tensor:
-    """Integrate with table ``c`` from ``x`` at ``sigmas[0]``; returns the state at ``sigmas[N]``."""
+def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=None, residual=None) -> Tensor:
+    """Integrate with table ``c`` from ``x`` at ``sigmas[0]``; returns the state at ``sigmas[N]``.  ``residual``: a
+    :class:`~ld3_cli.solvers.residual.ResidualOperator` whose step ``i`` adds to the affine part ``a_i x_i + b_i F_i``
+    (a ``to_zero`` table's last step onto 0 included)."""
     cast = {k: None if v is None else v.to(device=x.device, dtype=x.dtype) for k, v in
             (("a", c.a), ("b", c.b), ("pred", c.pred), ("corr", c.corr))}
     noise = c.form == "noise"
@@ -125,6 +127,8 @@ def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=N
         hist = ([f] + hist)[:c.history]
         diffs = [h - f for h in hist[1:]]
         base = cast["a"][i] * x + cast["b"][i] * f
+        if residual is not None:
+            base = base + residual.step(i, x, hist, *_step_sigmas(ev.sigmas, i, c.steps))
         x_pred = base + _combine(cast["pred"][i], diffs[:c.pred_terms[i]])
         if i == c.steps - 1:
             return x_pred
@@ -138,6 +142,11 @@ def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=N
     return x
 
 
+def _step_sigmas(sigmas: Tensor, i: int, steps: int) -> tuple[Tensor, Tensor]:
+    """``(sigma_i, sigma_{i+1})`` of step ``i`` (``sigma_{i+1} = 0`` on a ``to_zero`` table's extra last step)."""
+    return sigmas[i], sigmas[i + 1] if i + 1 < sigmas.numel() else sigmas.new_zeros(())
+
+
 def _combine(weights: Tensor, diffs: list) -> Tensor | float:
     out: Tensor | float = 0.0
     for k, d in enumerate(diffs):
@@ -147,15 +156,15 @@ def _combine(weights: Tensor, diffs: list) -> Tensor | float:
 
 def sample_multistep(denoiser, x, sigmas, coefficients: MultistepCoefficients, sigmas_eval=None, cond=None,
                      callback=None, check=True, eval_scales=None, noise_estimate=DEFAULT_NOISE_ESTIMATE,
-                     analytic_first: bool = False) -> Tensor:
+                     analytic_first: bool = False, residual=None) -> Tensor:
     """Run an explicit coefficient table (a base solver's or a learned one) as a solver (``analytic_first``: grid
-    point 0 is not evaluated, see :class:`~ld3_cli.solvers.base.Evaluator`)."""
+    point 0 is not evaluated, see :class:`~ld3_cli.solvers.base.Evaluator`; ``residual``: :func:`run_multistep`)."""
     sigmas, sigmas_eval = prepare_grid(x, sigmas, sigmas_eval, check)
     if coefficients.grid_steps != sigmas.numel() - 1:
         raise ConfigError(f"the coefficient table runs on {coefficients.grid_steps} grid steps, the grid has "
                           f"{sigmas.numel() - 1}")
     ev = Evaluator(denoiser, sigmas, sigmas_eval, cond, x, eval_scales, noise_estimate, analytic_first)
-    return run_multistep(ev, x, coefficients, callback)
+    return run_multistep(ev, x, coefficients, callback, residual)
 
 
 class MultistepSolver(SolverSpec):

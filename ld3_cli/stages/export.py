@@ -53,7 +53,7 @@ def export_schedule(ctx: StageContext, name: str) -> ExportSchedule:
                           nfe=ctx.nfe, model=str(ctx.model_cfg.get("name", ctx.model_key)), model_key=ctx.model_key,
                           provenance=prov, eval_scales=sampler.eval_scales, noise_estimate=sampler.noise_estimate,
                           coefficients=sampler.table(), learned_coefficients=sampler.coefficients is not None,
-                          network=network_convention(ctx.model, sampler.evaluation_sigmas))
+                          network=network_convention(ctx.model, sampler.evaluation_sigmas), residual=sampler.residual)
 
 
 def run(ctx: StageContext) -> dict:

@@ -313,6 +313,25 @@ def test_learned_solver_grid_runs_a_cell_and_renders_it(tmp_path, fitted_cache):
     assert all(got["unipc"][k]["rmse"] == rec[k]["rmse"] for k in ("ld3", "learned", "learned_steps"))
 
 
+def test_learned_solver_grid_reports_the_residual_operator_when_learned(tmp_path, fitted_cache):
+    """With ``residual`` in train.learn the cell's run goes on to phase 4: + steps is phase 3's result, + residual the
+    run's (never worse on validation), and the table gets a "+ residual" column."""
+    import json
+    import shutil
+
+    grid = _grid_script()
+    shutil.copytree(fitted_cache, tmp_path / "c")
+    out = tmp_path / "g.jsonl"
+    assert grid.main(["mnist_gmm", "--solvers", "ipndm:3", "--nfe", "3", "--pairs", "16", "--heldout", "12", "--out",
+                      str(out), "--no-alone", "--", f"cache_dir={tmp_path / 'c'}", "train.iters_phase1=2",
+                      "train.iters_phase2=2", "train.iters_phase3=3", "train.iters_residual=6",
+                      "train.val_every_residual=2", "train.learn=[steps,offsets,coefficients,residual]",
+                      "teacher.nfe=12", "teacher.check_n=0"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["residual"]["val"] <= rec["learned_steps"]["val"] <= rec["ld3"]["val"]
+    assert "learned" not in rec and "+ residual" in grid.render([rec]).splitlines()[2]
+
+
 def test_learned_solver_grid_takes_the_preset_an_override_names(tmp_path):
     """`-- train=learned_solver_guided` replaces the grid's own `train=learned_solver` (not an error of two values)."""
     grid = _grid_script()

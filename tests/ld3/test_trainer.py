@@ -56,11 +56,13 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     (("steps", "offsets", "coefficients"), 40, {"schedule_rates_coefficients": "carry"}),
     (("steps", "offsets"), 22, {"steps_rates_offsets": "carry", "patience": 2}),
     (("steps", "offsets"), 22, {"steps_rates_offsets": "averages", "patience": 2}),
-    (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True})])
+    (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True}),
+    (("steps", "offsets", "coefficients", "residual"), 60, {"iters_residual": 20, "val_every_residual": 5,
+                                                            "batch_size_residual": 10})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
-    """Interrupted mid phase 1 (LD3), mid phase 2 (with phase 1's optimiser carried) or mid phase 3 (the
-    coefficients and their optimiser's state), the resumed run takes the uninterrupted one's path step by step and
-    ends where it does."""
+    """Interrupted mid phase 1 (LD3), mid phase 2 (with phase 1's optimiser carried), mid phase 3 (the
+    coefficients and their optimiser's state) or mid phase 4 (the residual operator), the resumed run takes the
+    uninterrupted one's path step by step and ends where it does."""
     model, x, y, held, _ = setup
     opts = TrainOptions(**FAST, seed=3, learn=learn, iters_phase3=20, **extra)
     full = LD3Trainer(model, "unipc", {"order": 3}, 5, x, y, None, opts).run()
@@ -87,7 +89,8 @@ def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, st
     assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]  # the same path, step by step
     assert [h.get("val") for h in res.history] == [h.get("val") for h in full.history]  # and the same validations
     if "coefficients" in learn:
-        assert resumed.phases[saved["i"]["phase_index"]].coefficients  # stopped inside phase 3
+        stopped = resumed.phases[saved["i"]["phase_index"]]
+        assert stopped.coefficients and stopped.residual == ("residual" in learn)  # inside phase 3, or 4
         with torch.no_grad():
             assert torch.equal(res.solve(model, held[:4] * 80), full.solve(model, held[:4] * 80))
 
@@ -354,3 +357,21 @@ def test_restarts_of_a_learned_solver_repeat_ld3_phases_and_run_phase_3_once(set
     assert alone.restarts == [] and alone.iterations == 10  # no LD3 phase to restart: one run
     opts = TrainOptions(**FAST, learn=("steps", "offsets", "coefficients"), iters_phase3=10, restarts=2)
     assert opts.total_iterations() == 2 * 30 + 10 and opts.total_iterations(restarts=1) == 30 + 10
+
+
+def test_the_residual_operator_lowers_the_validation_loss_below_the_learned_coefficients(setup):
+    """Phase 4 trains the residual operator alone, from the learned solver + steps: its validation must beat phase
+    3's, the time steps and coefficients stay as phase 3 left them, and the sampler carries the operator."""
+    model, x, y, held, y_held = setup
+    res = learn_schedule(model, "ipndm", 4, x, y, solver_options={"order": 3}, seed=2,
+                         learn=["steps", "offsets", "coefficients", "residual"], **FAST, iters_phase3=30,
+                         iters_residual=60, batch_size_residual=10, val_every_residual=5)
+    coef_val, coef = res.after_phase["coefficients"], res.phase_samplers["coefficients"]
+    assert res.best_phase == "residual" and res.best_val < 0.9 * coef_val, (res.best_val, coef_val)
+    assert [h["iteration"] for h in res.history if h["phase"] == "residual" and "val" in h] == list(range(65, 121, 5))
+    assert torch.equal(res.sigmas, coef.sigmas) and torch.equal(res.sampler.coefficients.pred, coef.coefficients.pred)
+    assert coef.residual is None and res.sampler.residual is not None and res.sampler.residual.magnitude() > 0
+    with torch.no_grad():
+        err = {k: float(((s.solve(model, held * 80) - y_held) ** 2).mean().sqrt())
+               for k, s in (("coefficients", coef), ("residual", res.sampler))}
+    assert err["residual"] < err["coefficients"], err

@@ -16,6 +16,7 @@ from ld3_cli.export.runtime import FILES, ld3_kdiffusion, ld3_sampler, runtime_s
 from ld3_cli.schedules import discretize
 from ld3_cli.schedules.noise import EDM
 from ld3_cli.solvers import get_solver
+from ld3_cli.solvers.residual import ResidualOperator
 from ld3_cli.solvers.sampler import Sampler
 
 CASES = [("unipc", {"order": 3}), ("unipc", {"order": 2, "variant": "bh1"}), ("dpmpp", {"order": 3}),
@@ -24,9 +25,10 @@ CASES = [("unipc", {"order": 3}), ("unipc", {"order": 2, "variant": "bh1"}), ("d
          ("ipndm", {"order": 3, "analytic_first": True}), ("dpmpp", {"order": 2, "analytic_first": True})]
 
 
-def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5, seed=0):
+def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5, seed=0, residual: bool = False):
     """A sampler like LD3's (perturbed evaluation times and scales) and the learned solver's (a perturbed full
-    table), on the edm baseline grid for ``nfe``."""
+    table; ``residual``: with a residual operator whose every weight is drawn), on the edm baseline grid for
+    ``nfe``."""
     g = torch.Generator().manual_seed(seed)
     steps = get_solver(solver).steps_for(nfe, opts)
     sig = discretize("edm", steps, schedule)
@@ -41,13 +43,19 @@ def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5
         noise = 0.01 * torch.randn(t.pred.shape, generator=g, dtype=torch.float64)
         corr = None if t.corr is None else t.corr + 0.01 * torch.randn(t.corr.shape, generator=g, dtype=torch.float64)
         s.coefficients = dataclasses.replace(t, pred=t.pred + noise, corr=corr)
+    if residual:
+        s.coefficients = s.table()
+        s.residual = ResidualOperator(s.coefficients.steps, 1, s.coefficients.history, 3, g)
+        with torch.no_grad():
+            for w in s.residual.weights:
+                w.copy_(0.05 * torch.randn(w.shape, generator=g))
     return s
 
 
 def _record(s: Sampler, schedule=EDM()) -> dict:
     return ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, schedule, s.solver, s.options, 5, "m", "m-0",
                           eval_scales=s.eval_scales, noise_estimate=s.noise_estimate, coefficients=s.table(),
-                          learned_coefficients=s.coefficients is not None).record()
+                          learned_coefficients=s.coefficients is not None, residual=s.residual).record()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -55,13 +63,16 @@ def _record(s: Sampler, schedule=EDM()) -> dict:
                                                     for s, o in CASES])
 def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
     net = Smooth()
-    variants = [(False, False)]
+    variants = [(False, False, False)]
     if not get_solver(solver).evaluates_on_grid:
-        variants.append((True, False))                               # LD3: decoupled times and scales
+        variants.append((True, False, False))                        # LD3: decoupled times and scales
         if solver not in ("heun", "euler"):
-            variants.append((True, True))                            # the learned solver
-    for decoupled, learned in variants:
-        s = _sampler(solver, opts, decoupled, learned)
+            variants.append((True, True, False))                     # the learned solver
+            variants.append((True, True, True))                      # ... with a residual operator
+    elif solver != "k_heun":
+        variants.append((False, False, True))                        # a stock table (onto 0) with a residual
+    for decoupled, learned, residual in variants:
+        s = _sampler(solver, opts, decoupled, learned, residual=residual)
         record = _record(s)
         x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=dtype) * float(s.sigmas[0])
         net.calls = 0
@@ -71,7 +82,8 @@ def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
         theirs = ld3_sampler.sample(net, x, record)
         assert net.calls == nfe == len(ld3_sampler.evaluation_points(record))
         assert nfe == get_solver(solver).evaluations(s.steps, opts) == 5
-        assert torch.equal(ours, theirs), (solver, decoupled, learned)
+        assert torch.equal(ours, theirs), (solver, decoupled, learned, residual)
+        assert record["version"] == (5 if residual else 4)
         # k-diffusion's calling convention: model(x, sigma * s_in, **extra_args), float32 grid accepted
         kd = ld3_kdiffusion.make_sampler(record)
         got = kd(lambda z, sigma, scale: net(z, sigma) * scale, x, torch.tensor(record["sigmas"]).float(),
@@ -144,11 +156,14 @@ def test_records_it_cannot_run_are_refused():
     with pytest.raises(ValueError, match="has no coefficient table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "dpmpp", "coefficients": None})
-    from ld3_cli.export.record import RECORD_VERSION
+    from ld3_cli.export.record import RESIDUAL_RECORD_VERSION
 
-    assert ld3_sampler.VERSION == RECORD_VERSION  # the runner shipped runs what the writer beside it writes
-    with pytest.raises(ValueError, match="version-5 ld3 export; this ld3_sampler.py runs versions up to 4"):
-        ld3_sampler.check_record({"format": "ld3-schedule", "version": 5, "sigmas": [2.0, 1.0]})
+    assert ld3_sampler.VERSION == RESIDUAL_RECORD_VERSION  # the runner shipped runs the newest the writer writes
+    with pytest.raises(ValueError, match="version-6 ld3 export; this ld3_sampler.py runs versions up to 5"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "version": 6, "sigmas": [2.0, 1.0]})
+    with pytest.raises(ValueError, match="residual operator needs a multistep table"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
+                                  "solver": "heun", "coefficients": None, "residual": {"history": 1}})
     with pytest.raises(ValueError, match="analytic first step needs a multistep table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "heun", "coefficients": None, "analytic_first": True})

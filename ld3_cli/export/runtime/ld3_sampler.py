@@ -22,6 +22,10 @@ Conventions (EDM sigma-space, those of ld3):
 
   where ``D'`` is the evaluation at ``x'`` (reused as the next step's ``F``; the last step has no
   corrector).  A table with one more step than the grid ends with a step onto 0 (``to_zero``);
+* ``residual`` (tables only, version 5): a learned network added to each step's ``a[i] x + b[i] F_i`` before the
+  history terms: ``(sigmas[i] - sigmas[i + 1]) R_i([x / sqrt(1 + sigmas[i]^2), F_i, F_(i-1), ...])`` (history
+  zero-padded to ``residual["history"]``, channels stacked; ``R_i`` three 3x3 convolutions with SiLU between;
+  ``sigmas[i + 1]`` is 0 on a ``to_zero`` table's last step) -- :class:`_Residual`;
 * Heun (EDM): Euler predictor, trapezoid corrector; the last step is Euler (onto 0 for ``to_zero``);
 * ``analytic_first`` (tables only): grid point 0 is not evaluated; its noise estimate is
   ``x / sqrt(1 + sigmas[0]^2)`` and ``D = x - sigmas[0] * that``, so the first evaluation is at grid point 1, at
@@ -42,7 +46,7 @@ from pathlib import Path
 import torch
 
 FORMAT = "ld3-schedule"
-VERSION = 4  # the newest record this runner runs (4: analytic_first); a newer one may hold what it cannot do
+VERSION = 5  # the newest record this runner runs (4: analytic_first, 5: residual); a newer one may hold more
 DEFAULT_NOISE_ESTIMATE = "step"
 
 
@@ -71,6 +75,8 @@ def check_record(record: dict, where: str = "the record") -> None:
     if record.get("coefficients") is None and record["solver"] not in ("heun", "k_heun"):
         raise ValueError(f"{where}: solver {record['solver']!r} has no coefficient table; re-export it with "
                          "`ld3 export` (this ld3 version writes the table of every multistep solver)")
+    if record.get("residual") is not None and record.get("coefficients") is None:
+        raise ValueError(f"{where}: a residual operator needs a multistep table; re-export it with `ld3 export`")
     if analytic_first(record) and record.get("coefficients") is None:
         raise ValueError(f"{where}: an analytic first step needs a multistep table; re-export it with `ld3 export`")
 
@@ -147,6 +153,25 @@ def _combine(weights, diffs):
     return out
 
 
+class _Residual:
+    """The record's residual operator, its weights in the state's dtype (float32 values, as ld3 keeps them)."""
+
+    def __init__(self, spec: dict, x: torch.Tensor):
+        self.history = int(spec["history"])
+        self.layers = [[(torch.tensor(step[f"w{k}"], dtype=torch.float32).to(x.device, x.dtype),
+                         torch.tensor(step[f"b{k}"], dtype=torch.float32).to(x.device, x.dtype)) for k in (1, 2, 3)]
+                       for step in spec["weights"]]
+
+    def step(self, i: int, x: torch.Tensor, hist: list, sigma: torch.Tensor, sigma_next: torch.Tensor):
+        pad = [torch.zeros_like(x)] * (self.history - len(hist))
+        h = torch.cat([x * torch.rsqrt(1 + sigma * sigma).to(x.dtype), *hist[:self.history], *pad], 1)
+        for k, (w, b) in enumerate(self.layers[i]):
+            h = torch.nn.functional.conv2d(h, w, b, padding=1)
+            if k < 2:
+                h = torch.nn.functional.silu(h)
+        return (sigma - sigma_next).to(x.dtype) * h
+
+
 class _TableRun:
     """A linear multistep table, one evaluation at a time (the order of ld3's ``run_multistep``)."""
 
@@ -166,6 +191,7 @@ class _TableRun:
         self.pred_terms, self.corr_terms = list(c["pred_terms"]), list(c.get("corr_terms") or [])
         self.history = self.pred.shape[1] + 1
         self.noise = c["form"] == "noise"
+        self.residual = None if record.get("residual") is None else _Residual(record["residual"], x)
         self.point, self.x = x, x          # where the next evaluation happens; the state at the current grid point
         self.k, self.hist, self.pending, self.result = 0, [], None, None
 
@@ -190,6 +216,9 @@ class _TableRun:
         self.hist = ([f] + self.hist)[:self.history]
         diffs = [h - f for h in self.hist[1:]]
         base = self.a[i] * x + self.b[i] * f
+        if self.residual is not None:
+            sig = self.grid.sigmas
+            base = base + self.residual.step(i, x, self.hist, sig[i], sig[i + 1] if i + 1 < len(sig) else sig[i] * 0)
         x_pred = base + _combine(self.pred[i], diffs[:self.pred_terms[i]])
         self.k += 1
         if self.k == self.steps:
