@@ -280,11 +280,12 @@ class ExportSchedule:
 
 
 def _residual(op: Optional[ResidualOperator]) -> Optional[dict]:
-    """The operator's sizes and, per step, ``{part: nested list}`` (float32 values written as float64 text)."""
+    """The operator's sizes and, per step from ``first`` on, ``{part: nested list}`` (float32 values written as
+    float64 text)."""
     if op is None:
         return None
     return {**op.config(), "weights": [{name: op.part(i, name).detach().double().tolist() for name in RESIDUAL_PARTS}
-                                       for i in range(op.steps)]}
+                                       for i in op.covered()]}
 
 
 def _table(c: Optional[MultistepCoefficients]) -> Optional[dict]:

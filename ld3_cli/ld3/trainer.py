@@ -191,8 +191,9 @@ class LD3Trainer:
             params.update({f"coefficients.{i}": p for i, p in enumerate(self.coefficients.parameters_list())})
             history = self.coefficients.history
         if "residual" in o.learn:  # its hidden layers start from the run's seed: restarts share them
+            first = max(0, base.steps - int(o.residual_steps)) if o.residual_steps else 0
             self.residual = ResidualOperator(base.steps, int(self.train_pairs.eps.shape[1]), history, o.residual_width,
-                                             torch.Generator().manual_seed(int(o.seed))).to(self.device)
+                                             torch.Generator().manual_seed(int(o.seed)), first).to(self.device)
             params.update({f"residual.{i}": p for i, p in enumerate(self.residual.weights)})
         self.state.params = params
 

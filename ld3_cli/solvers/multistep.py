@@ -127,8 +127,9 @@ def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=N
         hist = ([f] + hist)[:c.history]
         diffs = [h - f for h in hist[1:]]
         base = cast["a"][i] * x + cast["b"][i] * f
-        if residual is not None:
-            base = base + residual.step(i, x, hist, *_step_sigmas(ev.sigmas, i, c.steps))
+        r = None if residual is None else residual.step(i, x, hist, *_step_sigmas(ev.sigmas, i, c.steps))
+        if r is not None:
+            base = base + r
         x_pred = base + _combine(cast["pred"][i], diffs[:c.pred_terms[i]])
         if i == c.steps - 1:
             return x_pred

@@ -9,7 +9,8 @@ network of the same buffers, so the step reaches what no weighting of the buffer
     R_i        = conv3x3(C (K + 1) -> W) -> SiLU -> conv3x3(W -> W) -> SiLU -> conv3x3(W -> C)
 
 with the features stacked as channels (a missing history output is zero), ``C`` the state's channels, ``K`` the
-table's history and ``W`` the width.  ``F`` is what the table combines: noise estimates (form ``"noise"``) or data
+table's history and ``W`` the width; steps before ``first`` have no network (``r_i = 0``: the residual acts on the
+last ``steps - first`` steps only).  ``F`` is what the table combines: noise estimates (form ``"noise"``) or data
 predictions (form ``"data"``), both of unit order, as is the scaled state.  The residual enters before the
 predictor's history terms and the corrector's, so a corrector step (UniPC) carries it too.  Each step has its own
 network; its last layer is zero at initialisation, so the run is then exactly the table's.  It costs no network
@@ -34,43 +35,51 @@ PARTS = ("w1", "b1", "w2", "b2", "w3", "b3")
 
 
 class ResidualOperator(nn.Module):
-    """Per-step residual networks for ``steps`` steps of a table of history ``history`` on states of ``channels``
-    channels, ``width`` hidden channels (module docstring).  ``generator`` seeds the hidden layers' initial weights
-    (PyTorch's default convolution initialisation); the last layer starts at zero."""
+    """Per-step residual networks for steps ``first .. steps - 1`` of a ``steps``-step table of history ``history``
+    on states of ``channels`` channels, ``width`` hidden channels (module docstring).  ``generator`` seeds the hidden
+    layers' initial weights (PyTorch's default convolution initialisation); the last layer starts at zero."""
 
     def __init__(self, steps: int, channels: int, history: int, width: int = 16,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, first: int = 0):
         super().__init__()
-        if min(int(steps), int(channels), int(history), int(width)) < 1:
-            raise ConfigError(f"a residual operator needs steps, channels, history and width >= 1, got {steps}, "
-                              f"{channels}, {history}, {width}")
+        if min(int(steps), int(channels), int(history), int(width)) < 1 or not 0 <= int(first) < int(steps):
+            raise ConfigError(f"a residual operator needs steps, channels, history and width >= 1 and 0 <= first < "
+                              f"steps, got {steps}, {channels}, {history}, {width}, first {first}")
         self.steps, self.channels, self.history, self.width = int(steps), int(channels), int(history), int(width)
+        self.first = int(first)
         cin = self.channels * (self.history + 1)
         shapes = {"w1": (self.width, cin, 3, 3), "b1": (self.width,), "w2": (self.width, self.width, 3, 3),
                   "b2": (self.width,), "w3": (self.channels, self.width, 3, 3), "b3": (self.channels,)}
         self.weights = nn.ParameterList()
-        for _ in range(self.steps):
+        for _ in self.covered():
             for name in PARTS:
                 self.weights.append(nn.Parameter(torch.zeros(shapes[name])))
         with torch.no_grad():
-            for i in range(self.steps):
+            for i in self.covered():
                 for layer in (1, 2):  # PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
                     w, b = self.part(i, f"w{layer}"), self.part(i, f"b{layer}")
                     bound = 1.0 / float(w[0].numel()) ** 0.5
                     w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
                     b.copy_(torch.rand(b.shape, generator=generator) * 2 * bound - bound)
 
+    def covered(self) -> range:
+        """The steps that have a network."""
+        return range(self.first, self.steps)
+
     def part(self, step: int, name: str) -> nn.Parameter:
-        """Step ``step``'s tensor ``name`` (one of :data:`PARTS`)."""
-        return self.weights[step * len(PARTS) + PARTS.index(name)]
+        """Step ``step``'s tensor ``name`` (one of :data:`PARTS`; ``step`` in :meth:`covered`)."""
+        return self.weights[(step - self.first) * len(PARTS) + PARTS.index(name)]
 
     def config(self) -> dict:
         """The sizes that rebuild it (:meth:`from_tensors`)."""
-        return {"steps": self.steps, "channels": self.channels, "history": self.history, "width": self.width}
+        return {"steps": self.steps, "channels": self.channels, "history": self.history, "width": self.width,
+                "first": self.first}
 
     def step(self, i: int, x: Tensor, hist: list, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         """The residual ``r_i`` of step ``i`` (``hist``: ``F_i, F_{i-1}, ...``, latest first; ``sigma``,
-        ``sigma_next``: 0-d tensors of the grid)."""
+        ``sigma_next``: 0-d tensors of the grid); ``None`` for a step before ``first``."""
+        if i < self.first:
+            return None
         dt = x.dtype
         pad = [torch.zeros_like(x)] * (self.history - len(hist))
         scale = torch.rsqrt(1 + sigma * sigma).to(dt)
@@ -85,18 +94,19 @@ class ResidualOperator(nn.Module):
     def magnitude(self) -> float:
         """Largest absolute weight of the last layers (0 at initialisation)."""
         return max(float(torch.cat([self.part(i, "w3").flatten(), self.part(i, "b3")]).abs().max())
-                   for i in range(self.steps))
+                   for i in self.covered())
 
     def tensors(self, prefix: str = "residual.") -> dict:
         """Flat ``{prefix + "<step>.<part>": tensor}`` (detached, as stored)."""
-        return {f"{prefix}{i}.{name}": self.part(i, name).detach() for i in range(self.steps) for name in PARTS}
+        return {f"{prefix}{i}.{name}": self.part(i, name).detach() for i in self.covered() for name in PARTS}
 
     @classmethod
     def from_tensors(cls, tensors: dict, config: dict, prefix: str = "residual.") -> "ResidualOperator":
         """Inverse of :meth:`tensors` + :meth:`config` (ConfigError on a missing or misshapen tensor)."""
-        op = cls(int(config["steps"]), int(config["channels"]), int(config["history"]), int(config["width"]))
+        op = cls(int(config["steps"]), int(config["channels"]), int(config["history"]), int(config["width"]),
+                 first=int(config.get("first", 0)))
         with torch.no_grad():
-            for i in range(op.steps):
+            for i in op.covered():
                 for name in PARTS:
                     key, target = f"{prefix}{i}.{name}", op.part(i, name)
                     if key not in tensors:

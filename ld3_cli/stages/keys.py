@@ -36,7 +36,7 @@ NEUTRAL_MODEL_SETTINGS = {"time_rounding": (None, "none"), "guidance_scale": (1,
 NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_gradient": (None, "full"),
                           "decouple_first": (None, False), "steps_rates_offsets": (None, "reset"),
                           "restarts": (None, 1), "iters_residual": (None, 1500), "lr_residual": (None, 0.001),
-                          "residual_width": (None, 16), "batch_size_residual": (None, 50),
+                          "residual_width": (None, 16), "residual_steps": (None, 0), "batch_size_residual": (None, 50),
                           "val_every_residual": (None, 50)}
 # training settings that change one solver's run only: other solvers' keys do not see them
 SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}

@@ -375,3 +375,14 @@ def test_the_residual_operator_lowers_the_validation_loss_below_the_learned_coef
         err = {k: float(((s.solve(model, held * 80) - y_held) ** 2).mean().sqrt())
                for k, s in (("coefficients", coef), ("residual", res.sampler))}
     assert err["residual"] < err["coefficients"], err
+
+
+def test_residual_steps_gives_networks_to_the_last_steps_only(setup):
+    """``residual_steps = 2``: the operator has networks for the last two steps of the table (the analytic first
+    step's table has NFE + 1 steps), and those are the only residual tensors the trainer learns."""
+    model, x, y, _, _ = setup
+    opts = TrainOptions(**FAST, learn=("steps", "offsets", "coefficients", "residual"), residual_steps=2)
+    trainer = LD3Trainer(model, "ipndm", {"order": 3, "analytic_first": True}, 4, x, y, None, opts)
+    trainer.start()
+    assert trainer.residual.steps == 5 and list(trainer.residual.covered()) == [3, 4]
+    assert len([k for k in trainer.state.params if k.startswith("residual.")]) == 2 * 6

@@ -13,12 +13,12 @@ from ld3_cli.solvers.stock import k_dpmpp_2m_coefficients
 from tests.ld3.test_learned_coefficients import CASES, Mixture, grids, start
 
 
-def _operator(table, seed=0, width=4) -> ResidualOperator:
+def _operator(table, seed=0, width=4, first=0) -> ResidualOperator:
     """An operator for ``table`` on the mixture's ``[B, 1, 2, 3]`` states, its last layers drawn too (seed ``seed``)."""
-    op = ResidualOperator(table.steps, 1, table.history, width, torch.Generator().manual_seed(seed)).double()
+    op = ResidualOperator(table.steps, 1, table.history, width, torch.Generator().manual_seed(seed), first).double()
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
-        for i in range(table.steps):
+        for i in op.covered():
             for name in ("w3", "b3"):
                 op.part(i, name).copy_(0.1 * torch.randn(op.part(i, name).shape, generator=g))
     return op
@@ -71,7 +71,7 @@ def test_a_sampler_with_a_residual_round_trips_and_needs_a_table():
     table = get_solver("unipc").coefficients(sig, order=3)
     s = Sampler("unipc", sig, {"order": 3}, ev, scales, "step", table, _operator(table, seed=5))
     back = Sampler.from_tensors(s.tensors(), json.loads(json.dumps(s.plain())))
-    assert back.plain()["residual"] == {"steps": 5, "channels": 1, "history": 3, "width": 4}
+    assert back.plain()["residual"] == {"steps": 5, "channels": 1, "history": 3, "width": 4, "first": 0}
     assert torch.equal(back.solve(Mixture(), start()), s.solve(Mixture(), start()))
     assert torch.equal(s.detached().solve(Mixture(), start()), s.solve(Mixture(), start()))
     with pytest.raises(ConfigError, match="coefficient table"):
@@ -82,16 +82,30 @@ def test_a_sampler_with_a_residual_round_trips_and_needs_a_table():
         Sampler.from_tensors(tensors, s.plain())
 
 
+def test_an_operator_from_step_first_leaves_the_steps_before_it_alone():
+    """``first = 3``: the states up to grid point 3 are the table's bit for bit, the later ones differ; only steps 3
+    and 4 have weights, and the operator round-trips through the sampler's tensors."""
+    sig, ev, scales = grids(5)
+    table = get_solver("ipndm").coefficients(sig, order=3)
+    op = _operator(table, first=3)
+    assert list(op.covered()) == [3, 4] and len(op.weights) == 2 * len(PARTS)
+    states: dict = {}
+    for key, residual in (("table", None), ("residual", op)):
+        sample_multistep(Mixture(), start(), sig, table, ev, eval_scales=scales, residual=residual,
+                         callback=lambda i, x, d, k=key: states.setdefault((k, i), x.clone()))
+    assert all(torch.equal(states["table", i], states["residual", i]) for i in range(4))
+    assert not torch.equal(states["table", 4], states["residual", 4])
+    s = Sampler("ipndm", sig, {"order": 3}, ev, scales, "step", table, op)
+    back = Sampler.from_tensors(s.tensors(), json.loads(json.dumps(s.plain())))
+    assert back.residual.first == 3 and torch.equal(back.solve(Mixture(), start()), s.solve(Mixture(), start()))
+
+
 def test_a_table_onto_zero_gives_its_last_step_the_residual_too():
     """k-diffusion's tables end with a step onto 0: the residual of that step is ``sigma_N * R_N`` (not zero)."""
     sig, _, _ = grids(4)
     table = k_dpmpp_2m_coefficients(sig)
     assert table.to_zero
-    op = _operator(table)
-    with torch.no_grad():
-        for i in range(table.steps - 1):
-            op.part(i, "w3").zero_()
-            op.part(i, "b3").zero_()
+    op = _operator(table, first=table.steps - 1)
     want = sample_multistep(Mixture(), start(), sig, table)
     got = sample_multistep(Mixture(), start(), sig, table, residual=op)
     assert not torch.equal(got, want)
@@ -100,3 +114,5 @@ def test_a_table_onto_zero_gives_its_last_step_the_residual_too():
 def test_bad_sizes_are_refused():
     with pytest.raises(ConfigError, match="width"):
         ResidualOperator(3, 1, 2, 0)
+    with pytest.raises(ConfigError, match="first"):
+        ResidualOperator(3, 1, 2, 4, first=3)

@@ -93,7 +93,7 @@ def test_a_residual_artifact_samples_what_was_learned_and_exports_it(tmp_path, o
         art = train.run(make_ctx("train", store, learn))
     assert "then the residual operator (4 hidden channels a step) alone for 12 it, with adam at lr 0.003" in caplog.text
     plain = art.json("schedule.json")["sampler"]
-    assert plain["residual"] == {"steps": 4, "channels": 1, "history": 4, "width": 4}
+    assert plain["residual"] == {"steps": 4, "channels": 1, "history": 4, "width": 4, "first": 0}
     ctx = make_ctx("sample", store, [*learn, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
     sampler = load_sampler(art, ctx.model.schedule)
     assert sampler.residual is not None and sampler.residual.magnitude() > 0

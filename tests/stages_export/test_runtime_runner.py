@@ -45,7 +45,7 @@ def _sampler(solver, opts, decoupled: bool, learned: bool, schedule=EDM(), nfe=5
         s.coefficients = dataclasses.replace(t, pred=t.pred + noise, corr=corr)
     if residual:
         s.coefficients = s.table()
-        s.residual = ResidualOperator(s.coefficients.steps, 1, s.coefficients.history, 3, g)
+        s.residual = ResidualOperator(s.coefficients.steps, 1, s.coefficients.history, 3, g, first=int(decoupled))
         with torch.no_grad():
             for w in s.residual.weights:
                 w.copy_(0.05 * torch.randn(w.shape, generator=g))
@@ -68,7 +68,7 @@ def test_the_runtime_equals_ld3_bit_for_bit(solver, opts, dtype):
         variants.append((True, False, False))                        # LD3: decoupled times and scales
         if solver not in ("heun", "euler"):
             variants.append((True, True, False))                     # the learned solver
-            variants.append((True, True, True))                      # ... with a residual operator
+            variants.append((True, True, True))                      # ... with a residual from step 1
     elif solver != "k_heun":
         variants.append((False, False, True))                        # a stock table (onto 0) with a residual
     for decoupled, learned, residual in variants:

@@ -25,7 +25,8 @@ Conventions (EDM sigma-space, those of ld3):
 * ``residual`` (tables only, version 5): a learned network added to each step's ``a[i] x + b[i] F_i`` before the
   history terms: ``(sigmas[i] - sigmas[i + 1]) R_i([x / sqrt(1 + sigmas[i]^2), F_i, F_(i-1), ...])`` (history
   zero-padded to ``residual["history"]``, channels stacked; ``R_i`` three 3x3 convolutions with SiLU between;
-  ``sigmas[i + 1]`` is 0 on a ``to_zero`` table's last step) -- :class:`_Residual`;
+  ``sigmas[i + 1]`` is 0 on a ``to_zero`` table's last step; steps before ``residual["first"]`` have none, and
+  ``residual["weights"]`` lists the others' in order) -- :class:`_Residual`;
 * Heun (EDM): Euler predictor, trapezoid corrector; the last step is Euler (onto 0 for ``to_zero``);
 * ``analytic_first`` (tables only): grid point 0 is not evaluated; its noise estimate is
   ``x / sqrt(1 + sigmas[0]^2)`` and ``D = x - sigmas[0] * that``, so the first evaluation is at grid point 1, at
@@ -157,7 +158,7 @@ class _Residual:
     """The record's residual operator, its weights in the state's dtype (float32 values, as ld3 keeps them)."""
 
     def __init__(self, spec: dict, x: torch.Tensor):
-        self.history = int(spec["history"])
+        self.history, self.first = int(spec["history"]), int(spec.get("first", 0))
         self.layers = [[(torch.tensor(step[f"w{k}"], dtype=torch.float32).to(x.device, x.dtype),
                          torch.tensor(step[f"b{k}"], dtype=torch.float32).to(x.device, x.dtype)) for k in (1, 2, 3)]
                        for step in spec["weights"]]
@@ -165,7 +166,7 @@ class _Residual:
     def step(self, i: int, x: torch.Tensor, hist: list, sigma: torch.Tensor, sigma_next: torch.Tensor):
         pad = [torch.zeros_like(x)] * (self.history - len(hist))
         h = torch.cat([x * torch.rsqrt(1 + sigma * sigma).to(x.dtype), *hist[:self.history], *pad], 1)
-        for k, (w, b) in enumerate(self.layers[i]):
+        for k, (w, b) in enumerate(self.layers[i - self.first]):
             h = torch.nn.functional.conv2d(h, w, b, padding=1)
             if k < 2:
                 h = torch.nn.functional.silu(h)
@@ -216,7 +217,7 @@ class _TableRun:
         self.hist = ([f] + self.hist)[:self.history]
         diffs = [h - f for h in self.hist[1:]]
         base = self.a[i] * x + self.b[i] * f
-        if self.residual is not None:
+        if self.residual is not None and i >= self.residual.first:
             sig = self.grid.sigmas
             base = base + self.residual.step(i, x, self.hist, sig[i], sig[i + 1] if i + 1 < len(sig) else sig[i] * 0)
         x_pred = base + _combine(self.pred[i], diffs[:self.pred_terms[i]])
