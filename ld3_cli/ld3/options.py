@@ -156,6 +156,8 @@ RESIDUAL = OptionGroup("residual", "The learned residual operator (phase 4; lear
     Option("residual_steps", 0, whole(0), "The steps that get a residual network: 0 = every step, k = the last k."),
     Option("batch_size_residual", 50, whole(0), "Training pairs per iteration in phase 4 (0 = batch_size)."),
     Option("val_every_residual", 50, whole(1), "Validate every this many iterations in phase 4."),
+    Option("loss_residual", "same", one_of(("same", *LOSSES)), "Phase 4's training loss: same (train.loss) or "
+           "another (pseudo_huber: the few samples in another mode do not drive it); validation keeps train.loss."),
 ))
 
 TRAIN_GROUPS: tuple[OptionGroup, ...] = (SCHEDULE, OBJECTIVE, OPTIMISERS, PHASES, COEFFICIENTS, RESIDUAL)

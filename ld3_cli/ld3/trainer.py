@@ -141,6 +141,9 @@ class LD3Trainer:
         self.radius = float(o.r) if o.r is not None else default_radius(o.gamma, noise_dim, self.nfe)
         self.shift_lr = float(o.shift_lr) if o.shift_lr is not None else default_shift_lr(self.nfe)
         self.loss_name, self.loss_fn = resolve_loss(o.loss, targets.shape[1], self.device, o.lpips_weights)
+        # phase 4 may train on another loss; validation (and so what is kept) always uses train.loss
+        self.residual_loss_fn = self.loss_fn if o.loss_residual in ("same", o.loss) else resolve_loss(
+            o.loss_residual, targets.shape[1], self.device, o.lpips_weights)[1]
         self.grad_checkpoint = _grad_checkpointing(denoiser, o.grad_checkpoint)
         self.train_network = _Checkpointed(denoiser) if self.grad_checkpoint else denoiser  # what training runs
         self.progress = progress
@@ -286,7 +289,8 @@ class LD3Trainer:
         batch = self.train_pairs.rows(idx)
         with rho_gradient(self.options.rho_gradient):
             out = self.student(eps_in, batch.cond, self._student_sampler(phase), net=self.train_network)
-        loss_vec = self.loss_fn(out.float(), batch.y.float())
+        loss_fn = self._training_loss(phase)
+        loss_vec = loss_fn(out.float(), batch.y.float())
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss became {loss.item()} at iteration {s.iteration}; "
@@ -306,6 +310,10 @@ class LD3Trainer:
             rec["residual_max"] = self.residual.magnitude()
         return rec
 
+    def _training_loss(self, phase: Phase):
+        """The per-sample loss a phase trains on: ``train.loss_residual`` in phase 4, ``train.loss`` before."""
+        return self.residual_loss_fn if phase.residual else self.loss_fn
+
     def _move_noises(self, idx: torch.Tensor, eps_in: torch.Tensor, batch: Pairs, loss_vec: torch.Tensor,
                      phase: Phase) -> int:
         """Soft teacher forcing: move the batch's noises along their gradient where that lowers their loss
@@ -315,8 +323,8 @@ class LD3Trainer:
         s = self.state
         proposal = propose_move(eps_in.detach(), eps_in.grad, batch.eps, self.radius, self.shift_lr)
         with torch.no_grad():
-            new_loss = self.loss_fn(self.student(proposal, batch.cond, self._student_sampler(phase, False)).float(),
-                                    batch.y.float())
+            out = self.student(proposal, batch.cond, self._student_sampler(phase, False))
+            new_loss = self._training_loss(phase)(out.float(), batch.y.float())
         updated, mask = accept_moves(s.train_noises[idx], proposal, new_loss, loss_vec.detach())
         s.train_noises[idx] = updated
         return int(mask.sum())

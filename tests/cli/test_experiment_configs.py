@@ -252,3 +252,15 @@ def test_the_guided_preset_is_the_learned_solver_preset_with_three_changes():
     assert (b["solver"]["analytic_first"], b["train"]["loss"], b["train"]["decouple_first"]) == (
         False, "pseudo_huber", True)
     assert {k for k in a if a[k] != b[k]} == {"solver", "train"}
+
+
+def test_the_residual_preset_is_the_learned_solver_preset_with_phase_4():
+    """`train=learned_solver_residual` is `train=learned_solver` with the residual operator learned last (phase 4, at
+    the residual options' defaults), and nothing else."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        plain = compose("train", overrides=["train=learned_solver"])
+        residual = compose("train", overrides=["train=learned_solver_residual"])
+    a, b = (OmegaConf.to_container(c, resolve=True) for c in (plain, residual))
+    assert {k for k in a if a[k] != b[k]} == {"train"}
+    assert {k for k in a["train"] if a["train"][k] != b["train"][k]} == {"learn"}
+    assert b["train"]["learn"] == a["train"]["learn"] + ["residual"] == ["steps", "offsets", "coefficients", "residual"]

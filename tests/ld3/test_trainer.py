@@ -377,6 +377,24 @@ def test_the_residual_operator_lowers_the_validation_loss_below_the_learned_coef
     assert err["residual"] < err["coefficients"], err
 
 
+def test_loss_residual_trains_phase_4_on_its_own_loss_and_keeps_what_train_loss_validates(setup):
+    """``loss_residual = pseudo_huber``: phase 4's training losses are pseudo-Huber (about the error's norm, 28x the
+    RMSE on 28x28 images, where L2 is the squared RMSE), phases 1-3 stay on L2, and what is kept is judged on L2:
+    the best validation loss is the L2 of the kept sampler on the validation pairs."""
+    model, x, y, _, _ = setup
+    res = learn_schedule(model, "ipndm", 4, x, y, solver_options={"order": 3}, seed=2, loss="l2",
+                         loss_residual="pseudo_huber", learn=["steps", "offsets", "coefficients", "residual"], **FAST,
+                         iters_phase3=30, iters_residual=60, batch_size_residual=10, val_every_residual=5)
+    train_losses = {p: [h["loss"] for h in res.history if h["phase"] == p and "loss" in h]
+                    for p in ("coefficients", "residual")}
+    assert len(train_losses["residual"]) == 60
+    assert min(train_losses["residual"]) > 10 * max(train_losses["coefficients"]), train_losses
+    assert res.best_phase == "residual" and res.best_val < res.after_phase["coefficients"]
+    with torch.no_grad():
+        val_l2 = float(((res.sampler.solve(model, x[20:] * 80) - y[20:]) ** 2).mean())
+    assert val_l2 == pytest.approx(res.best_val, rel=1e-5)
+
+
 def test_residual_steps_gives_networks_to_the_last_steps_only(setup):
     """``residual_steps = 2``: the operator has networks for the last two steps of the table (the analytic first
     step's table has NFE + 1 steps), and those are the only residual tensors the trainer learns."""
