@@ -126,6 +126,11 @@ class ExportSchedule:
                               f"({s.tolist()}); regenerate it")
         if self.sigmas_eval.shape != s.shape or not bool(torch.all(self.sigmas_eval > 0)):
             raise ConfigError(f"schedule '{self.name}': sigmas_eval must be {s.numel()} positive values; regenerate it")
+        if self.residual is not None and (self.coefficients is None or self.residual.steps != self.coefficients.steps):
+            raise ConfigError(f"schedule '{self.name}': its residual operator needs the table it was trained on "
+                              f"({self.residual.steps} steps), got "
+                              f"{'none' if self.coefficients is None else f'{self.coefficients.steps} steps'}; "
+                              "export the sampler that training stored (`ld3 export`)")
 
     # -- derived quantities -----------------------------------------------------------------
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from ..errors import ConfigError
 from ..solvers.base import NOISE_ESTIMATE
 from ..solvers.unipc import RHO_GRADIENTS
 from ..utils.option_schema import (FLAG, PATH_OR_NULL, Option, OptionGroup, Rule, by_name, check_options, list_of,
@@ -166,6 +167,16 @@ TRAIN_OPTIONS: dict[str, Option] = by_name(o for g in TRAIN_GROUPS for o in g.op
 TRAIN_RUNTIME_KEYS = frozenset(name for name, o in TRAIN_OPTIONS.items() if not o.keyed)
 
 
+def _check_learn(values: dict) -> dict:
+    """``values`` if what ``learn`` names can be learned together (the residual operator trains on the learned
+    solver: ``residual`` needs ``coefficients``); a ConfigError naming the fix otherwise."""
+    if "residual" in values["learn"] and "coefficients" not in values["learn"]:
+        raise ConfigError(f"train.learn={list(values['learn'])} has residual without coefficients: the residual "
+                          "operator trains on the learned solver (phase 3 before it); use "
+                          "train.learn=[steps,offsets,coefficients,residual]")
+    return values
+
+
 class TrainOptions:
     """Trainer settings, checked when made (``TrainOptions(lr=0.01, learn=["steps"])``) and immutable after.
 
@@ -176,7 +187,7 @@ class TrainOptions:
     __slots__ = ("_values",)
 
     def __init__(self, **given: Any):
-        object.__setattr__(self, "_values", check_options(TRAIN_OPTIONS, given, "train"))
+        object.__setattr__(self, "_values", _check_learn(check_options(TRAIN_OPTIONS, given, "train")))
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any]) -> "TrainOptions":
@@ -194,8 +205,8 @@ class TrainOptions:
     def replace(self, **changes: Any) -> "TrainOptions":
         """A copy with ``changes`` (each checked; unknown names refused)."""
         out = object.__new__(TrainOptions)
-        object.__setattr__(out, "_values", {**self._values,
-                                            **check_options(TRAIN_OPTIONS, changes, "train", fill_defaults=False)})
+        object.__setattr__(out, "_values", _check_learn({
+            **self._values, **check_options(TRAIN_OPTIONS, changes, "train", fill_defaults=False)}))
         return out
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """The trainer's phases: which parameter groups move, for how long, and what the student runs meanwhile.
 
-``train.learn`` (any subset of steps, offsets, coefficients) becomes: ``steps`` for ``iters_phase1``,
+``train.learn`` (any subset of steps, offsets, coefficients, residual; residual only with coefficients) becomes:
+``steps`` for ``iters_phase1``,
 then ``steps + offsets`` for ``iters_phase2`` (LD3's two phases), then the coefficients jointly with the
 rest for ``iters_phase3`` -- or, with ``alternate_rounds = k``, ``k`` rounds of coefficients alone then
 time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt); then, with ``residual`` in ``learn``, the
-residual operator alone for ``iters_residual`` (phase 4, everything before it frozen; the student runs the table,
-learned or the solver's own, with the residual on top).
+residual operator alone for ``iters_residual`` (phase 4, everything before it frozen; the student runs the learned
+table with the residual on top).
 """
 from __future__ import annotations
 
@@ -46,8 +47,7 @@ def plan_phases(o: TrainOptions) -> list[Phase]:
                 phases.append(Phase(f"coefficients-{r}", ("coefficients",), per, dec, True))
                 phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
     if "residual" in learn:
-        phases.append(Phase("residual", ("residual",), int(o.iters_residual), "offsets" in learn,
-                            "coefficients" in learn, True))
+        phases.append(Phase("residual", ("residual",), int(o.iters_residual), "offsets" in learn, True, True))
     return [p for p in phases if p.budget > 0] or phases[:1]
 
 

@@ -11,7 +11,7 @@ learns is ``train.learn``, any subset of
   (:class:`~ld3_cli.ld3.coefficients.CoefficientParameterization`, in the spirit of S4S);
 * ``residual``: a per-step spatial network added to each step (:class:`~ld3_cli.solvers.residual.ResidualOperator`,
   SpanLift's idea), trained last, alone (phase 4: ``iters_residual`` iterations of ``batch_size_residual`` pairs,
-  Adam at ``lr_residual``).
+  Adam at ``lr_residual``, on ``loss_residual``); it needs ``coefficients`` (it trains on the learned solver).
 
 Training runs in phases (:func:`plan_phases`): ``steps`` (``iters_phase1``), then ``steps + offsets``
 (``iters_phase2``) -- exactly LD3 -- then the coefficients (``iters_phase3`` iterations of
@@ -193,7 +193,7 @@ class LD3Trainer:
                                                                       o.coefficient_constraint).to(self.device)
             params.update({f"coefficients.{i}": p for i, p in enumerate(self.coefficients.parameters_list())})
             history = self.coefficients.history
-        if "residual" in o.learn:  # its hidden layers start from the run's seed: restarts share them
+        if "residual" in o.learn:  # its hidden layers start from the run's seed (a restart's, in a restart)
             first = max(0, base.steps - int(o.residual_steps)) if o.residual_steps else 0
             self.residual = ResidualOperator(base.steps, int(self.train_pairs.eps.shape[1]), history, o.residual_width,
                                              torch.Generator().manual_seed(int(o.seed)), first).to(self.device)
@@ -356,8 +356,9 @@ class LD3Trainer:
             optimizer.lr = max(optimizer.lr * o.lr_decay, floor)
 
     def batch_size(self, phase: Phase) -> int:
-        """Training pairs per iteration: ``batch_size_coefficients`` (when > 0) in a phase that runs the learned
-        coefficients, ``batch_size`` otherwise; at most the training split."""
+        """Training pairs per iteration: ``batch_size_residual`` (when > 0) in phase 4, ``batch_size_coefficients``
+        (when > 0) in a phase that runs the learned coefficients, ``batch_size`` otherwise; at most the training
+        split."""
         o = self.options
         bs = o.batch_size_coefficients if phase.coefficients and o.batch_size_coefficients else o.batch_size
         if phase.residual:
@@ -400,7 +401,7 @@ class LD3Trainer:
         steps' in phase 2 (``steps_rates_offsets``), the time steps' and offsets' in phase 3
         (``schedule_rates_coefficients``); none at ``reset``."""
         o = self.options
-        if starting is not None and starting.coefficients:
+        if starting is not None and starting.coefficients and not starting.residual:  # phase 4 moves neither
             names, mode = ("steps", "offsets"), o.schedule_rates_coefficients
         elif starting is not None and starting.name == "offsets":
             names, mode = ("steps",), o.steps_rates_offsets
@@ -509,11 +510,11 @@ class LD3Trainer:
         if saved.phase_names != self.state.phase_names:
             raise ConfigError(f"the saved training state has phases {saved.phase_names}, this run "
                               f"{self.state.phase_names}")
-        before = self.state, self.grid, self.coefficients, self.optimizers
+        before = self.state, self.grid, self.coefficients, self.residual, self.optimizers
         try:
             self._adopt(saved)
         except Exception as e:
-            self.state, self.grid, self.coefficients, self.optimizers = before
+            self.state, self.grid, self.coefficients, self.residual, self.optimizers = before
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(f"the saved training state does not fit this run ({type(e).__name__}: {e})") from None
@@ -547,7 +548,8 @@ def learn_schedule(denoiser, solver: str, nfe: int, noises: torch.Tensor, target
         nfe: student NFE.
         noises: ``[n, C, H, W]`` unit-variance noises; targets: ``[n, ...]`` teacher images in [-1, 1].
         schedule: ``train.init``: ``"auto"`` (best baseline on the training split; the default) or a baseline name.
-        learn: ``train.learn``, any subset of ``("steps", "offsets", "coefficients")`` (default: steps, offsets).
+        learn: ``train.learn``, any subset of ``("steps", "offsets", "coefficients", "residual")`` (default: steps,
+            offsets; residual only with coefficients).
         **options: any other train option (``batch_size``, ``r``, ``param``, ``iters_phase3``, ``restarts`` ...); the
             defaults are the declared ones, which the CLI's configs/train/default.yaml also holds.
 

@@ -127,7 +127,7 @@ def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=N
         hist = ([f] + hist)[:c.history]
         diffs = [h - f for h in hist[1:]]
         base = cast["a"][i] * x + cast["b"][i] * f
-        r = None if residual is None else residual.step(i, x, hist, *_step_sigmas(ev.sigmas, i, c.steps))
+        r = None if residual is None else residual.step(i, x, hist, *_step_sigmas(ev.sigmas, i))
         if r is not None:
             base = base + r
         x_pred = base + _combine(cast["pred"][i], diffs[:c.pred_terms[i]])
@@ -143,7 +143,7 @@ def run_multistep(ev: Evaluator, x: Tensor, c: MultistepCoefficients, callback=N
     return x
 
 
-def _step_sigmas(sigmas: Tensor, i: int, steps: int) -> tuple[Tensor, Tensor]:
+def _step_sigmas(sigmas: Tensor, i: int) -> tuple[Tensor, Tensor]:
     """``(sigma_i, sigma_{i+1})`` of step ``i`` (``sigma_{i+1} = 0`` on a ``to_zero`` table's extra last step)."""
     return sigmas[i], sigmas[i + 1] if i + 1 < sigmas.numel() else sigmas.new_zeros(())
 

@@ -37,10 +37,11 @@ PARTS = ("w1", "b1", "w2", "b2", "w3", "b3")
 class ResidualOperator(nn.Module):
     """Per-step residual networks for steps ``first .. steps - 1`` of a ``steps``-step table of history ``history``
     on states of ``channels`` channels, ``width`` hidden channels (module docstring).  ``generator`` seeds the hidden
-    layers' initial weights (PyTorch's default convolution initialisation); the last layer starts at zero."""
+    layers' initial weights (PyTorch's default convolution initialisation; ``init=False``: all zero, for weights
+    loaded next); the last layer starts at zero."""
 
     def __init__(self, steps: int, channels: int, history: int, width: int = 16,
-                 generator: Optional[torch.Generator] = None, first: int = 0):
+                 generator: Optional[torch.Generator] = None, first: int = 0, init: bool = True):
         super().__init__()
         if min(int(steps), int(channels), int(history), int(width)) < 1 or not 0 <= int(first) < int(steps):
             raise ConfigError(f"a residual operator needs steps, channels, history and width >= 1 and 0 <= first < "
@@ -54,13 +55,18 @@ class ResidualOperator(nn.Module):
         for _ in self.covered():
             for name in PARTS:
                 self.weights.append(nn.Parameter(torch.zeros(shapes[name])))
-        with torch.no_grad():
-            for i in self.covered():
-                for layer in (1, 2):  # PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
-                    w, b = self.part(i, f"w{layer}"), self.part(i, f"b{layer}")
-                    bound = 1.0 / float(w[0].numel()) ** 0.5
-                    w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
-                    b.copy_(torch.rand(b.shape, generator=generator) * 2 * bound - bound)
+        if init:
+            self._init_hidden(generator)
+
+    @torch.no_grad()
+    def _init_hidden(self, generator: Optional[torch.Generator]) -> None:
+        """The hidden layers' initial weights (the last layer stays zero)."""
+        for i in self.covered():
+            for layer in (1, 2):  # PyTorch's Conv2d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
+                w, b = self.part(i, f"w{layer}"), self.part(i, f"b{layer}")
+                bound = 1.0 / float(w[0].numel()) ** 0.5
+                w.copy_(torch.rand(w.shape, generator=generator) * 2 * bound - bound)
+                b.copy_(torch.rand(b.shape, generator=generator) * 2 * bound - bound)
 
     def covered(self) -> range:
         """The steps that have a network."""
@@ -75,7 +81,7 @@ class ResidualOperator(nn.Module):
         return {"steps": self.steps, "channels": self.channels, "history": self.history, "width": self.width,
                 "first": self.first}
 
-    def step(self, i: int, x: Tensor, hist: list, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    def step(self, i: int, x: Tensor, hist: list, sigma: Tensor, sigma_next: Tensor) -> Optional[Tensor]:
         """The residual ``r_i`` of step ``i`` (``hist``: ``F_i, F_{i-1}, ...``, latest first; ``sigma``,
         ``sigma_next``: 0-d tensors of the grid); ``None`` for a step before ``first``."""
         if i < self.first:
@@ -85,7 +91,8 @@ class ResidualOperator(nn.Module):
         scale = torch.rsqrt(1 + sigma * sigma).to(dt)
         h = torch.cat([x * scale, *hist[:self.history], *pad], 1)
         for layer in range(1, LAYERS + 1):
-            h = F.conv2d(h, self.part(i, f"w{layer}").to(dt), self.part(i, f"b{layer}").to(dt), padding=1)
+            w, b = (self.part(i, f"{p}{layer}").to(x.device, dt) for p in "wb")
+            h = F.conv2d(h, w, b, padding=1)
             if layer < LAYERS:
                 h = F.silu(h)
         return (sigma - sigma_next).to(dt) * h
@@ -104,7 +111,7 @@ class ResidualOperator(nn.Module):
     def from_tensors(cls, tensors: dict, config: dict, prefix: str = "residual.") -> "ResidualOperator":
         """Inverse of :meth:`tensors` + :meth:`config` (ConfigError on a missing or misshapen tensor)."""
         op = cls(int(config["steps"]), int(config["channels"]), int(config["history"]), int(config["width"]),
-                 first=int(config.get("first", 0)))
+                 first=int(config.get("first", 0)), init=False)
         with torch.no_grad():
             for i in op.covered():
                 for name in PARTS:

@@ -129,9 +129,10 @@ def _log_plan(ctx: StageContext, trainer: LD3Trainer, opts: TrainOptions) -> Non
              f", best of {opts.restarts} restarts" if opts.restarts > 1 else "")
     if "coefficients" in opts.learn:
         _log_coefficient_plan(trainer, opts)
-    if "residual" in opts.learn:
+    residual = next((p for p in trainer.phases if p.residual), None)
+    if residual is not None:
         log.info("then the residual operator (%d hidden channels a step) alone for %d it, with adam at lr %g, batch %d",
-                 opts.residual_width, opts.iters_residual, opts.lr_residual, trainer.batch_size(trainer.phases[-1]))
+                 opts.residual_width, residual.budget, opts.lr_residual, trainer.batch_size(residual))
 
 
 @contextmanager

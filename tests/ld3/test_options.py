@@ -35,6 +35,9 @@ def test_the_defaults_pass_and_lists_become_tuples():
     ("r", -1.0, "train.r must be >= 0 (0 = hard loss) or null, got -1.0"),
     ("learn", ["steps", "speed"],
      "train.learn must be a non-empty list of ['steps', 'offsets', 'coefficients', 'residual']"),
+    ("learn", ["steps", "offsets", "residual"], "has residual without coefficients: the residual operator trains on "
+     "the learned solver (phase 3 before it); use train.learn=[steps,offsets,coefficients,residual]"),
+    ("loss_residual", "huber", "train.loss_residual must be same, auto, l2, l1, pseudo_huber or lpips"),
     ("offset_units", "seconds", "train.offset_units must be window or official, got 'seconds'"),
     ("eval_scale", "ve", "train.eval_scale must be model, vp or none, got 've'"),
     ("noise_estimate", "mid", "train.noise_estimate must be eval or step, got 'mid'"),

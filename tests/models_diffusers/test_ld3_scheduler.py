@@ -16,6 +16,7 @@ from ld3_cli.export import ExportSchedule, write_export
 from ld3_cli.models import BuildContext, build_model
 from ld3_cli.models.conventions import network_convention
 from ld3_cli.schedules import discretize
+from ld3_cli.solvers.residual import ResidualOperator
 from ld3_cli.solvers.sampler import Sampler
 
 pytest.importorskip("diffusers")
@@ -23,9 +24,10 @@ PROMPTS = ["a red cat", "blue sky", "green field"]
 RTOL = 1e-4  # the acceptance: relative max abs difference to ld3's final states
 
 
-def _learned_sampler(model, solver, opts, nfe, learned: bool, seed=0) -> Sampler:
+def _learned_sampler(model, solver, opts, nfe, learned, seed=0) -> Sampler:
     """An LD3-like sampler on the model's schedule: time-uniform steps, perturbed evaluation times with the VP
-    state scales alpha(sigma) / alpha(sigma_eval) (the official semantics); ``learned``: a perturbed full table."""
+    state scales alpha(sigma) / alpha(sigma_eval) (the official semantics); ``learned``: a perturbed full table
+    (``"residual"``: and a residual operator from step 1, every weight drawn)."""
     g = torch.Generator().manual_seed(seed)
     sched = model.schedule
     sig = discretize("time_uniform", nfe, sched)
@@ -38,13 +40,18 @@ def _learned_sampler(model, solver, opts, nfe, learned: bool, seed=0) -> Sampler
         corr = None if t.corr is None else t.corr + 0.02 * torch.randn(t.corr.shape, generator=g, dtype=torch.float64)
         s.coefficients = dataclasses.replace(
             t, pred=t.pred + 0.02 * torch.randn(t.pred.shape, generator=g, dtype=torch.float64), corr=corr)
+    if learned == "residual":
+        s.residual = ResidualOperator(t.steps, model.shape[0], t.history, 3, g, first=1)
+        with torch.no_grad():
+            for w in s.residual.weights:
+                w.copy_(0.05 * torch.randn(w.shape, generator=g))
     return s
 
 
 def _export(model, s: Sampler, folder):
     es = ExportSchedule("ld3", s.sigmas, s.evaluation_sigmas, model.schedule, s.solver, s.options, s.steps, "tiny",
                         "tiny-0", eval_scales=s.eval_scales, noise_estimate=s.noise_estimate, coefficients=s.table(),
-                        learned_coefficients=s.coefficients is not None,
+                        learned_coefficients=s.coefficients is not None, residual=s.residual,
                         network=network_convention(model, s.evaluation_sigmas))
     write_export(es, folder, ["diffusers"])
     return folder
@@ -94,11 +101,12 @@ def _rel(a, b) -> float:
 
 
 CASES = [("unipc", {"order": 3}, False, "eps"), ("unipc", {"order": 3}, True, "eps"),
-         ("dpmpp", {"order": 2}, True, "eps"), ("unipc", {"order": 3}, True, "v")]
+         ("dpmpp", {"order": 2}, True, "eps"), ("unipc", {"order": 3}, True, "v"),
+         ("unipc", {"order": 3}, "residual", "eps")]
 
 
 @pytest.mark.parametrize("solver,opts,learned,prediction", CASES,
-                         ids=["ld3-unipc", "learned-unipc", "learned-dpmpp", "learned-unipc-v"])
+                         ids=["ld3-unipc", "learned-unipc", "learned-dpmpp", "learned-unipc-v", "residual-unipc"])
 def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, solver, opts, learned, prediction):
     """A DDPM-type UNet2DModel pipeline; ``v``: the same network read as a v-predictor (model.prediction=v)."""
     from diffusers import DDPMPipeline
@@ -109,6 +117,7 @@ def test_ddpm_pipeline_with_the_ld3_scheduler_equals_ld3(ddpm_dir, tmp_path, sol
     scheduler = pipe.scheduler
     assert scheduler.config.prediction_type == {"eps": "epsilon", "v": "v_prediction"}[prediction]
     assert scheduler.nfe == 4 and scheduler.timesteps.shape == (4,)
+    assert (scheduler.config.residual is not None) == (learned == "residual")  # runs it: `ours` has it
     final = _watch_final_state(scheduler)
     with torch.no_grad():
         images = pipe(batch_size=3, generator=torch.Generator().manual_seed(0), num_inference_steps=4,

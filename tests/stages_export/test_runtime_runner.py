@@ -164,6 +164,11 @@ def test_records_it_cannot_run_are_refused():
     with pytest.raises(ValueError, match="residual operator needs a multistep table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "heun", "coefficients": None, "residual": {"history": 1}})
+    table = {"a": [1.0, 1.0, 1.0]}
+    with pytest.raises(ValueError, match="has 1 steps' weights, its table 3 steps from step 1; re-export it"):
+        ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
+                                  "solver": "ipndm", "coefficients": table,
+                                  "residual": {"history": 1, "first": 1, "weights": [{}]}})
     with pytest.raises(ValueError, match="analytic first step needs a multistep table"):
         ld3_sampler.check_record({"format": "ld3-schedule", "sigmas": [2.0, 1.0], "sigmas_eval": [2.0, 1.0],
                                   "solver": "heun", "coefficients": None, "analytic_first": True})

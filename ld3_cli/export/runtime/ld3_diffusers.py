@@ -58,6 +58,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         solver: ld3's solver name; coefficients: its multistep table (``None`` for Heun).
         eval_scales, noise_estimate, to_zero: how the network is evaluated; whether the run ends onto 0.
         analytic_first: the first step is analytic (no evaluation at ``sigmas[0]``).
+        residual: the learned residual operator (its sizes and per-step weights), or ``None``.
         network_kind: ``vp`` (DDPM / LDM / SD), ``flow`` (SD3-style) or ``edm``.
         prediction_type: ``epsilon``, ``v_prediction``, ``sample`` or ``flow_prediction``.
         timestep_labels: the network's time at each grid point (``N + 1`` values).
@@ -73,7 +74,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                  coefficients: Optional[dict] = None, eval_scales: Optional[list] = None,
                  noise_estimate: str = "step", to_zero: bool = False, network_kind: str = "vp",
                  prediction_type: str = "epsilon", sigma_data: float = 0.5, num_train_timesteps: int = 1000,
-                 schedule_name: str = "ld3", analytic_first: bool = False):
+                 schedule_name: str = "ld3", analytic_first: bool = False, residual: Optional[dict] = None):
         if network_kind not in NETWORK_KINDS:
             raise ValueError(f"network_kind must be one of {NETWORK_KINDS}, got {network_kind!r}")
         if prediction_type not in PREDICTIONS or (network_kind == "edm" and prediction_type != "epsilon"):
@@ -84,7 +85,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
         self.record = {"format": ld3_sampler.FORMAT, "sigmas": list(sigmas), "sigmas_eval": list(sigmas_eval),
                        "solver": solver, "coefficients": coefficients, "eval_scales": eval_scales,
                        "noise_estimate": noise_estimate, "to_zero": bool(to_zero),
-                       "analytic_first": bool(analytic_first)}
+                       "analytic_first": bool(analytic_first), "residual": residual}
         ld3_sampler.check_record(self.record, "the scheduler config")
         self.points = ld3_sampler.evaluation_points(self.record)
         self.nfe = len(self.points)
@@ -116,7 +117,7 @@ class LD3Scheduler(SchedulerMixin, ConfigMixin):
                    prediction_type=net["prediction_type"], sigma_data=float(net.get("sigma_data", 0.5)),
                    num_train_timesteps=int(net.get("num_train_timesteps") or 1000),
                    schedule_name=str(record.get("schedule", "ld3")),
-                   analytic_first=ld3_sampler.analytic_first(record))
+                   analytic_first=ld3_sampler.analytic_first(record), residual=record.get("residual"))
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
