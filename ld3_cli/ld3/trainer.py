@@ -217,7 +217,7 @@ class LD3Trainer:
         if group == "offsets" and o.offsets_optimizer == "sgd":
             return SGD(p, lr=o.lr_offsets / self.nfe)
         if group == "residual":
-            return Adam(p, lr=o.lr_residual)
+            return Adam(p, lr=o.lr_residual, decay=o.residual_decay)
         if group == "coefficients" and o.coefficients_optimizer == "adam":
             return Adam(p, lr=o.lr_coefficients, decay=o.coefficient_decay)
         if group == "coefficients":

@@ -395,6 +395,27 @@ def test_loss_residual_trains_phase_4_on_its_own_loss_and_keeps_what_train_loss_
     assert val_l2 == pytest.approx(res.best_val, rel=1e-5)
 
 
+def test_residual_decay_pulls_the_residual_weights_towards_zero(setup):
+    """``residual_decay = d``: phase 4's Adam shrinks every residual weight by ``1 - d`` after its step (the
+    decoupled decay the coefficients' Adam has), so with a rate too small to move them the hidden weights after ``k``
+    steps are ``(1 - d)^k`` times their start, and the last layers stay near zero."""
+    model, x, y, _, _ = setup
+    opts = TrainOptions(**FAST, learn=("steps", "offsets", "coefficients", "residual"), residual_decay=0.1,
+                        lr_residual=1e-12)
+    trainer = LD3Trainer(model, "ipndm", {"order": 3, "analytic_first": True}, 4, x, y, None, opts)
+    trainer.start()
+    names = [k for k in trainer.state.params if k.startswith("residual.")]
+    start = {k: trainer.state.params[k].detach().clone() for k in names}
+    optimizers = [trainer._new_optimizer(k, trainer.state.params[k]) for k in names]
+    for _ in range(3):
+        for k, opt in zip(names, optimizers):
+            trainer.state.params[k].grad = torch.ones_like(trainer.state.params[k])
+            opt.step()
+    for k in names:
+        assert torch.allclose(trainer.state.params[k], start[k] * 0.9 ** 3, atol=1e-10), k
+    assert trainer.residual.magnitude() < 1e-10 and any(float(v.abs().max()) > 0 for v in start.values())
+
+
 def test_residual_steps_gives_networks_to_the_last_steps_only(setup):
     """``residual_steps = 2``: the operator has networks for the last two steps of the table (the analytic first
     step's table has NFE + 1 steps), and those are the only residual tensors the trainer learns."""
