@@ -289,8 +289,7 @@ class LD3Trainer:
         batch = self.train_pairs.rows(idx)
         with rho_gradient(self.options.rho_gradient):
             out = self.student(eps_in, batch.cond, self._student_sampler(phase), net=self.train_network)
-        loss_fn = self._training_loss(phase)
-        loss_vec = loss_fn(out.float(), batch.y.float())
+        loss_vec = self._training_loss(phase)(out.float(), batch.y.float())
         loss = loss_vec.mean()
         if not torch.isfinite(loss):
             raise NumericalError(f"training loss became {loss.item()} at iteration {s.iteration}; "

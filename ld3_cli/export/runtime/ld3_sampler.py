@@ -77,13 +77,14 @@ def check_record(record: dict, where: str = "the record") -> None:
         raise ValueError(f"{where}: solver {record['solver']!r} has no coefficient table; re-export it with "
                          "`ld3 export` (this ld3 version writes the table of every multistep solver)")
     residual = record.get("residual")
-    if residual is not None and record.get("coefficients") is None:
-        raise ValueError(f"{where}: a residual operator needs a multistep table; re-export it with `ld3 export`")
-    if residual is not None and len(residual.get("weights", ())) != len(record["coefficients"]["a"]) - int(
-            residual.get("first", 0)):
-        raise ValueError(f"{where}: the residual operator has {len(residual.get('weights', ()))} steps' weights, its "
-                         f"table {len(record['coefficients']['a'])} steps from step {int(residual.get('first', 0))}; "
-                         "re-export it with `ld3 export`")
+    if residual is not None:
+        if record.get("coefficients") is None:
+            raise ValueError(f"{where}: a residual operator needs a multistep table; re-export it with `ld3 export`")
+        given, steps, first = len(residual.get("weights", ())), len(record["coefficients"]["a"]), int(
+            residual.get("first", 0))
+        if given != steps - first:
+            raise ValueError(f"{where}: the residual operator has {given} steps' weights, its table {steps} steps "
+                             f"from step {first}; re-export it with `ld3 export`")
     if analytic_first(record) and record.get("coefficients") is None:
         raise ValueError(f"{where}: an analytic first step needs a multistep table; re-export it with `ld3 export`")
 
