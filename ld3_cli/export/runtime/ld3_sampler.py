@@ -80,8 +80,8 @@ def check_record(record: dict, where: str = "the record") -> None:
     if residual is not None:
         if record.get("coefficients") is None:
             raise ValueError(f"{where}: a residual operator needs a multistep table; re-export it with `ld3 export`")
-        given, steps, first = len(residual.get("weights", ())), len(record["coefficients"]["a"]), int(
-            residual.get("first", 0))
+        given = len(residual.get("weights", ()))
+        steps, first = len(record["coefficients"]["a"]), int(residual.get("first", 0))
         if given != steps - first:
             raise ValueError(f"{where}: the residual operator has {given} steps' weights, its table {steps} steps "
                              f"from step {first}; re-export it with `ld3 export`")
