@@ -151,10 +151,13 @@ COEFFICIENTS = OptionGroup("coefficients", "The learned solver coefficients (pha
 ))
 
 RESIDUAL = OptionGroup("residual", "The learned residual operator (phase 4; learn has residual)", (
-    Option("iters_residual", 1500, whole(0), "Iterations of phase 4 (the residual operator; the rest is frozen)."),
+    Option("iters_residual", 1500, whole(0), "Iterations of phase 4 (the residual operator)."),
     Option("lr_residual", 0.001, POSITIVE, "Adam's step size on the residual operator's weights."),
     Option("residual_decay", 0.0, FRACTION_OPEN, "Decoupled weight decay of the residual's weights: after each "
            "step w <- (1 - decay) w."),
+    Option("residual_joint", 0.0, number(lambda v: v >= 0, ">= 0"), "Phase 4 also moves the time steps, offsets "
+           "and coefficients that learn has, at their own rates times this factor (0 = the residual alone, the rest "
+           "frozen)."),
     Option("residual_width", 16, whole(1), "Hidden channels of each step's residual network."),
     Option("residual_steps", 0, whole(0), "The steps that get a residual network: 0 = every step, k = the last k."),
     Option("batch_size_residual", 50, whole(0), "Training pairs per iteration in phase 4 (0 = batch_size)."),

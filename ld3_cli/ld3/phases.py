@@ -5,8 +5,9 @@
 then ``steps + offsets`` for ``iters_phase2`` (LD3's two phases), then the coefficients jointly with the
 rest for ``iters_phase3`` -- or, with ``alternate_rounds = k``, ``k`` rounds of coefficients alone then
 time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt); then, with ``residual`` in ``learn``, the
-residual operator alone for ``iters_residual`` (phase 4, everything before it frozen; the student runs the learned
-table with the residual on top).
+residual operator for ``iters_residual`` (phase 4; the student runs the learned table with the residual on top),
+alone (everything before it frozen) or, with ``residual_joint > 0``, jointly with the groups learned before it (the
+trainer starts those at their rates times ``residual_joint``).
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def plan_phases(o: TrainOptions) -> list[Phase]:
                 phases.append(Phase(f"coefficients-{r}", ("coefficients",), per, dec, True))
                 phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
     if "residual" in learn:
-        phases.append(Phase("residual", ("residual",), int(o.iters_residual), "offsets" in learn, True, True))
+        joint = ("coefficients", *sched) if o.residual_joint > 0 else ()
+        phases.append(Phase("residual", ("residual", *joint), int(o.iters_residual), "offsets" in learn, True, True))
     return [p for p in phases if p.budget > 0] or phases[:1]
 
 

@@ -10,8 +10,10 @@ learns is ``train.learn``, any subset of
 * ``coefficients``: corrections to the solver's multistep weights
   (:class:`~ld3_cli.ld3.coefficients.CoefficientParameterization`, in the spirit of S4S);
 * ``residual``: a per-step spatial network added to each step (:class:`~ld3_cli.solvers.residual.ResidualOperator`,
-  SpanLift's idea), trained last, alone (phase 4: ``iters_residual`` iterations of ``batch_size_residual`` pairs,
-  Adam at ``lr_residual``, on ``loss_residual``); it needs ``coefficients`` (it trains on the learned solver).
+  SpanLift's idea), trained last (phase 4: ``iters_residual`` iterations of ``batch_size_residual`` pairs,
+  Adam at ``lr_residual``, on ``loss_residual``), alone or, with ``residual_joint > 0``, with the time steps,
+  offsets and coefficients at their rates times ``residual_joint``; it needs ``coefficients`` (it trains on the
+  learned solver).
 
 Training runs in phases (:func:`plan_phases`): ``steps`` (``iters_phase1``), then ``steps + offsets``
 (``iters_phase2``) -- exactly LD3 -- then the coefficients (``iters_phase3`` iterations of
@@ -26,8 +28,8 @@ RMSprop (ld3's default, in window units) or the paper's SGD (``lr_offsets / NFE`
 corrections; UniPC's gradient exact or, with ``rho_gradient=stopped``, as the paper's code computes it
 (:func:`~ld3_cli.solvers.unipc.rho_gradient`); gradient-norm clipping at 1 per group; learning-rate decay by
 ``lr_decay`` after ``patience`` validations without improvement (restoring the best parameters); a phase ends at
-its budget or when its first group's learning rate reaches ``min_lr``.  Differences, for speed or
-rigour: validation uses the *hard* loss from the true noises in one batch (what sampling sees), the
+its budget or when its lead group's learning rate reaches ``min_lr`` (:meth:`LD3Trainer._lead`).  Differences, for
+speed or rigour: validation uses the *hard* loss from the true noises in one batch (what sampling sees), the
 initial schedule is a validation candidate (the result is never worse than it on validation), and
 each solver step can be gradient-checkpointed.
 
@@ -365,11 +367,11 @@ class LD3Trainer:
         return max(1, min(int(bs), self.n_train))
 
     def _lead(self, phase: Phase):
-        """The optimiser whose rate a phase reports and ends on: the coefficients' in a phase that moves them,
-        else the first group's (the time steps in LD3's phases)."""
+        """The optimiser whose rate a phase reports and ends on: the residual's in phase 4, the coefficients' in a
+        phase 3 that moves them, else the first group's (the time steps in LD3's phases)."""
         active = self._active(phase)
-        coefficients = [name for name in active if name.startswith("coefficients")]
-        return self.optimizers[(coefficients or active)[0]]
+        lead = "residual" if phase.residual else "coefficients"
+        return self.optimizers[([name for name in active if name.startswith(lead)] or active)[0]]
 
     def _phase_done(self, phase: Phase) -> bool:
         return self.state.phase_iteration >= phase.budget or self._lead(phase).lr <= self.options.min_lr
@@ -377,7 +379,8 @@ class LD3Trainer:
     def _next_phase(self) -> None:
         """The phase change: record the ended phase's best validation and sampler, then start the next phase
         from the best parameters so far, with fresh optimisers (the options' learning rates) but those it carries
-        (:meth:`_carried`), and its iteration and patience counters at zero.  The best validation so far carries
+        (:meth:`_carried`; a joint phase 4 starts the groups learned before it at their rates times
+        ``residual_joint``), and its iteration and patience counters at zero.  The best validation so far carries
         over."""
         s = self.state
         ended = self.phases[s.phase_index]
@@ -394,6 +397,10 @@ class LD3Trainer:
             s.optimizers[name] = ending[name].state
             if mode == "averages":
                 self.optimizers[name].lr = fresh_rate
+        if starting is not None and starting.residual:  # a joint phase 4 moves what came before at a scaled rate
+            for name in self._active(starting):
+                if not name.startswith("residual"):
+                    self.optimizers[name].lr *= self.options.residual_joint
 
     def _carried(self, starting: Optional[Phase]) -> tuple[tuple, str]:
         """The ended phase's optimisers that ``starting`` keeps, and how (``carry`` or ``averages``): the time

@@ -38,7 +38,7 @@ NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_g
                           "restarts": (None, 1), "iters_residual": (None, 1500), "lr_residual": (None, 0.001),
                           "residual_width": (None, 16), "residual_steps": (None, 0), "batch_size_residual": (None, 50),
                           "val_every_residual": (None, 50), "loss_residual": (None, "same"),
-                          "residual_decay": (None, 0.0)}
+                          "residual_decay": (None, 0.0), "residual_joint": (None, 0.0)}
 # training settings that change one solver's run only: other solvers' keys do not see them
 SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}
 

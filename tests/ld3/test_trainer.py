@@ -7,6 +7,7 @@ import torch
 from ld3_cli.data.seeds import noise_for_seeds
 from ld3_cli.errors import ConfigError, NumericalError
 from ld3_cli.ld3 import learn_schedule
+from ld3_cli.ld3.phases import plan_phases
 from ld3_cli.ld3.restarts import RESTART_SEED_STRIDE, restart_seed
 from ld3_cli.ld3.trainer import LD3Trainer, TrainOptions
 from ld3_cli.models.mnist_gmm import GaussianMixtureDenoiser, load_or_fit
@@ -58,7 +59,9 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     (("steps", "offsets"), 22, {"steps_rates_offsets": "averages", "patience": 2}),
     (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True}),
     (("steps", "offsets", "coefficients", "residual"), 60, {"iters_residual": 20, "val_every_residual": 5,
-                                                            "batch_size_residual": 10})])
+                                                            "batch_size_residual": 10}),
+    (("steps", "offsets", "coefficients", "residual"), 60, {"iters_residual": 20, "val_every_residual": 5,
+                                                            "batch_size_residual": 10, "residual_joint": 0.5})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
     """Interrupted mid phase 1 (LD3), mid phase 2 (with phase 1's optimiser carried), mid phase 3 (the
     coefficients and their optimiser's state) or mid phase 4 (the residual operator), the resumed run takes the
@@ -425,3 +428,35 @@ def test_residual_steps_gives_networks_to_the_last_steps_only(setup):
     trainer.start()
     assert trainer.residual.steps == 5 and list(trainer.residual.covered()) == [3, 4]
     assert len([k for k in trainer.state.params if k.startswith("residual.")]) == 2 * 6
+
+
+def test_a_joint_phase_4_moves_the_steps_and_coefficients_with_the_residual_at_scaled_rates(setup):
+    """``residual_joint = f``: phase 4 moves the time steps, offsets and coefficients with the residual, starting
+    them at their options' rates times ``f`` (the residual at ``lr_residual``, the phase's lead); its validation
+    beats phase 3's, what it keeps differs from phase 3 in every learned group, and the kept sampler scores the
+    best validation loss on the validation pairs.  At ``f = 0`` phase 4 moves the residual alone."""
+    model, x, y, _, _ = setup
+    learn = ("steps", "offsets", "coefficients", "residual")
+    assert plan_phases(TrainOptions(learn=learn))[-1].groups == ("residual",)
+    assert plan_phases(TrainOptions(learn=learn, residual_joint=0.2))[-1].groups == ("residual", "coefficients",
+                                                                                     "steps", "offsets")
+    opts = TrainOptions(**FAST, learn=learn, residual_joint=0.2, iters_phase3=30)
+    trainer = LD3Trainer(model, "ipndm", {"order": 3}, 4, x, y, None, opts)
+    trainer.start()
+    trainer.state.phase_index = 2  # as if phase 3 had just ended
+    trainer._next_phase()
+    phase = trainer.phases[trainer.state.phase_index]
+    rates = {name.split(".")[0]: trainer.optimizers[name].lr for name in trainer._active(phase)}
+    assert rates == pytest.approx({"residual": opts.lr_residual, "coefficients": 0.2 * opts.lr_coefficients,
+                                   "steps": 0.2 * opts.lr, "offsets": 0.2 * opts.lr_offsets}), rates
+    assert trainer._lead(phase) is trainer.optimizers[next(n for n in trainer.optimizers if n.startswith("residual"))]
+    res = learn_schedule(model, "ipndm", 4, x, y, solver_options={"order": 3}, seed=2, learn=learn, **FAST,
+                         residual_joint=0.2, iters_phase3=30, iters_residual=60, batch_size_residual=10,
+                         val_every_residual=5)
+    coef = res.phase_samplers["coefficients"]
+    assert res.best_phase == "residual" and res.best_val < 0.9 * res.after_phase["coefficients"]
+    assert not torch.equal(res.sigmas, coef.sigmas) and not torch.equal(res.sigmas_eval, coef.sigmas_eval)
+    assert not torch.equal(res.sampler.coefficients.pred, coef.coefficients.pred)
+    with torch.no_grad():
+        val_l2 = float(((res.sampler.solve(model, x[20:] * 80) - y[20:]) ** 2).mean())
+    assert val_l2 == pytest.approx(res.best_val, rel=1e-5)
