@@ -81,17 +81,20 @@ def test_the_few_pairs_warning_threshold_is_half_the_learned_solver_preset():
     assert LEARNED_SOLVER_TRAIN_PAIRS == preset.teacher.n // 2
 
 
-def test_a_residual_artifact_samples_what_was_learned_and_exports_it(tmp_path, one_torch_thread, caplog):
-    """With ``residual`` learned too: the stored sampler carries the operator, `ld3 sample` runs it, and the
-    exported schedule.json (version 5) run by ld3_sampler.py gives the same images bit for bit."""
+@pytest.mark.parametrize("joint", [0.0, 0.5])
+def test_a_residual_artifact_samples_what_was_learned_and_exports_it(tmp_path, one_torch_thread, caplog, joint):
+    """With ``residual`` learned too (alone in phase 4, or jointly with the steps and weights): the stored sampler
+    carries the operator, `ld3 sample` runs it, and the exported schedule.json (version 5) run by ld3_sampler.py
+    gives the same images bit for bit."""
     store = tmp_path / "store"
     learn = ["train.learn=[steps,offsets,coefficients,residual]", "solver=ipndm", "solver.order=3", "nfe=4",
              "train.iters_phase3=12", "train.iters_residual=12", "train.val_every_residual=2", "train.residual_width=4",
-             "train.lr_residual=0.003"]
+             "train.lr_residual=0.003", f"train.residual_joint={joint}"]
     teacher_sample.run(make_ctx("teacher-sample", store, learn))
     with caplog.at_level(logging.INFO, logger="ld3"):
         art = train.run(make_ctx("train", store, learn))
-    assert "then the residual operator (4 hidden channels a step) alone for 12 it, with adam at lr 0.003" in caplog.text
+    how = "with coefficients, steps, offsets at 0.5x their rates" if joint else "alone"
+    assert f"residual operator (4 hidden channels a step) {how} for 12 it, with adam at lr 0.003" in caplog.text
     plain = art.json("schedule.json")["sampler"]
     assert plain["residual"] == {"steps": 4, "channels": 1, "history": 4, "width": 4, "first": 0}
     ctx = make_ctx("sample", store, [*learn, "sample.n=6", "sample.shard_size=6", "sample.grids=false"])
