@@ -155,7 +155,7 @@ RESIDUAL = OptionGroup("residual", "The learned residual operator (phase 4; lear
     Option("lr_residual", 0.001, POSITIVE, "Adam's step size on the residual operator's weights."),
     Option("residual_decay", 0.0, FRACTION_OPEN, "Decoupled weight decay of the residual's weights: after each "
            "step w <- (1 - decay) w."),
-    Option("residual_joint", 0.0, number(lambda v: v >= 0, ">= 0"), "Phase 4 also moves the time steps, offsets "
+    Option("residual_joint", 0.3, number(lambda v: v >= 0, ">= 0"), "Phase 4 also moves the time steps, offsets "
            "and coefficients that learn has, at their own rates times this factor (0 = the residual alone, the rest "
            "frozen)."),
     Option("residual_width", 16, whole(1), "Hidden channels of each step's residual network."),

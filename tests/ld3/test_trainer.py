@@ -59,7 +59,7 @@ def test_learned_schedule_beats_every_baseline_on_heldout_noise(setup, solver, o
     (("steps", "offsets"), 22, {"steps_rates_offsets": "averages", "patience": 2}),
     (("steps", "offsets", "coefficients"), 40, {"coefficient_constraint": "last", "decouple_first": True}),
     (("steps", "offsets", "coefficients", "residual"), 60, {"iters_residual": 20, "val_every_residual": 5,
-                                                            "batch_size_residual": 10}),
+                                                            "batch_size_residual": 10, "residual_joint": 0.0}),
     (("steps", "offsets", "coefficients", "residual"), 60, {"iters_residual": 20, "val_every_residual": 5,
                                                             "batch_size_residual": 10, "residual_joint": 0.5})])
 def test_resume_gives_the_same_schedule_as_an_uninterrupted_run(setup, learn, stop_at, extra):
@@ -363,10 +363,11 @@ def test_restarts_of_a_learned_solver_repeat_ld3_phases_and_run_phase_3_once(set
 
 
 def test_the_residual_operator_lowers_the_validation_loss_below_the_learned_coefficients(setup):
-    """Phase 4 trains the residual operator alone, from the learned solver + steps: its validation must beat phase
-    3's, the time steps and coefficients stay as phase 3 left them, and the sampler carries the operator."""
+    """Phase 4 with ``residual_joint = 0`` trains the residual operator alone, from the learned solver + steps: its
+    validation must beat phase 3's, the time steps and coefficients stay as phase 3 left them, and the sampler
+    carries the operator."""
     model, x, y, held, y_held = setup
-    res = learn_schedule(model, "ipndm", 4, x, y, solver_options={"order": 3}, seed=2,
+    res = learn_schedule(model, "ipndm", 4, x, y, solver_options={"order": 3}, seed=2, residual_joint=0.0,
                          learn=["steps", "offsets", "coefficients", "residual"], **FAST, iters_phase3=30,
                          iters_residual=60, batch_size_residual=10, val_every_residual=5)
     coef_val, coef = res.after_phase["coefficients"], res.phase_samplers["coefficients"]
@@ -437,7 +438,7 @@ def test_a_joint_phase_4_moves_the_steps_and_coefficients_with_the_residual_at_s
     best validation loss on the validation pairs.  At ``f = 0`` phase 4 moves the residual alone."""
     model, x, y, _, _ = setup
     learn = ("steps", "offsets", "coefficients", "residual")
-    assert plan_phases(TrainOptions(learn=learn))[-1].groups == ("residual",)
+    assert plan_phases(TrainOptions(learn=learn, residual_joint=0))[-1].groups == ("residual",)
     assert plan_phases(TrainOptions(learn=learn, residual_joint=0.2))[-1].groups == ("residual", "coefficients",
                                                                                      "steps", "offsets")
     opts = TrainOptions(**FAST, learn=learn, residual_joint=0.2, iters_phase3=30)
