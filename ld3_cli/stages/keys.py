@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..ld3.options import TRAIN_RUNTIME_KEYS
+from ..ld3.options import RESIDUAL, TRAIN_RUNTIME_KEYS
 from ..models.registry import MODEL_HINT_KEYS
 from ..solvers.config import SolverSetup
 from ..store import make_key, to_plain, without_neutral
@@ -41,6 +41,8 @@ NEUTRAL_TRAIN_SETTINGS = {"schedule_rates_coefficients": (None, "reset"), "rho_g
                           "residual_decay": (None, 0.0), "residual_joint": (None, 0.0)}
 # training settings that change one solver's run only: other solvers' keys do not see them
 SOLVER_TRAIN_SETTINGS = {"rho_gradient": "unipc"}
+# phase 4's settings: they change a run only when train.learn has residual, so only such a run's key sees them
+RESIDUAL_TRAIN_SETTINGS = frozenset(o.name for o in RESIDUAL.options)
 
 
 def _file_identity(path: Any) -> Any:
@@ -71,8 +73,11 @@ def teacher_fields(cfg, teacher_solver: SolverSetup, seed_start: int, n: int) ->
 
 
 def schedule_fields(cfg, solver: SolverSetup, teacher_key: str) -> dict:
-    train = {k: v for k, v in to_plain(cfg.train).items()
-             if k not in TRAIN_RUNTIME_KEYS and SOLVER_TRAIN_SETTINGS.get(k, solver.name) == solver.name}
+    plain = to_plain(cfg.train)
+    residual = "residual" in (plain.get("learn") or ())
+    train = {k: v for k, v in plain.items()
+             if k not in TRAIN_RUNTIME_KEYS and SOLVER_TRAIN_SETTINGS.get(k, solver.name) == solver.name
+             and (residual or k not in RESIDUAL_TRAIN_SETTINGS)}
     train = without_neutral(train, NEUTRAL_TRAIN_SETTINGS)
     return {"version": SCHEDULE_VERSION, "teacher": teacher_key, "solver": solver.key_fields(),
             "nfe": int(cfg.nfe), "train": train}

@@ -51,3 +51,15 @@ def test_decouple_first_enters_the_schedule_key_only_when_on():
     before = _train_fields()
     assert _train_fields(decouple_first=False) == before
     assert _train_fields(decouple_first=True)["decouple_first"] is True
+
+
+def test_phase_4_settings_key_only_runs_that_learn_the_residual():
+    """``residual_joint`` (default 0.3 since it existed; runs before it trained the residual alone, as 0 does) keys
+    a residual run only when not 0, and no phase-4 setting keys a run without the residual."""
+    before = _train_fields()
+    assert _train_fields(residual_joint=0.3, residual_width=32, iters_residual=10) == before
+    learn = ["steps", "offsets", "coefficients", "residual"]
+    alone = _train_fields(learn=learn)
+    assert _train_fields(learn=learn, residual_joint=0.0) == alone and "residual_joint" not in alone
+    assert _train_fields(learn=learn, residual_joint=0.3)["residual_joint"] == 0.3
+    assert _train_fields(learn=learn, residual_width=32)["residual_width"] == 32
