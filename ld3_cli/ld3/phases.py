@@ -6,8 +6,8 @@ then ``steps + offsets`` for ``iters_phase2`` (LD3's two phases), then the coeff
 rest for ``iters_phase3`` -- or, with ``alternate_rounds = k``, ``k`` rounds of coefficients alone then
 time steps alone, ``iters_phase3 / (2k)`` iterations each (S4S-Alt); then, with ``residual`` in ``learn``, the
 residual operator for ``iters_residual`` (phase 4; the student runs the learned table with the residual on top),
-alone (everything before it frozen) or, with ``residual_joint > 0``, jointly with the groups learned before it (the
-trainer starts those at their rates times ``residual_joint``).
+alone (everything before it frozen) or, with ``residual_joint > 0``, jointly with the groups learned before it (its
+``rate_factor``: those start at their rates times ``residual_joint``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from .options import TrainOptions
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase: which parameter groups move, for how many iterations, and what the student uses."""
+    """One training phase: which parameter groups move, for how many iterations, and what the student uses.
+    ``groups[0]`` leads: its rate is the one the phase reports, decays on and ends at; the groups after it start at
+    their options' rates times ``rate_factor``."""
 
     name: str
     groups: tuple
@@ -26,6 +28,7 @@ class Phase:
     decoupled: bool      # the student evaluates at the decoupled times
     coefficients: bool   # the student runs the learned coefficient table
     residual: bool = False  # the student runs the residual operator on its table
+    rate_factor: float = 1.0
 
 
 def plan_phases(o: TrainOptions) -> list[Phase]:
@@ -49,7 +52,8 @@ def plan_phases(o: TrainOptions) -> list[Phase]:
                 phases.append(Phase(f"schedule-{r}", sched, per, dec, True))
     if "residual" in learn:
         joint = ("coefficients", *sched) if o.residual_joint > 0 else ()
-        phases.append(Phase("residual", ("residual", *joint), int(o.iters_residual), "offsets" in learn, True, True))
+        phases.append(Phase("residual", ("residual", *joint), int(o.iters_residual), "offsets" in learn, True, True,
+                            float(o.residual_joint)))
     return [p for p in phases if p.budget > 0] or phases[:1]
 
 

@@ -367,11 +367,10 @@ class LD3Trainer:
         return max(1, min(int(bs), self.n_train))
 
     def _lead(self, phase: Phase):
-        """The optimiser whose rate a phase reports and ends on: the residual's in phase 4, the coefficients' in a
-        phase 3 that moves them, else the first group's (the time steps in LD3's phases)."""
+        """The optimiser whose rate a phase reports and ends on: its first group's (the time steps in LD3's phases,
+        the coefficients in phase 3, the residual in phase 4)."""
         active = self._active(phase)
-        lead = "residual" if phase.residual else "coefficients"
-        return self.optimizers[([name for name in active if name.startswith(lead)] or active)[0]]
+        return self.optimizers[([name for name in active if name.split(".")[0] == phase.groups[0]] or active)[0]]
 
     def _phase_done(self, phase: Phase) -> bool:
         return self.state.phase_iteration >= phase.budget or self._lead(phase).lr <= self.options.min_lr
@@ -379,8 +378,8 @@ class LD3Trainer:
     def _next_phase(self) -> None:
         """The phase change: record the ended phase's best validation and sampler, then start the next phase
         from the best parameters so far, with fresh optimisers (the options' learning rates) but those it carries
-        (:meth:`_carried`; a joint phase 4 starts the groups learned before it at their rates times
-        ``residual_joint``), and its iteration and patience counters at zero.  The best validation so far carries
+        (:meth:`_carried`; the groups after the lead at their rates times the phase's ``rate_factor``), and its
+        iteration and patience counters at zero.  The best validation so far carries
         over."""
         s = self.state
         ended = self.phases[s.phase_index]
@@ -397,10 +396,10 @@ class LD3Trainer:
             s.optimizers[name] = ending[name].state
             if mode == "averages":
                 self.optimizers[name].lr = fresh_rate
-        if starting is not None and starting.residual:  # a joint phase 4 moves what came before at a scaled rate
+        if starting is not None and starting.rate_factor != 1.0:  # a joint phase 4: what came before, slower
             for name in self._active(starting):
-                if not name.startswith("residual"):
-                    self.optimizers[name].lr *= self.options.residual_joint
+                if name.split(".")[0] != starting.groups[0]:
+                    self.optimizers[name].lr *= starting.rate_factor
 
     def _carried(self, starting: Optional[Phase]) -> tuple[tuple, str]:
         """The ended phase's optimisers that ``starting`` keeps, and how (``carry`` or ``averages``): the time

@@ -131,7 +131,7 @@ def _log_plan(ctx: StageContext, trainer: LD3Trainer, opts: TrainOptions) -> Non
         _log_coefficient_plan(trainer, opts)
     residual = next((p for p in trainer.phases if p.residual), None)
     if residual is not None:
-        joint = f"with {', '.join(residual.groups[1:])} at {opts.residual_joint:g}x their rates" \
+        joint = f"with {', '.join(residual.groups[1:])} at {residual.rate_factor:g}x their rates" \
             if len(residual.groups) > 1 else "alone"
         log.info("then the residual operator (%d hidden channels a step) %s for %d it, with adam at lr %g, batch %d",
                  opts.residual_width, joint, residual.budget, opts.lr_residual, trainer.batch_size(residual))
